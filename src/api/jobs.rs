@@ -1,0 +1,464 @@
+//! `/api/v1/jobs`: create, list, read, change, pause/resume and delete jobs.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{JsonBody, QueryParams};
+use super::AppState;
+use crate::handlers::ERROR_HANDLER;
+use crate::job_spec::{carry_over_timing, schedule_of, JobSpec, ValidationContext};
+use crate::schedule::format_duration;
+use crate::store::{JobFilter, JobRow, JobType};
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        list_jobs,
+        create_job,
+        get_job,
+        set_job_state,
+        patch_job,
+        delete_job,
+        clean_failed
+    ),
+    components(schemas(JobView, LastRun, JobEnvelope, JobList, JobSpec, JobType, Deleted))
+)]
+pub struct JobsApi;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs", get(list_jobs).post(create_job))
+        .route("/jobs/clean-failed", delete(clean_failed))
+        .route(
+            "/jobs/{id}",
+            get(get_job)
+                .post(create_job_for_handler)
+                .put(set_job_state)
+                .patch(patch_job)
+                .delete(delete_job),
+        )
+}
+
+/// The newest run of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastRun {
+    pub run_id: Uuid,
+    pub state: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job as the API returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub job_id: String,
+    pub handler: String,
+    #[schema(value_type = Object)]
+    pub kwargs: Value,
+    /// The interval, Python `timedelta` style (`"7 days, 0:00:00"`).
+    pub periodically: Option<String>,
+    pub cron: Option<String>,
+    pub timezone: String,
+    /// The first run time, and the phase of an interval.
+    pub when: DateTime<Utc>,
+    pub misfire_grace_time: Option<String>,
+    pub coalesce: bool,
+    pub max_instances: i32,
+    pub lock_key: Option<String>,
+    pub timeout: Option<String>,
+    pub max_retries: i32,
+    pub retry_backoff: String,
+    /// `running`, `pending` (a due run waits to start), `paused` or `completed`.
+    pub state: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_run: Option<LastRun>,
+    /// Runs by state.
+    #[schema(value_type = Object)]
+    pub run_counts: Value,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    /// `api`, or the default-jobs file the job came from.
+    pub source: String,
+    /// On failure records: the run that failed.
+    pub failed_run_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<JobRow> for JobView {
+    fn from(row: JobRow) -> Self {
+        let duration = |ms: Option<i64>| ms.map(|ms| format_duration(Duration::milliseconds(ms)));
+        let state = if row.state == "running" && row.has_queued_run {
+            "pending".to_string()
+        } else {
+            row.state.clone()
+        };
+        let last_run = row.last_run_id.map(|run_id| LastRun {
+            run_id,
+            state: row.last_run_state.clone().unwrap_or_default(),
+            scheduled_for: row.last_run_scheduled_for,
+            started_at: row.last_run_started_at,
+            finished_at: row.last_run_finished_at,
+        });
+        JobView {
+            periodically: duration(row.interval_ms),
+            misfire_grace_time: duration(row.misfire_grace_ms),
+            timeout: duration(row.timeout_ms),
+            retry_backoff: format_duration(Duration::milliseconds(row.retry_backoff_ms)),
+            state,
+            last_run,
+            run_counts: row.run_counts.unwrap_or_else(|| Value::Object(Map::new())),
+            job_id: row.job_id,
+            handler: row.handler,
+            kwargs: row.kwargs,
+            cron: row.cron,
+            timezone: row.timezone,
+            when: row.start_at,
+            coalesce: row.coalesce,
+            max_instances: row.max_instances,
+            lock_key: row.lock_key,
+            max_retries: row.max_retries,
+            next_run_at: row.next_run_at,
+            description: row.description,
+            tags: row.tags,
+            source: row.source,
+            failed_run_id: row.failed_run_id,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobEnvelope {
+    pub job: JobView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// How many jobs match the filter (all pages).
+    pub jobs_count: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+}
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `all` (default), `failed` (failure records) or `user` (the others).
+    pub job_type: Option<JobType>,
+    /// Only jobs of this handler.
+    pub handler: Option<String>,
+    /// Only jobs in this state (`running`, `paused`, `completed`).
+    pub state: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+    /// Jobs to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+/// List jobs
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
+async fn list_jobs(
+    State(app): State<AppState>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<JobList>> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request("offset: must not be negative"));
+    }
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s @ ("running" | "paused" | "completed")) => Some(s.to_string()),
+        Some("active") => Some("running".to_string()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state: unknown state {other:?}; use running, paused or completed"
+            )))
+        }
+    };
+    let filter = JobFilter {
+        job_type: q.job_type.unwrap_or_default(),
+        handler: q.handler,
+        state,
+        limit,
+        offset,
+    };
+    let (rows, total) = app.store.job_list(&filter).await?;
+    Ok(Json(JobList {
+        jobs: rows.into_iter().map(JobView::from).collect(),
+        jobs_count: total,
+        limit,
+        offset,
+    }))
+}
+
+async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+    let ctx = ValidationContext {
+        registry: &app.registry,
+        now: app.store.now().await?,
+        source: "api".to_string(),
+    };
+    let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
+    let row = app.store.job_insert(&job).await?;
+    tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
+    Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
+}
+
+/// Create a job from a JSON body
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
+    responses((status = 201, body = JobEnvelope), (status = 400, body = ErrorBody),
+              (status = 409, description = "job_id taken", body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+async fn create_job(
+    State(app): State<AppState>,
+    JsonBody(spec): JsonBody<JobSpec>,
+) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+    create(&app, spec).await
+}
+
+/// The query parameters of `POST /api/v1/jobs/{handler}`; the body is the kwargs.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// Unique id; generated when omitted.
+    pub job_id: Option<String>,
+    /// Interval, e.g. `1 week`, `5:00:00`, `32m`, `PT5M`, or seconds.
+    pub periodically: Option<String>,
+    /// Cron expression, e.g. `0 3 * * *`.
+    pub cron: Option<String>,
+    /// IANA time zone of the cron expression.
+    pub timezone: Option<String>,
+    /// First run time (UTC unless an offset is given).
+    pub when: Option<String>,
+    /// How late a run may still start.
+    pub misfire_grace_time: Option<String>,
+    /// `running` (default) or `paused`.
+    pub state: Option<String>,
+    pub coalesce: Option<bool>,
+    pub max_instances: Option<i32>,
+    pub lock_key: Option<String>,
+    pub timeout: Option<String>,
+    pub max_retries: Option<i32>,
+    pub retry_backoff: Option<String>,
+    pub description: Option<String>,
+}
+
+/// `POST /api/v1/jobs/{handler}`: the original service's form. Documented
+/// once per registered handler (see `openapi.rs`), not here.
+async fn create_job_for_handler(
+    State(app): State<AppState>,
+    Path(handler): Path<String>,
+    QueryParams(q): QueryParams<CreateQuery>,
+    JsonBody(kwargs): JsonBody<Value>,
+) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+    if app.registry.get(&handler).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no handler named {handler:?}; GET /api/v1/handlers lists them"
+        )));
+    }
+    let spec = JobSpec {
+        job_id: q.job_id,
+        handler: Some(handler),
+        kwargs: Some(kwargs),
+        periodically: q.periodically.map(Value::String),
+        cron: q.cron,
+        timezone: q.timezone,
+        when: q.when,
+        misfire_grace_time: q.misfire_grace_time.map(Value::String),
+        coalesce: q.coalesce,
+        max_instances: q.max_instances,
+        lock_key: q.lock_key,
+        timeout: q.timeout.map(Value::String),
+        max_retries: q.max_retries,
+        retry_backoff: q.retry_backoff.map(Value::String),
+        state: q.state,
+        description: q.description,
+        tags: None,
+    };
+    create(&app, spec).await
+}
+
+fn missing_job(job_id: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("no job with job_id {job_id:?}")
+}
+
+/// Get one job
+#[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobEnvelope), (status = 404, body = ErrorBody)))]
+async fn get_job(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<JobEnvelope>> {
+    let row = app
+        .store
+        .job_get(&job_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    Ok(Json(JobEnvelope { job: row.into() }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StateQuery {
+    /// `running` (alias `active`) to resume, `paused` to pause.
+    pub state: String,
+}
+
+/// Pause or resume a job
+///
+/// Resuming computes the next run from now; times missed while paused are not back-filled.
+#[utoipa::path(put, path = "/api/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job's id"), StateQuery),
+    responses((status = 200, body = JobEnvelope), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_job_state(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+    QueryParams(q): QueryParams<StateQuery>,
+) -> ApiResult<Json<JobEnvelope>> {
+    let state = match q.state.to_ascii_lowercase().as_str() {
+        "running" | "active" => "running",
+        "paused" => "paused",
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "state: unknown state {other:?}; use running (alias active) or paused"
+            )))
+        }
+    };
+    let row = app
+        .store
+        .job_get(&job_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    if row.handler == ERROR_HANDLER && state == "running" {
+        return Err(ApiError::Conflict(format!(
+            "{job_id:?} is a failure record and never runs; POST /api/v1/jobs/{job_id}/run re-runs the failed job"
+        )));
+    }
+    let next_run_at = if state == "paused" {
+        None
+    } else if row.state == "running" {
+        row.next_run_at
+    } else {
+        let now = app.store.now().await?;
+        schedule_of(
+            &row.schedule_kind,
+            row.interval_ms,
+            row.cron.as_deref(),
+            &row.timezone,
+            row.start_at,
+        )
+        .and_then(|s| s.first_at_or_after(now))
+        .map(|t| t.max(now))
+    };
+    let row = app
+        .store
+        .job_set_state(&job_id, state, next_run_at)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    tracing::info!(job_id = %job_id, state, "job state set");
+    Ok(Json(JobEnvelope { job: row.into() }))
+}
+
+/// Change fields of a job
+///
+/// The body holds the fields to change (any of `POST /api/v1/jobs`'s except `job_id`);
+/// `null` resets a field to its default. The next run time is kept unless the schedule changes.
+#[utoipa::path(patch, path = "/api/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job's id")),
+    request_body = JobSpec,
+    responses((status = 200, body = JobEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn patch_job(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+    JsonBody(patch): JsonBody<Map<String, Value>>,
+) -> ApiResult<Json<JobEnvelope>> {
+    if patch
+        .get("job_id")
+        .is_some_and(|v| v.as_str() != Some(job_id.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            "job_id: cannot be changed; create a new job instead",
+        ));
+    }
+    let row = app
+        .store
+        .job_get(&job_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    if row.handler == ERROR_HANDLER {
+        return Err(ApiError::Conflict(format!(
+            "{job_id:?} is a failure record and cannot be changed"
+        )));
+    }
+    let spec = JobSpec::from_row(&row)
+        .merged_with(&patch)
+        .map_err(|e| ApiError::invalid(vec![e]))?;
+    let ctx = ValidationContext {
+        registry: &app.registry,
+        now: app.store.now().await?,
+        source: row.source.clone(),
+    };
+    let mut job = spec.validate(&ctx).map_err(ApiError::invalid)?;
+    if !patch.contains_key("state") || row.state == job.state {
+        carry_over_timing(&row, &mut job);
+    }
+    let row = app
+        .store
+        .job_replace(&job)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    Ok(Json(JobEnvelope { job: row.into() }))
+}
+
+/// Delete a job and its runs
+#[utoipa::path(delete, path = "/api/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+async fn delete_job(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.store
+        .job_delete(&job_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    tracing::info!(job_id = %job_id, "job deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete all failure records
+#[utoipa::path(delete, path = "/api/v1/jobs/clean-failed", tag = "jobs",
+    responses((status = 200, body = Deleted)))]
+async fn clean_failed(State(app): State<AppState>) -> ApiResult<Json<Deleted>> {
+    let deleted = app.store.job_delete_failed().await?;
+    Ok(Json(Deleted { deleted }))
+}

@@ -1,0 +1,93 @@
+//! The HTTP API under `/api/v1`: one router per resource, merged here with
+//! the shared layers (body limit, tracing) and Swagger UI.
+
+mod error;
+mod extract;
+mod jobs;
+pub mod openapi;
+mod runs;
+mod service;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+pub use error::{ApiError, ErrorBody};
+
+use crate::handlers::HandlerRegistry;
+use crate::store::Store;
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub registry: Arc<HandlerRegistry>,
+    /// This replica's name.
+    pub instance: String,
+    /// The OpenAPI document, rendered once.
+    pub openapi_json: Arc<String>,
+}
+
+impl AppState {
+    pub fn new(store: Store, registry: Arc<HandlerRegistry>, instance: String) -> Self {
+        let openapi_json = Arc::new(openapi::document_text(&registry));
+        AppState {
+            store,
+            registry,
+            instance,
+            openapi_json,
+        }
+    }
+}
+
+/// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, and `/`
+/// redirecting to it. `max_body_bytes` bounds every request body.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .merge(jobs::router())
+        .merge(runs::router())
+        .merge(service::router())
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(SwaggerUi::new("/api/v1/ui").config(Config::from("/api/v1/openapi.json")))
+        .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn openapi_json(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        app.openapi_json.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {}; the API is under /api/v1 (see /api/v1/ui)",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = ErrorBody {
+        error: format!(
+            "{method} is not allowed on {}; see /api/v1/ui for the methods",
+            uri.path()
+        ),
+        problems: Vec::new(),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}

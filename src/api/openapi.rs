@@ -1,0 +1,85 @@
+//! The OpenAPI document: generated from the code (utoipa), plus one
+//! `POST /api/v1/jobs/{name}` entry per registered handler carrying that
+//! handler's kwargs schema and example — no per-handler boilerplate.
+
+use serde_json::{json, Map, Value};
+use utoipa::openapi::path::ParameterIn;
+use utoipa::{IntoParams, OpenApi};
+
+use super::jobs::CreateQuery;
+use crate::handlers::HandlerRegistry;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "jobsd",
+        description = "A job-scheduling service on PostgreSQL: periodic and one-shot jobs that survive restarts and fire exactly once across replicas.",
+        license(name = "MIT")
+    ),
+    nest(
+        (path = "/", api = super::jobs::JobsApi),
+        (path = "/", api = super::runs::RunsApi),
+        (path = "/", api = super::service::ServiceApi)
+    ),
+    components(schemas(super::error::ErrorBody, crate::job_spec::FieldError)),
+    tags(
+        (name = "jobs", description = "Job definitions"),
+        (name = "handlers", description = "Create a job of one handler: query parameters for the schedule, the body for the kwargs"),
+        (name = "runs", description = "Runs of jobs and their history"),
+        (name = "service", description = "Service state and probes")
+    )
+)]
+struct ApiDoc;
+
+/// The whole document, as served at `/api/v1/openapi.json` and committed as
+/// `openapi/openapi.json`.
+pub fn document(registry: &HandlerRegistry) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))
+        .into_iter()
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .collect();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for handler in registry.iter() {
+            let name = handler.name();
+            let mut description = handler.description().to_string();
+            if let Some(reason) = handler.disabled_reason() {
+                description.push_str(&format!("\n\nDisabled here: {reason}."));
+            }
+            let operation = json!({
+                "tags": ["handlers"],
+                "summary": format!("Create a `{name}` job"),
+                "description": description,
+                "operationId": format!("create_{}_job", name.to_ascii_lowercase()),
+                "parameters": parameters,
+                "requestBody": {
+                    "description": format!("The kwargs of the `{name}` handler"),
+                    "required": false,
+                    "content": {"application/json": {
+                        "schema": handler.kwargs_schema(),
+                        "example": handler.example(),
+                    }}
+                },
+                "responses": {
+                    "201": {"description": "Created",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobEnvelope"}}}},
+                    "400": {"description": "Invalid schedule, policy or kwargs",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
+                    "409": {"description": "job_id taken",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                }
+            });
+            let mut item = Map::new();
+            item.insert("post".into(), operation);
+            paths.insert(format!("/api/v1/jobs/{name}"), Value::Object(item));
+        }
+    }
+    doc
+}
+
+/// The document as pretty JSON with a trailing newline (the committed form).
+pub fn document_text(registry: &HandlerRegistry) -> String {
+    let mut text = serde_json::to_string_pretty(&document(registry)).unwrap_or_default();
+    text.push('\n');
+    text
+}

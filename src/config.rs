@@ -1,0 +1,102 @@
+//! Settings from flags, with environment fallbacks (`jobsd --help` lists them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses a duration flag with the same grammar as job fields (`30s`, `PT1M`, `5`).
+fn parse_flag_duration(s: &str) -> Result<Duration, String> {
+    crate::schedule::parse_duration(s)
+        .map_err(|e| e.to_string())?
+        .to_std()
+        .map_err(|_| "must not be negative".to_string())
+}
+
+/// Settings shared by every subcommand that talks to the database.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; the database is created when it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost:5432/jobsd"
+    )]
+    pub database_url: String,
+
+    /// Connections in the pool.
+    #[arg(long, env = "JOBSD_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long to keep trying to reach the database at start-up.
+    #[arg(long, env = "JOBSD_DB_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_flag_duration)]
+    pub db_connect_timeout: Duration,
+}
+
+/// Settings of `jobsd serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "JOBSD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Directory of default-job YAML files.
+    #[arg(long, env = "JOBSD_DEFAULT_JOBS_DIR", default_value = "./default_jobs")]
+    pub default_jobs_dir: PathBuf,
+
+    /// This replica's name (default: host name plus a short random id).
+    #[arg(long, env = "JOBSD_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Runs executed at once by this replica.
+    #[arg(long, env = "JOBSD_WORKERS", default_value_t = 16)]
+    pub workers: usize,
+
+    /// Log format.
+    #[arg(long, env = "JOBSD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "JOBSD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Allow the `command` handler (runs programs on this host).
+    #[arg(long, env = "JOBSD_ENABLE_COMMAND_HANDLER")]
+    pub enable_command_handler: bool,
+
+    /// Longest sleep of the scheduler and workers between database checks
+    /// when no notification arrives.
+    #[arg(long, env = "JOBSD_POLL_INTERVAL", default_value = "5s", value_parser = parse_flag_duration)]
+    pub poll_interval: Duration,
+
+    /// How long a running run's lease lasts without a heartbeat before
+    /// another replica takes it over.
+    #[arg(long, env = "JOBSD_LEASE", default_value = "30s", value_parser = parse_flag_duration)]
+    pub lease: Duration,
+
+    /// On SIGTERM/SIGINT, how long running runs may take to finish before
+    /// they are handed back to the queue.
+    #[arg(long, env = "JOBSD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_flag_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    /// The replica's name: the configured one, or host name plus a short id.
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}", &id[..6])
+        })
+    }
+}

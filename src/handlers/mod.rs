@@ -1,0 +1,201 @@
+//! Handlers: the named code a job runs.
+//!
+//! A [`Handler`] has one required method, [`Handler::execute`], plus a name, a
+//! JSON Schema for its kwargs and an example. The worker applies timeouts,
+//! panic catching and tracing around every handler, so handlers never do that
+//! themselves. The [`HandlerRegistry`] maps names to handlers; the binary fills
+//! it with the built-ins and a library user adds their own.
+
+mod builtin;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use builtin::BuiltinConfig;
+
+/// Name of the inert handler that failure records carry.
+pub const ERROR_HANDLER: &str = "ErrorHandler";
+
+/// What a handler gets besides its kwargs.
+#[derive(Clone)]
+pub struct RunContext {
+    pub run_id: Uuid,
+    pub job_id: String,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    pub attempt: i32,
+    /// Cancelled when the run is cancelled, times out, loses its lease or the
+    /// service shuts down. Long handlers should watch it.
+    pub cancel: CancellationToken,
+    progress: Arc<watch::Sender<Option<Value>>>,
+}
+
+impl RunContext {
+    pub fn new(run_id: Uuid, job_id: String, attempt: i32, cancel: CancellationToken) -> Self {
+        let (tx, _rx) = watch::channel(None);
+        RunContext {
+            run_id,
+            job_id,
+            attempt,
+            cancel,
+            progress: Arc::new(tx),
+        }
+    }
+
+    /// Records the run's progress (any JSON, e.g. `{"done": 3, "total": 10}`);
+    /// the worker stores the latest value with the next heartbeat.
+    pub fn report_progress(&self, progress: Value) {
+        self.progress.send_replace(Some(progress));
+    }
+
+    /// A receiver of progress reports, for the worker.
+    pub fn progress_updates(&self) -> watch::Receiver<Option<Value>> {
+        self.progress.subscribe()
+    }
+}
+
+/// Why a handler failed, and whether trying again may help.
+#[derive(Debug)]
+pub struct HandlerError {
+    pub error: anyhow::Error,
+    /// A fatal error fails the run at once, without the job's retries.
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    pub fn fatal(error: impl Into<anyhow::Error>) -> Self {
+        HandlerError {
+            error: error.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        HandlerError {
+            error: error.into(),
+            retryable: true,
+        }
+    }
+}
+
+pub type HandlerResult = Result<Value, HandlerError>;
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// The registered name, used in `POST /api/v1/jobs/{name}`.
+    fn name(&self) -> &str;
+
+    /// One line for operators, shown in `GET /api/v1/handlers` and the docs.
+    fn description(&self) -> &str {
+        ""
+    }
+
+    /// JSON Schema of the kwargs; kwargs are validated against it on create.
+    fn kwargs_schema(&self) -> Value;
+
+    /// Valid kwargs, shown in the API documentation.
+    fn example(&self) -> Value;
+
+    /// An inert handler's jobs never fire (failure records use one).
+    fn inert(&self) -> bool {
+        false
+    }
+
+    /// Refuses new jobs with this reason while `Some` (e.g. `command` when it
+    /// is not enabled in the configuration).
+    fn disabled_reason(&self) -> Option<String> {
+        None
+    }
+
+    /// Does the work. The returned value is stored as the run's result.
+    async fn execute(&self, ctx: RunContext, kwargs: Value) -> HandlerResult;
+}
+
+struct Registered {
+    handler: Arc<dyn Handler>,
+    validator: jsonschema::Validator,
+}
+
+/// Handlers by name, with their compiled kwargs schemas.
+#[derive(Default)]
+pub struct HandlerRegistry {
+    handlers: BTreeMap<String, Registered>,
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in handlers (`http`, `command`, `log`, `sleep`, `ErrorHandler`).
+    pub fn with_builtins(config: BuiltinConfig) -> Self {
+        let mut registry = Self::new();
+        for handler in builtin::all(config) {
+            registry
+                .register_arc(handler)
+                .expect("built-in handler schemas are valid");
+        }
+        registry
+    }
+
+    /// Adds a handler, replacing one of the same name. Fails when its kwargs
+    /// schema is not a valid JSON Schema.
+    pub fn register(&mut self, handler: impl Handler) -> anyhow::Result<()> {
+        self.register_arc(Arc::new(handler))
+    }
+
+    pub fn register_arc(&mut self, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
+        let schema = handler.kwargs_schema();
+        let validator = jsonschema::validator_for(&schema).map_err(|e| {
+            anyhow::anyhow!("handler {}: invalid kwargs schema: {e}", handler.name())
+        })?;
+        self.handlers.insert(
+            handler.name().to_string(),
+            Registered { handler, validator },
+        );
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(name).map(|r| &r.handler)
+    }
+
+    /// All handlers, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Handler>> {
+        self.handlers.values().map(|r| &r.handler)
+    }
+
+    /// Checks kwargs against the handler's schema. Each problem names the
+    /// field (a JSON pointer such as `/url`, or `kwargs` for the root).
+    pub fn validate_kwargs(&self, name: &str, kwargs: &Value) -> Result<(), Vec<String>> {
+        let Some(registered) = self.handlers.get(name) else {
+            return Err(vec![format!("unknown handler {name:?}")]);
+        };
+        let problems: Vec<String> = registered
+            .validator
+            .iter_errors(kwargs)
+            .map(|e| {
+                let path = e.instance_path.to_string();
+                let field = if path.is_empty() {
+                    "kwargs".to_string()
+                } else {
+                    format!("kwargs{path}")
+                };
+                format!("{field}: {e}")
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Job definitions as clients and YAML files write them, and their
+//! validation into a [`NewJob`] the store can keep.
+//!
+//! Both the API and the default-jobs loader go through [`JobSpec::validate`],
+//! so a job means the same thing whichever way it arrived. Validation reports
+//! every problem at once, each naming its field.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
+use crate::schedule::{self, format_duration, CronExpr, Schedule};
+use crate::store::{JobRow, NewJob};
+
+/// One problem with a job definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The field, e.g. `periodically` or `kwargs/url`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem of `field`; a message that already starts with the field's
+    /// name (as schedule errors do) is not prefixed twice.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        let message = match message.strip_prefix(&format!("{field}: ")) {
+            Some(rest) => rest.to_string(),
+            None => message,
+        };
+        FieldError { field, message }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A job definition as written by a client or a YAML file. Everything but
+/// `handler` is optional; see the README for defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique id; a UUID is generated when omitted.
+    #[schema(example = "nightly-report")]
+    pub job_id: Option<String>,
+    /// A registered handler name (`GET /api/v1/handlers`).
+    #[schema(example = "log")]
+    pub handler: Option<String>,
+    /// Arguments for the handler, checked against its schema.
+    #[schema(value_type = Option<Object>, example = json!({"message": "hello"}))]
+    pub kwargs: Option<Value>,
+    /// Interval: `"1 week"`, `"5:00:00"`, `"32m"`, `"1 day, 0:00:00"`, `"PT5M"` or seconds.
+    #[schema(value_type = Option<String>, example = "1 week")]
+    pub periodically: Option<Value>,
+    /// Cron expression (5 fields, or 6 with seconds, or `@hourly`-style aliases).
+    #[schema(example = "0 3 * * *")]
+    pub cron: Option<String>,
+    /// IANA time zone for `cron` (default UTC).
+    #[schema(example = "Europe/Berlin")]
+    pub timezone: Option<String>,
+    /// First run time: RFC 3339, or a naive date-time taken as UTC. Default: now.
+    #[schema(example = "2030-02-20 14:56")]
+    pub when: Option<String>,
+    /// How late a run may still start; null or omitted: no limit.
+    #[schema(value_type = Option<String>, example = "10m")]
+    pub misfire_grace_time: Option<Value>,
+    /// After downtime, run missed times once (true, default) or each.
+    pub coalesce: Option<bool>,
+    /// Concurrent runs allowed (default 1).
+    pub max_instances: Option<i32>,
+    /// Jobs sharing a lock key never run at the same time.
+    pub lock_key: Option<String>,
+    /// Run time limit (a duration); none by default.
+    #[schema(value_type = Option<String>, example = "30s")]
+    pub timeout: Option<Value>,
+    /// Retries after a failed attempt (default 0).
+    pub max_retries: Option<i32>,
+    /// Base delay of the exponential retry backoff (default 1s).
+    #[schema(value_type = Option<String>, example = "5s")]
+    pub retry_backoff: Option<Value>,
+    /// `running` (alias `active`) or `paused`. Default `running`.
+    #[schema(example = "running")]
+    pub state: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Limits that keep one definition from hurting the service.
+const MAX_ID_LEN: usize = 200;
+const MAX_INSTANCES: i32 = 1000;
+const MAX_RETRIES: i32 = 100;
+const MAX_TAGS: usize = 50;
+const MAX_TEXT_LEN: usize = 10_000;
+/// Ids the API uses as path words.
+const RESERVED_IDS: &[&str] = &["clean-failed"];
+
+/// What validation needs besides the spec.
+pub struct ValidationContext<'a> {
+    pub registry: &'a HandlerRegistry,
+    /// Database time: defaults (`when`) and the first fire time count from it.
+    pub now: DateTime<Utc>,
+    /// `api` or the YAML file's path.
+    pub source: String,
+}
+
+fn duration_field(
+    problems: &mut Vec<FieldError>,
+    field: &str,
+    value: &Option<Value>,
+) -> Option<Duration> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(v) => match schedule::duration_from_json(v) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(FieldError::new(field, e.to_string()));
+                None
+            }
+        },
+    }
+}
+
+fn millis(d: Option<Duration>) -> Option<i64> {
+    d.map(|d| d.num_milliseconds())
+}
+
+impl JobSpec {
+    /// Checks every field and builds the job to store, or lists every problem.
+    pub fn validate(&self, ctx: &ValidationContext<'_>) -> Result<NewJob, Vec<FieldError>> {
+        let mut problems = Vec::new();
+
+        let job_id = match &self.job_id {
+            None => Uuid::new_v4().to_string(),
+            Some(id) => {
+                if let Err(message) = check_job_id(id) {
+                    problems.push(FieldError::new("job_id", message));
+                }
+                id.clone()
+            }
+        };
+
+        let handler = self.handler.clone().unwrap_or_default();
+        let kwargs = self.kwargs.clone().unwrap_or_else(|| json!({}));
+        if handler.is_empty() {
+            problems.push(FieldError::new(
+                "handler",
+                "required: name a registered handler (GET /api/v1/handlers)",
+            ));
+        } else if handler == ERROR_HANDLER {
+            problems.push(FieldError::new(
+                "handler",
+                "ErrorHandler jobs are failure records that jobsd writes itself; they cannot be created",
+            ));
+        } else if let Some(h) = ctx.registry.get(&handler) {
+            if let Some(reason) = h.disabled_reason() {
+                problems.push(FieldError::new("handler", reason));
+            } else if !kwargs.is_object() {
+                problems.push(FieldError::new("kwargs", "must be a JSON object"));
+            } else if let Err(errors) = ctx.registry.validate_kwargs(&handler, &kwargs) {
+                problems.extend(errors.into_iter().map(|e| match e.split_once(": ") {
+                    Some((field, message)) => FieldError::new(field, message),
+                    None => FieldError::new("kwargs", e),
+                }));
+            }
+        } else {
+            let known: Vec<&str> = ctx.registry.iter().map(|h| h.name()).collect();
+            problems.push(FieldError::new(
+                "handler",
+                format!(
+                    "unknown handler {handler:?}; registered: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+
+        let interval = duration_field(&mut problems, "periodically", &self.periodically);
+        if interval.is_some_and(|d| d <= Duration::zero()) {
+            problems.push(FieldError::new("periodically", "must be longer than zero"));
+        }
+        let timezone = self.timezone.clone().unwrap_or_else(|| "UTC".to_string());
+        let cron = match &self.cron {
+            None => {
+                if self.timezone.is_some() {
+                    if let Err(e) = schedule::parse_timezone(&timezone) {
+                        problems.push(FieldError::new("timezone", e.to_string()));
+                    }
+                }
+                None
+            }
+            Some(expr) => match CronExpr::parse(expr, &timezone) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let field = if e.0.starts_with("timezone") {
+                        "timezone"
+                    } else {
+                        "cron"
+                    };
+                    problems.push(FieldError::new(field, e.to_string()));
+                    None
+                }
+            },
+        };
+        if self.periodically.is_some() && self.cron.is_some() {
+            problems.push(FieldError::new(
+                "cron",
+                "give either periodically or cron, not both",
+            ));
+        }
+        let when = match &self.when {
+            None => None,
+            Some(w) => match schedule::parse_when(w) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.push(FieldError::new("when", e.to_string()));
+                    None
+                }
+            },
+        };
+
+        let misfire_grace = duration_field(
+            &mut problems,
+            "misfire_grace_time",
+            &self.misfire_grace_time,
+        );
+        let timeout = duration_field(&mut problems, "timeout", &self.timeout);
+        if timeout.is_some_and(|d| d <= Duration::zero()) {
+            problems.push(FieldError::new("timeout", "must be longer than zero"));
+        }
+        let retry_backoff = duration_field(&mut problems, "retry_backoff", &self.retry_backoff)
+            .unwrap_or_else(|| Duration::seconds(1));
+        let max_instances = self.max_instances.unwrap_or(1);
+        if !(1..=MAX_INSTANCES).contains(&max_instances) {
+            problems.push(FieldError::new(
+                "max_instances",
+                format!("must be between 1 and {MAX_INSTANCES}"),
+            ));
+        }
+        let max_retries = self.max_retries.unwrap_or(0);
+        if !(0..=MAX_RETRIES).contains(&max_retries) {
+            problems.push(FieldError::new(
+                "max_retries",
+                format!("must be between 0 and {MAX_RETRIES}"),
+            ));
+        }
+        if let Some(key) = &self.lock_key {
+            if key.is_empty() || key.len() > MAX_ID_LEN {
+                problems.push(FieldError::new(
+                    "lock_key",
+                    format!("must be 1 to {MAX_ID_LEN} characters"),
+                ));
+            }
+        }
+        let state = match self
+            .state
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("running") | Some("active") => "running",
+            Some("paused") => "paused",
+            Some(other) => {
+                problems.push(FieldError::new(
+                    "state",
+                    format!("unknown state {other:?}; use running (alias active) or paused"),
+                ));
+                "running"
+            }
+        };
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_TEXT_LEN)
+        {
+            problems.push(FieldError::new(
+                "description",
+                format!("longer than {MAX_TEXT_LEN} bytes"),
+            ));
+        }
+        let tags = self.tags.clone().unwrap_or_default();
+        if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_ID_LEN) {
+            problems.push(FieldError::new(
+                "tags",
+                format!("at most {MAX_TAGS} tags of 1 to {MAX_ID_LEN} characters"),
+            ));
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let (schedule_kind, start_at, schedule) = match (interval, cron) {
+            (Some(every), _) => {
+                // Like APScheduler: without `when`, the first run is one interval from now.
+                let anchor = when.unwrap_or(ctx.now + every);
+                ("interval", anchor, Schedule::Interval { anchor, every })
+            }
+            (None, Some(expr)) => {
+                let not_before = when.unwrap_or(ctx.now);
+                ("cron", not_before, Schedule::Cron { expr, not_before })
+            }
+            (None, None) => {
+                let at = when.unwrap_or(ctx.now);
+                ("once", at, Schedule::Once { at })
+            }
+        };
+        let next_run_at = if state == "running" {
+            schedule.first_at_or_after(ctx.now)
+        } else {
+            None
+        };
+
+        Ok(NewJob {
+            job_id,
+            handler,
+            kwargs,
+            schedule_kind: schedule_kind.to_string(),
+            interval_ms: millis(interval),
+            cron: self.cron.clone(),
+            timezone,
+            start_at,
+            misfire_grace_ms: millis(misfire_grace),
+            coalesce: self.coalesce.unwrap_or(true),
+            max_instances,
+            lock_key: self.lock_key.clone(),
+            timeout_ms: millis(timeout),
+            max_retries,
+            retry_backoff_ms: retry_backoff.num_milliseconds(),
+            state: state.to_string(),
+            next_run_at,
+            description: self.description.clone(),
+            tags,
+            source: ctx.source.clone(),
+            failed_run_id: None,
+        })
+    }
+
+    /// The spec that reproduces a stored job (the base of a PATCH).
+    pub fn from_row(row: &JobRow) -> JobSpec {
+        let duration = |ms: Option<i64>| {
+            ms.map(|ms| Value::String(format_duration(Duration::milliseconds(ms))))
+        };
+        JobSpec {
+            job_id: Some(row.job_id.clone()),
+            handler: Some(row.handler.clone()),
+            kwargs: Some(row.kwargs.clone()),
+            periodically: duration(row.interval_ms),
+            cron: row.cron.clone(),
+            timezone: row.cron.as_ref().map(|_| row.timezone.clone()),
+            when: Some(row.start_at.to_rfc3339()),
+            misfire_grace_time: duration(row.misfire_grace_ms),
+            coalesce: Some(row.coalesce),
+            max_instances: Some(row.max_instances),
+            lock_key: row.lock_key.clone(),
+            timeout: duration(row.timeout_ms),
+            max_retries: Some(row.max_retries),
+            retry_backoff: duration(Some(row.retry_backoff_ms)),
+            state: Some(
+                if row.state == "paused" {
+                    "paused"
+                } else {
+                    "running"
+                }
+                .to_string(),
+            ),
+            description: row.description.clone(),
+            tags: Some(row.tags.clone()),
+        }
+    }
+
+    /// Overlays the keys present in a JSON object (a PATCH body) on this
+    /// spec; a `null` clears the field back to its default.
+    pub fn merged_with(&self, patch: &Map<String, Value>) -> Result<JobSpec, FieldError> {
+        let mut base = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        for (key, value) in patch {
+            base.insert(key.clone(), value.clone());
+        }
+        serde_json::from_value(Value::Object(base))
+            .map_err(|e| FieldError::new("body", e.to_string()))
+    }
+}
+
+/// Whether two definitions fire at the same times (so a stored
+/// `next_run_at` stays valid when one replaces the other).
+pub fn same_schedule(old: &JobRow, new: &NewJob) -> bool {
+    old.schedule_kind == new.schedule_kind
+        && old.interval_ms == new.interval_ms
+        && old.cron == new.cron
+        && old.timezone == new.timezone
+        && old.start_at == new.start_at
+}
+
+/// Carries the timing of a stored job over to its replacement: an unchanged
+/// schedule keeps its `next_run_at` (so an edit or a restart neither resets
+/// nor skips a run), and a completed one-shot job stays completed unless the
+/// replacement changes its schedule.
+pub fn carry_over_timing(old: &JobRow, new: &mut NewJob) {
+    if !same_schedule(old, new) {
+        return;
+    }
+    if old.state == "completed" {
+        new.state = "completed".to_string();
+        new.next_run_at = None;
+    } else if old.state == new.state && new.state == "running" {
+        new.next_run_at = old.next_run_at;
+    }
+}
+
+fn check_job_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
+    }
+    if id
+        .chars()
+        .any(|c| c.is_control() || c == '/' || c == '?' || c == '#')
+    {
+        return Err("must not contain '/', '?', '#' or control characters".into());
+    }
+    if RESERVED_IDS.contains(&id) {
+        return Err(format!("{id:?} is reserved by the API"));
+    }
+    Ok(())
+}
+
+/// The schedule a stored job follows (`None` for failure records).
+pub fn schedule_of(
+    row_kind: &str,
+    interval_ms: Option<i64>,
+    cron: Option<&str>,
+    timezone: &str,
+    start_at: DateTime<Utc>,
+) -> Option<Schedule> {
+    match row_kind {
+        "once" => Some(Schedule::Once { at: start_at }),
+        "interval" => interval_ms
+            .filter(|ms| *ms > 0)
+            .map(|ms| Schedule::Interval {
+                anchor: start_at,
+                every: Duration::milliseconds(ms),
+            }),
+        "cron" => cron
+            .and_then(|c| CronExpr::parse(c, timezone).ok())
+            .map(|expr| Schedule::Cron {
+                expr,
+                not_before: start_at,
+            }),
+        _ => None,
+    }
+}

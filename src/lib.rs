@@ -1,0 +1,13 @@
+//! jobsd: a job-scheduling service on PostgreSQL.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library. Embedders
+//! build a [`handlers::HandlerRegistry`] with their own handlers and call
+//! [`app::serve`].
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod handlers;
+pub mod job_spec;
+pub mod schedule;
+pub mod store;

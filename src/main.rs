@@ -1,0 +1,88 @@
+//! The `jobsd` command line: `serve` (the default), `migrate`, `openapi`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jobsd::config::{DatabaseConfig, LogFormat, ServeConfig};
+use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
+
+#[derive(Parser)]
+#[command(
+    name = "jobsd",
+    version,
+    about = "A job-scheduling service on PostgreSQL",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// With no subcommand, `jobsd` serves.
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, the scheduler and the workers (the default).
+    Serve(ServeConfig),
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate(DatabaseConfig),
+    /// Print the OpenAPI document (JSON) of the built-in handlers.
+    Openapi,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn builtin_registry(enable_command: bool) -> HandlerRegistry {
+    HandlerRegistry::with_builtins(BuiltinConfig {
+        command_enabled: enable_command,
+        ..BuiltinConfig::default()
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Openapi) => {
+            print!(
+                "{}",
+                jobsd::api::openapi::document_text(&builtin_registry(false))
+            );
+            Ok(())
+        }
+        Some(Command::Migrate(db)) => {
+            init_logging(LogFormat::Text);
+            jobsd::app::open_store(&db).await.map(|_| {
+                eprintln!("jobsd: migrations applied");
+            })
+        }
+        Some(Command::Serve(config)) => serve(config).await,
+        None => serve(cli.serve).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobsd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    let registry = builtin_registry(config.enable_command_handler);
+    let shutdown = jobsd::app::shutdown_on_signal();
+    jobsd::app::serve(config, registry, shutdown).await
+}

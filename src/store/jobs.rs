@@ -1,0 +1,292 @@
+//! The `jobs` table: job definitions and their next fire time.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::notify::{self, Channel};
+use super::{conflict_on_unique, Store, StoreError, StoreResult};
+use crate::handlers::ERROR_HANDLER;
+
+/// Which jobs a listing covers: failure records, the others, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    #[default]
+    All,
+    Failed,
+    User,
+}
+
+/// A listing's filters and page.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub job_type: JobType,
+    pub handler: Option<String>,
+    pub state: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A validated job definition, ready to store (see `crate::job_spec`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub job_id: String,
+    pub handler: String,
+    pub kwargs: Value,
+    /// `once`, `interval`, `cron` or `never` (failure records).
+    pub schedule_kind: String,
+    pub interval_ms: Option<i64>,
+    pub cron: Option<String>,
+    pub timezone: String,
+    pub start_at: DateTime<Utc>,
+    pub misfire_grace_ms: Option<i64>,
+    pub coalesce: bool,
+    pub max_instances: i32,
+    pub lock_key: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub max_retries: i32,
+    pub retry_backoff_ms: i64,
+    /// `running` or `paused`.
+    pub state: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub source: String,
+    pub failed_run_id: Option<Uuid>,
+}
+
+/// A stored job with a summary of its newest run.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRow {
+    pub job_id: String,
+    pub handler: String,
+    pub kwargs: Value,
+    pub schedule_kind: String,
+    pub interval_ms: Option<i64>,
+    pub cron: Option<String>,
+    pub timezone: String,
+    pub start_at: DateTime<Utc>,
+    pub misfire_grace_ms: Option<i64>,
+    pub coalesce: bool,
+    pub max_instances: i32,
+    pub lock_key: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub max_retries: i32,
+    pub retry_backoff_ms: i64,
+    pub state: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub source: String,
+    pub failed_run_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_run_id: Option<Uuid>,
+    pub last_run_state: Option<String>,
+    pub last_run_scheduled_for: Option<DateTime<Utc>>,
+    pub last_run_started_at: Option<DateTime<Utc>>,
+    pub last_run_finished_at: Option<DateTime<Utc>>,
+    /// Runs by state, e.g. `{"succeeded": 3, "failed": 1}`.
+    pub run_counts: Option<Value>,
+    pub has_queued_run: bool,
+}
+
+const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
+     j.timezone, j.start_at, j.misfire_grace_ms, j.coalesce, j.max_instances, j.lock_key, j.timeout_ms, \
+     j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
+     j.failed_run_id, j.created_at, j.updated_at, \
+     lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
+     lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
+     (SELECT jsonb_object_agg(c.state, c.n) FROM \
+        (SELECT r.state, count(*) AS n FROM runs r WHERE r.job_id = j.job_id GROUP BY r.state) c) AS run_counts, \
+     EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run \
+     FROM jobs j LEFT JOIN LATERAL (SELECT r.run_id, r.state, r.scheduled_for, r.started_at, r.finished_at \
+        FROM runs r WHERE r.job_id = j.job_id ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1) lr ON true";
+
+fn push_job_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
+    qb.push(" WHERE true");
+    match filter.job_type {
+        JobType::All => {}
+        JobType::Failed => {
+            qb.push(" AND j.handler = ").push_bind(ERROR_HANDLER);
+        }
+        JobType::User => {
+            qb.push(" AND j.handler <> ").push_bind(ERROR_HANDLER);
+        }
+    }
+    if let Some(handler) = &filter.handler {
+        qb.push(" AND j.handler = ").push_bind(handler.clone());
+    }
+    if let Some(state) = &filter.state {
+        qb.push(" AND j.state = ").push_bind(state.clone());
+    }
+}
+
+impl Store {
+    /// Inserts a job; `Conflict` when its `job_id` is taken. Wakes the
+    /// schedulers of every replica.
+    pub async fn job_insert(&self, job: &NewJob) -> StoreResult<JobRow> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
+             start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
+             retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
+        )
+        .bind(&job.job_id)
+        .bind(&job.handler)
+        .bind(&job.kwargs)
+        .bind(&job.schedule_kind)
+        .bind(job.interval_ms)
+        .bind(&job.cron)
+        .bind(&job.timezone)
+        .bind(job.start_at)
+        .bind(job.misfire_grace_ms)
+        .bind(job.coalesce)
+        .bind(job.max_instances)
+        .bind(&job.lock_key)
+        .bind(job.timeout_ms)
+        .bind(job.max_retries)
+        .bind(job.retry_backoff_ms)
+        .bind(&job.state)
+        .bind(job.next_run_at)
+        .bind(&job.description)
+        .bind(&job.tags)
+        .bind(&job.source)
+        .bind(job.failed_run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            conflict_on_unique(e, || format!("a job with job_id {:?} already exists", job.job_id))
+        })?;
+        notify::send(&mut *tx, Channel::JobsChanged, &job.job_id).await?;
+        tx.commit().await?;
+        self.job_get(&job.job_id).await
+    }
+
+    /// Replaces a job's definition (kwargs, schedule, policies, state) and
+    /// its next fire time. Runs and timestamps are kept.
+    pub async fn job_replace(&self, job: &NewJob) -> StoreResult<JobRow> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET handler = $2, kwargs = $3, schedule_kind = $4, interval_ms = $5, cron = $6, \
+             timezone = $7, start_at = $8, misfire_grace_ms = $9, coalesce = $10, max_instances = $11, \
+             lock_key = $12, timeout_ms = $13, max_retries = $14, retry_backoff_ms = $15, state = $16, \
+             next_run_at = $17, description = $18, tags = $19, source = $20, updated_at = now() \
+             WHERE job_id = $1",
+        )
+        .bind(&job.job_id)
+        .bind(&job.handler)
+        .bind(&job.kwargs)
+        .bind(&job.schedule_kind)
+        .bind(job.interval_ms)
+        .bind(&job.cron)
+        .bind(&job.timezone)
+        .bind(job.start_at)
+        .bind(job.misfire_grace_ms)
+        .bind(job.coalesce)
+        .bind(job.max_instances)
+        .bind(&job.lock_key)
+        .bind(job.timeout_ms)
+        .bind(job.max_retries)
+        .bind(job.retry_backoff_ms)
+        .bind(&job.state)
+        .bind(job.next_run_at)
+        .bind(&job.description)
+        .bind(&job.tags)
+        .bind(&job.source)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        notify::send(&mut *tx, Channel::JobsChanged, &job.job_id).await?;
+        tx.commit().await?;
+        self.job_get(&job.job_id).await
+    }
+
+    pub async fn job_get(&self, job_id: &str) -> StoreResult<JobRow> {
+        sqlx::query_as::<_, JobRow>(&format!("{SELECT_JOB} WHERE j.job_id = $1"))
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// One page of jobs, oldest first, and the number matching the filter.
+    pub async fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<JobRow>, i64)> {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM jobs j");
+        push_job_filter(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut page = QueryBuilder::new(SELECT_JOB);
+        push_job_filter(&mut page, filter);
+        page.push(" ORDER BY j.created_at, j.job_id LIMIT ")
+            .push_bind(filter.limit)
+            .push(" OFFSET ")
+            .push_bind(filter.offset);
+        let jobs = page.build_query_as().fetch_all(&self.pool).await?;
+        Ok((jobs, total))
+    }
+
+    /// Pauses or resumes a job. `next_run_at` is what the caller computed
+    /// (from now, on resume; kept, on pause). A completed one-shot job is
+    /// left alone: `Conflict`.
+    pub async fn job_set_state(
+        &self,
+        job_id: &str,
+        state: &str,
+        next_run_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<JobRow> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT state FROM jobs WHERE job_id = $1 FOR UPDATE")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match current.as_deref() {
+            None => return Err(StoreError::NotFound),
+            Some("completed") => {
+                return Err(StoreError::Conflict(format!(
+                    "job {job_id:?} is a completed one-shot job; create a new job or trigger it with POST /api/v1/jobs/{job_id}/run"
+                )))
+            }
+            Some(_) => {}
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = $2, next_run_at = $3, updated_at = now() WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .bind(state)
+        .bind(next_run_at)
+        .execute(&mut *tx)
+        .await?;
+        notify::send(&mut *tx, Channel::JobsChanged, job_id).await?;
+        tx.commit().await?;
+        self.job_get(job_id).await
+    }
+
+    /// Deletes a job and its runs. `NotFound` when there is none.
+    pub async fn job_delete(&self, job_id: &str) -> StoreResult<()> {
+        let deleted = sqlx::query("DELETE FROM jobs WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Deletes every failure record; returns how many.
+    pub async fn job_delete_failed(&self) -> StoreResult<u64> {
+        let deleted = sqlx::query("DELETE FROM jobs WHERE handler = $1")
+            .bind(ERROR_HANDLER)
+            .execute(&self.pool)
+            .await?;
+        Ok(deleted.rows_affected())
+    }
+}

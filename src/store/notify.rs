@@ -1,0 +1,52 @@
+//! LISTEN/NOTIFY channels that wake schedulers and workers on every replica
+//! at once; each loop still polls on a bounded interval in case a
+//! notification is lost (e.g. while a connection was being re-established).
+
+use sqlx::postgres::PgListener;
+use sqlx::{Executor, Postgres};
+
+use super::{Store, StoreResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A job was created, changed, paused, resumed or deleted: the payload is its id.
+    JobsChanged,
+    /// Runs were queued: workers should claim.
+    RunsQueued,
+    /// A run is to be cancelled: the payload is its id.
+    RunCancel,
+}
+
+impl Channel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::JobsChanged => "jobsd_jobs_changed",
+            Channel::RunsQueued => "jobsd_runs_queued",
+            Channel::RunCancel => "jobsd_run_cancel",
+        }
+    }
+}
+
+/// Sends a notification within the caller's transaction (delivered on commit).
+pub async fn send<'e, E>(executor: E, channel: Channel, payload: &str) -> StoreResult<()>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel.name())
+        .bind(payload)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// A listener subscribed to `channels`. It reconnects by itself after a
+    /// lost connection (notifications sent meanwhile are lost; callers poll).
+    pub async fn listen(&self, channels: &[Channel]) -> StoreResult<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let names: Vec<&str> = channels.iter().map(|c| c.name()).collect();
+        listener.listen_all(names).await?;
+        Ok(listener)
+    }
+}

@@ -1,0 +1,280 @@
+//! The `runs` table: reading runs, manual triggers, cancellation and
+//! operator overrides. The scheduler's and workers' statements live in
+//! `firing.rs` and `execution.rs`.
+//!
+//! Every state change names the state it starts from in its `WHERE`, so a
+//! stale actor (an old worker, a slow operator) cannot overwrite a newer
+//! state; each transition appends `{at, from, to, instance, reason}` to the
+//! run's `history`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::notify::{self, Channel};
+use super::{Store, StoreError, StoreResult};
+
+/// A run as stored, and as the API returns it.
+#[derive(Debug, Clone, FromRow, Serialize, ToSchema)]
+pub struct RunRow {
+    pub run_id: Uuid,
+    pub job_id: String,
+    pub handler: String,
+    #[schema(value_type = Object)]
+    pub kwargs: Value,
+    /// `schedule`, `manual`, `retry` or `catch-up`.
+    pub trigger: String,
+    pub scheduled_for: DateTime<Utc>,
+    /// A queued run is not started before this (retry backoff).
+    pub run_after: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out`, `missed` or `dead`.
+    pub state: String,
+    /// Attempts started so far.
+    pub attempt: i32,
+    pub max_retries: i32,
+    pub timeout_ms: Option<i64>,
+    pub lock_key: Option<String>,
+    /// The replica running (or that last ran) it.
+    pub instance: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub traceback: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Value>,
+    /// Every transition: `{"at", "from", "to", "instance", "reason"}`.
+    #[schema(value_type = Vec<Object>)]
+    pub history: Value,
+}
+
+pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
+    created_at, started_at, finished_at, state, attempt, max_retries, timeout_ms, lock_key, instance, \
+    lease_expires_at, cancel_requested, result, error, traceback, progress, history";
+
+/// SQL for one history entry, with `$from`, `$to`, `$instance`, `$reason` as SQL expressions.
+pub(crate) fn history_entry(from: &str, to: &str, instance: &str, reason: &str) -> String {
+    format!(
+        "jsonb_build_array(jsonb_build_object('at', now(), 'from', {from}, 'to', {to}, 'instance', {instance}, 'reason', {reason}))"
+    )
+}
+
+/// Filters and page of a run listing.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub job_id: Option<String>,
+    pub state: Option<String>,
+    pub handler: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A manual run to queue.
+#[derive(Debug, Clone)]
+pub struct ManualRun {
+    pub job_id: String,
+    /// Overrides of the job's handler and kwargs (re-running a failure record).
+    pub handler: Option<String>,
+    pub kwargs: Option<Value>,
+    pub reason: String,
+}
+
+fn push_run_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &RunFilter) {
+    qb.push(" WHERE true");
+    if let Some(v) = &f.job_id {
+        qb.push(" AND job_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.state {
+        qb.push(" AND state = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.handler {
+        qb.push(" AND handler = ").push_bind(v.clone());
+    }
+    if let Some(v) = f.since {
+        qb.push(" AND created_at >= ").push_bind(v);
+    }
+    if let Some(v) = f.until {
+        qb.push(" AND created_at < ").push_bind(v);
+    }
+}
+
+impl Store {
+    pub async fn run_get(&self, run_id: Uuid) -> StoreResult<RunRow> {
+        sqlx::query_as::<_, RunRow>(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Runs matching the filter, newest first, and how many match in all.
+    pub async fn run_list(&self, filter: &RunFilter) -> StoreResult<(Vec<RunRow>, i64)> {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM runs");
+        push_run_filter(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let mut page = QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs"));
+        push_run_filter(&mut page, filter);
+        page.push(" ORDER BY created_at DESC, run_id DESC LIMIT ")
+            .push_bind(filter.limit)
+            .push(" OFFSET ")
+            .push_bind(filter.offset);
+        Ok((page.build_query_as().fetch_all(&self.pool).await?, total))
+    }
+
+    /// The newest run of a job.
+    pub async fn run_latest(&self, job_id: &str) -> StoreResult<RunRow> {
+        sqlx::query_as::<_, RunRow>(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT 1"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Queues a manual run now. `Conflict` when the job already has
+    /// `max_instances` runs queued or running (checked under the job's row
+    /// lock, so concurrent triggers cannot both pass).
+    pub async fn run_trigger(&self, run: &ManualRun) -> StoreResult<RunRow> {
+        let mut tx = self.pool.begin().await?;
+        let max_instances: Option<i32> =
+            sqlx::query_scalar("SELECT max_instances FROM jobs WHERE job_id = $1 FOR UPDATE")
+                .bind(&run.job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let max_instances = max_instances.ok_or(StoreError::NotFound)?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE job_id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(&run.job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= i64::from(max_instances) {
+            return Err(StoreError::Conflict(format!(
+                "job {:?} already has {active} run(s) queued or running; its max_instances is {max_instances}",
+                run.job_id
+            )));
+        }
+        let run_id = Uuid::new_v4();
+        let sql = format!(
+            "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
+             max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
+             SELECT $1, j.job_id, COALESCE($2, j.handler), COALESCE($3, j.kwargs), 'manual', now(), now(), \
+             'queued', j.max_retries, j.retry_backoff_ms, j.timeout_ms, NULL, j.lock_key, {} \
+             FROM jobs j WHERE j.job_id = $4 RETURNING {RUN_COLUMNS}",
+            history_entry("NULL", "'queued'", "NULL", "$5")
+        );
+        let row = sqlx::query_as::<_, RunRow>(&sql)
+            .bind(run_id)
+            .bind(&run.handler)
+            .bind(&run.kwargs)
+            .bind(&run.job_id)
+            .bind(&run.reason)
+            .fetch_one(&mut *tx)
+            .await?;
+        notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Cancels a run: a queued one at once; a running one is flagged and its
+    /// instance told to stop it (the worker then records `cancelled`).
+    /// `Conflict` for a run that has already finished.
+    pub async fn run_cancel(&self, run_id: Uuid, reason: &str) -> StoreResult<RunRow> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1 FOR UPDATE")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match state.as_deref() {
+            None => return Err(StoreError::NotFound),
+            Some("queued") => {
+                let sql = format!(
+                    "UPDATE runs SET state = 'cancelled', finished_at = now(), error = $2, \
+                     history = history || {} WHERE run_id = $1 AND state = 'queued'",
+                    history_entry("'queued'", "'cancelled'", "NULL", "$2")
+                );
+                sqlx::query(&sql)
+                    .bind(run_id)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some("running") => {
+                sqlx::query("UPDATE runs SET cancel_requested = true WHERE run_id = $1")
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+                notify::send(&mut *tx, Channel::RunCancel, &run_id.to_string()).await?;
+            }
+            Some(done) => {
+                return Err(StoreError::Conflict(format!(
+                    "run {run_id} has already finished ({done}); nothing to cancel"
+                )))
+            }
+        }
+        tx.commit().await?;
+        self.run_get(run_id).await
+    }
+
+    /// Operator override of a run's state (e.g. a stuck run), recorded in
+    /// its history with the reason. `queued` re-queues it now; a final state
+    /// ends it (a worker still running it can no longer write its outcome).
+    pub async fn run_override_state(
+        &self,
+        run_id: Uuid,
+        state: &str,
+        reason: &str,
+    ) -> StoreResult<RunRow> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1 FOR UPDATE")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let current = current.ok_or(StoreError::NotFound)?;
+        if current == state {
+            return Err(StoreError::Conflict(format!(
+                "run {run_id} is already {state}"
+            )));
+        }
+        let requeue = state == "queued";
+        let sql = format!(
+            "UPDATE runs SET state = $2, \
+             finished_at = CASE WHEN $3 THEN NULL ELSE now() END, \
+             run_after = CASE WHEN $3 THEN now() ELSE run_after END, \
+             lease_expires_at = NULL, cancel_requested = false, \
+             history = history || {} WHERE run_id = $1 AND state = $5",
+            history_entry("$5", "$2", "'operator'", "$4")
+        );
+        sqlx::query(&sql)
+            .bind(run_id)
+            .bind(state)
+            .bind(requeue)
+            .bind(format!("operator: {reason}"))
+            .bind(&current)
+            .execute(&mut *tx)
+            .await?;
+        if current == "running" {
+            // Tell its instance to stop the handler.
+            notify::send(&mut *tx, Channel::RunCancel, &run_id.to_string()).await?;
+        }
+        if requeue {
+            notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        }
+        tx.commit().await?;
+        self.run_get(run_id).await
+    }
+}

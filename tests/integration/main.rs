@@ -1,0 +1,8 @@
+//! Integration tests: a real jobsd against a real PostgreSQL, one fresh
+//! database per test.
+
+mod bad_input;
+mod jobs_api;
+mod service_api;
+mod startup;
+mod support;

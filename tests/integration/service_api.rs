@@ -1,0 +1,132 @@
+//! Service state, probes, handler catalogue, Swagger UI and the OpenAPI document.
+
+use serde_json::Value;
+
+use crate::support::{assert_error, TestApp};
+
+#[tokio::test]
+async fn probes() {
+    let app = TestApp::start().await;
+    let (status, body) = app.get("/api/v1/liveness").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = app.get("/api/v1/readiness").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test]
+async fn service_state_pause_and_resume() {
+    let app = TestApp::start().await;
+    let (status, body) = app.get("/api/v1/service/state").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], "running");
+    let (status, body) = app.put("/api/v1/service/state?state=paused").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], "paused");
+    assert_eq!(app.get("/api/v1/service/state").await.1["state"], "paused");
+    assert!(app.store.service_paused().await.unwrap());
+    let (_, body) = app.put("/api/v1/service/state?state=active").await;
+    assert_eq!(body["state"], "running");
+    assert_error(
+        &app.put("/api/v1/service/state?state=off").await,
+        400,
+        "state",
+    );
+    assert_error(&app.put("/api/v1/service/state").await, 400, "state");
+}
+
+#[tokio::test]
+async fn handlers_are_listed_with_schemas_and_examples() {
+    let app = TestApp::start().await;
+    let (status, body) = app.get("/api/v1/handlers").await;
+    assert_eq!(status, 200);
+    let handlers = body["handlers"].as_array().unwrap();
+    let names: Vec<&str> = handlers.iter().filter_map(|h| h["name"].as_str()).collect();
+    for expected in ["ErrorHandler", "command", "http", "log", "sleep"] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    for h in handlers {
+        assert_eq!(h["kwargs_schema"]["type"], "object", "{h}");
+        assert!(h["example"].is_object(), "{h}");
+    }
+    let command = handlers.iter().find(|h| h["name"] == "command").unwrap();
+    assert_eq!(command["enabled"], false);
+    assert!(command["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("--enable-command-handler"));
+}
+
+#[tokio::test]
+async fn swagger_ui_and_document_are_served() {
+    let app = TestApp::start().await;
+    let resp = app.client.get(app.url("/api/v1/ui/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "Swagger UI page");
+    let resp = app
+        .client
+        .get(app.url("/api/v1/ui/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("/api/v1/openapi.json"));
+
+    // `/` leads to the UI.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects.get(app.url("/")).send().await.unwrap();
+    assert!(resp.status().is_redirection());
+    assert_eq!(resp.headers()["location"], "/api/v1/ui/");
+
+    let (status, doc) = app.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    let committed: Value =
+        serde_json::from_str(include_str!("../../openapi/openapi.json")).unwrap();
+    assert_eq!(doc, committed, "the served document is the committed one");
+}
+
+#[test]
+fn committed_openapi_matches_the_code() {
+    let registry = jobsd::handlers::HandlerRegistry::with_builtins(Default::default());
+    let generated = jobsd::api::openapi::document_text(&registry);
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .expect("openapi/openapi.json exists");
+    assert!(
+        generated == committed,
+        "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`"
+    );
+}
+
+#[test]
+fn every_handler_has_its_create_endpoint_documented() {
+    let registry = jobsd::handlers::HandlerRegistry::with_builtins(Default::default());
+    let doc = jobsd::api::openapi::document(&registry);
+    for handler in registry.iter() {
+        let path = format!("/api/v1/jobs/{}", handler.name());
+        let op = &doc["paths"][&path]["post"];
+        assert!(op.is_object(), "{path} documented");
+        let content = &op["requestBody"]["content"]["application/json"];
+        assert_eq!(content["schema"], handler.kwargs_schema(), "{path} schema");
+        assert_eq!(content["example"], handler.example(), "{path} example");
+        let params: Vec<&str> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for p in [
+            "job_id",
+            "periodically",
+            "cron",
+            "when",
+            "misfire_grace_time",
+            "state",
+        ] {
+            assert!(params.contains(&p), "{path} has query parameter {p}");
+        }
+    }
+}

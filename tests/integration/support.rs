@@ -1,0 +1,229 @@
+//! Test support: a fresh PostgreSQL database per test, and a real jobsd
+//! (in-process, or as a real child process) serving on a free port.
+
+use std::time::Duration;
+
+use clap::Parser;
+use jobsd::config::ServeConfig;
+use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
+use jobsd::store::Store;
+use serde_json::Value;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+/// Server URL of the PostgreSQL the tests use (any database on it).
+pub fn admin_url() -> String {
+    std::env::var("JOBSD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+fn url_for(database: &str) -> String {
+    let admin = admin_url();
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b.to_string(), format!("?{q}")),
+        None => (admin.clone(), String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{database}{query}", &base[..host_end])
+}
+
+/// A database that exists for one test and is dropped after it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A name only; jobsd itself creates the database on start.
+    pub fn unique_name() -> String {
+        format!("jobsd_test_{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// Reserves a fresh database name; the database is created by whoever
+    /// connects first (jobsd creates it on start), and dropped on drop.
+    pub fn new() -> TestDb {
+        let name = Self::unique_name();
+        TestDb {
+            url: url_for(&name),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside a runtime; a plain thread with its own runtime avoids blocking it.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+/// A ServeConfig as the CLI would build it from these flags.
+pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
+    let mut args = vec![
+        "jobsd".to_string(),
+        "--database-url".to_string(),
+        db.url.clone(),
+        "--bind".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--db-max-connections".to_string(),
+        "4".to_string(),
+        "--default-jobs-dir".to_string(),
+        "/nonexistent-jobsd-test-dir".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Flags::parse_from(args).serve
+}
+
+/// A jobsd served in-process against its own database.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    shutdown: CancellationToken,
+    /// Held so the database lives as long as the app (dropped last).
+    #[allow(dead_code)]
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> TestApp {
+        let db = TestDb::new();
+        Self::start_on(db, extra).await
+    }
+
+    pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
+        let config = serve_config(&db, extra);
+        let registry = HandlerRegistry::with_builtins(BuiltinConfig {
+            command_enabled: config.enable_command_handler,
+            ..BuiltinConfig::default()
+        });
+        let shutdown = CancellationToken::new();
+        let running = jobsd::app::start(config, registry, shutdown.clone())
+            .await
+            .expect("jobsd starts");
+        let address = running.address;
+        let store = running.store.clone();
+        tokio::spawn(running.wait());
+        TestApp {
+            base: format!("http://{address}"),
+            client: reqwest::Client::new(),
+            store,
+            shutdown,
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request and returns the status and the JSON body (Null if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body read");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, None).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts an error response: the status, and that `error` mentions `needle`.
+#[track_caller]
+pub fn assert_error(response: &(u16, Value), status: u16, needle: &str) {
+    let (got, body) = response;
+    assert_eq!(*got, status, "status; body: {body}");
+    let message = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field in {body}"));
+    assert!(
+        message.to_lowercase().contains(&needle.to_lowercase()),
+        "error {message:?} should mention {needle:?}"
+    );
+}
