@@ -73,6 +73,8 @@ CREATE TABLE runs (
 CREATE UNIQUE INDEX runs_job_scheduled_once ON runs (job_id, scheduled_for) WHERE trigger <> 'manual';
 CREATE INDEX runs_queue_idx ON runs (run_after) WHERE state = 'queued';
 CREATE INDEX runs_running_idx ON runs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX runs_running_lock_idx ON runs (lock_key) WHERE state = 'running' AND lock_key IS NOT NULL;
+CREATE INDEX runs_active_job_idx ON runs (job_id) WHERE state IN ('queued', 'running');
 CREATE INDEX runs_job_idx ON runs (job_id, created_at DESC);
 CREATE INDEX runs_created_idx ON runs (created_at DESC, run_id);
 

@@ -1,5 +1,6 @@
 //! Start-up and shutdown of `jobsd serve`: connect (creating the database),
-//! migrate, then serve the API until SIGTERM/SIGINT.
+//! migrate, then run the API, the scheduler, the workers and the supervisor
+//! until SIGTERM/SIGINT; on shutdown the workers drain before exit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::handlers::HandlerRegistry;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
+use crate::worker::{Supervisor, WorkerConfig, WorkerPool};
 
 /// Connects to the database named in `config` and applies migrations.
 pub async fn open_store(config: &DatabaseConfig) -> anyhow::Result<Store> {
@@ -55,6 +58,7 @@ pub async fn start(
     let instance = config.instance_name();
     let store = open_store(&config.database).await?;
     let registry = Arc::new(registry);
+    let background = spawn_background(&config, &store, &registry, &instance, &shutdown);
     let state = AppState::new(store.clone(), registry, instance.clone());
     let app = api::router(state, config.max_body_bytes);
 
@@ -64,10 +68,13 @@ pub async fn start(
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, %instance, "jobsd listening; Swagger UI at http://{address}/api/v1/ui");
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+            .await;
+        for task in background {
+            let _ = task.await;
+        }
+        served.context("serving HTTP")?;
         tracing::info!("jobsd stopped");
         Ok(())
     });
@@ -77,6 +84,48 @@ pub async fn start(
         store,
         task,
     })
+}
+
+/// Starts the scheduler, the worker pool and the supervisor; each stops
+/// (workers after draining) when `shutdown` is cancelled.
+fn spawn_background(
+    config: &ServeConfig,
+    store: &Store,
+    registry: &Arc<HandlerRegistry>,
+    instance: &str,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let scheduler = Scheduler::new(
+        store.clone(),
+        SchedulerConfig {
+            instance: instance.to_string(),
+            batch_size: 500,
+            poll_interval: config.poll_interval,
+        },
+    );
+    let workers = WorkerPool::new(
+        store.clone(),
+        registry.clone(),
+        WorkerConfig {
+            instance: instance.to_string(),
+            concurrency: config.workers.max(1),
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            cancel_grace: config.cancel_grace,
+            shutdown_grace: config.shutdown_grace,
+            max_result_bytes: 64 * 1024,
+        },
+    );
+    let supervisor = Supervisor::new(
+        store.clone(),
+        instance.to_string(),
+        (config.lease / 4).max(std::time::Duration::from_millis(100)),
+    );
+    vec![
+        tokio::spawn(scheduler.run(shutdown.clone())),
+        tokio::spawn(workers.run(shutdown.clone())),
+        tokio::spawn(supervisor.run(shutdown.clone())),
+    ]
 }
 
 /// Runs the service until `shutdown` is cancelled.

@@ -84,6 +84,11 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBSD_LEASE", default_value = "30s", value_parser = parse_flag_duration)]
     pub lease: Duration,
 
+    /// How long a cancelled or timed-out handler gets to stop by itself
+    /// before it is abandoned.
+    #[arg(long, env = "JOBSD_CANCEL_GRACE", default_value = "5s", value_parser = parse_flag_duration)]
+    pub cancel_grace: Duration,
+
     /// On SIGTERM/SIGINT, how long running runs may take to finish before
     /// they are handed back to the queue.
     #[arg(long, env = "JOBSD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_flag_duration)]

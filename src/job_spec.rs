@@ -5,7 +5,7 @@
 //! so a job means the same thing whichever way it arrived. Validation reports
 //! every problem at once, each naming its field.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -216,8 +216,10 @@ impl JobSpec {
         }
         let when = match &self.when {
             None => None,
+            // PostgreSQL keeps microseconds; drop finer digits so the
+            // stored time reads back exactly.
             Some(w) => match schedule::parse_when(w) {
-                Ok(t) => Some(t),
+                Ok(t) => Some(t.trunc_subsecs(6)),
                 Err(e) => {
                     problems.push(FieldError::new("when", e.to_string()));
                     None

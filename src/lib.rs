@@ -10,4 +10,6 @@ pub mod config;
 pub mod handlers;
 pub mod job_spec;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;
+pub mod worker;

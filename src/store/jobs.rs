@@ -104,7 +104,7 @@ const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind,
         (SELECT r.state, count(*) AS n FROM runs r WHERE r.job_id = j.job_id GROUP BY r.state) c) AS run_counts, \
      EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run \
      FROM jobs j LEFT JOIN LATERAL (SELECT r.run_id, r.state, r.scheduled_for, r.started_at, r.finished_at \
-        FROM runs r WHERE r.job_id = j.job_id ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1) lr ON true";
+        FROM runs r WHERE r.job_id = j.job_id ORDER BY r.created_at DESC, r.scheduled_for DESC, r.run_id DESC LIMIT 1) lr ON true";
 
 fn push_job_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
     qb.push(" WHERE true");

@@ -7,6 +7,8 @@
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
 mod connect;
+pub mod execution;
+pub mod firing;
 pub mod jobs;
 pub mod notify;
 pub mod runs;
@@ -15,7 +17,10 @@ pub mod service;
 use sqlx::PgPool;
 
 pub use connect::{redact_url, ConnectError};
+pub use execution::{HeartbeatAck, RunClaim, RunOutcome, RunRetry};
+pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
+pub use runs::{ManualRun, RunFilter, RunRow};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
 /// to explain; `Database` is a fault (logged, answered with a 500).

@@ -50,3 +50,29 @@ impl Store {
         Ok(listener)
     }
 }
+
+/// The next notification as (channel, payload). Without a listener it
+/// never returns (callers poll on a timer beside it); after a listener
+/// error it pauses briefly and returns `None`.
+pub async fn next(listener: &mut Option<PgListener>) -> Option<(Channel, String)> {
+    let Some(l) = listener.as_mut() else {
+        return std::future::pending().await;
+    };
+    match l.recv().await {
+        Ok(n) => {
+            let channel = [
+                Channel::JobsChanged,
+                Channel::RunsQueued,
+                Channel::RunCancel,
+            ]
+            .into_iter()
+            .find(|c| c.name() == n.channel())?;
+            Some((channel, n.payload().to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "notification listener failed; polling until it reconnects");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            None
+        }
+    }
+}

@@ -14,6 +14,7 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::execution::complete_one_shot_jobs;
 use super::notify::{self, Channel};
 use super::{Store, StoreError, StoreResult};
 
@@ -38,7 +39,9 @@ pub struct RunRow {
     /// Attempts started so far.
     pub attempt: i32,
     pub max_retries: i32,
+    pub retry_backoff_ms: i64,
     pub timeout_ms: Option<i64>,
+    pub misfire_grace_ms: Option<i64>,
     pub lock_key: Option<String>,
     /// The replica running (or that last ran) it.
     pub instance: Option<String>,
@@ -56,7 +59,7 @@ pub struct RunRow {
 }
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
-    created_at, started_at, finished_at, state, attempt, max_retries, timeout_ms, lock_key, instance, \
+    created_at, started_at, finished_at, state, attempt, max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, instance, \
     lease_expires_at, cancel_requested, result, error, traceback, progress, history";
 
 /// SQL for one history entry, with `$from`, `$to`, `$instance`, `$reason` as SQL expressions.
@@ -125,7 +128,7 @@ impl Store {
         let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
         let mut page = QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs"));
         push_run_filter(&mut page, filter);
-        page.push(" ORDER BY created_at DESC, run_id DESC LIMIT ")
+        page.push(" ORDER BY created_at DESC, scheduled_for DESC, run_id DESC LIMIT ")
             .push_bind(filter.limit)
             .push(" OFFSET ")
             .push_bind(filter.offset);
@@ -135,7 +138,7 @@ impl Store {
     /// The newest run of a job.
     pub async fn run_latest(&self, job_id: &str) -> StoreResult<RunRow> {
         sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT 1"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = $1 ORDER BY created_at DESC, scheduled_for DESC, run_id DESC LIMIT 1"
         ))
         .bind(job_id)
         .fetch_optional(&self.pool)
@@ -193,14 +196,14 @@ impl Store {
     /// `Conflict` for a run that has already finished.
     pub async fn run_cancel(&self, run_id: Uuid, reason: &str) -> StoreResult<RunRow> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1 FOR UPDATE")
+        let current: Option<(String, String)> =
+            sqlx::query_as("SELECT state, job_id FROM runs WHERE run_id = $1 FOR UPDATE")
                 .bind(run_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        match state.as_deref() {
-            None => return Err(StoreError::NotFound),
-            Some("queued") => {
+        let (state, job_id) = current.ok_or(StoreError::NotFound)?;
+        match state.as_str() {
+            "queued" => {
                 let sql = format!(
                     "UPDATE runs SET state = 'cancelled', finished_at = now(), error = $2, \
                      history = history || {} WHERE run_id = $1 AND state = 'queued'",
@@ -211,15 +214,16 @@ impl Store {
                     .bind(reason)
                     .execute(&mut *tx)
                     .await?;
+                complete_one_shot_jobs(&mut tx, &[job_id]).await?;
             }
-            Some("running") => {
+            "running" => {
                 sqlx::query("UPDATE runs SET cancel_requested = true WHERE run_id = $1")
                     .bind(run_id)
                     .execute(&mut *tx)
                     .await?;
                 notify::send(&mut *tx, Channel::RunCancel, &run_id.to_string()).await?;
             }
-            Some(done) => {
+            done => {
                 return Err(StoreError::Conflict(format!(
                     "run {run_id} has already finished ({done}); nothing to cancel"
                 )))
@@ -239,12 +243,12 @@ impl Store {
         reason: &str,
     ) -> StoreResult<RunRow> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1 FOR UPDATE")
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT state, job_id FROM runs WHERE run_id = $1 FOR UPDATE")
                 .bind(run_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let current = current.ok_or(StoreError::NotFound)?;
+        let (current, job_id) = row.ok_or(StoreError::NotFound)?;
         if current == state {
             return Err(StoreError::Conflict(format!(
                 "run {run_id} is already {state}"
@@ -273,6 +277,8 @@ impl Store {
         }
         if requeue {
             notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        } else {
+            complete_one_shot_jobs(&mut tx, &[job_id]).await?;
         }
         tx.commit().await?;
         self.run_get(run_id).await

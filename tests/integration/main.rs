@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod jobs_api;
+mod runs;
+mod scheduling;
 mod service_api;
 mod startup;
 mod support;

@@ -55,6 +55,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return; // moved on to a restarted app
+        }
         let name = self.name.clone();
         // Drop runs inside a runtime; a plain thread with its own runtime avoids blocking it.
         let _ = std::thread::spawn(move || {
@@ -95,6 +98,14 @@ pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
         "4".to_string(),
         "--default-jobs-dir".to_string(),
         "/nonexistent-jobsd-test-dir".to_string(),
+        "--poll-interval".to_string(),
+        "1s".to_string(),
+        "--lease".to_string(),
+        "5s".to_string(),
+        "--cancel-grace".to_string(),
+        "1s".to_string(),
+        "--shutdown-grace".to_string(),
+        "5s".to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     Flags::parse_from(args).serve
@@ -106,6 +117,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// Held so the database lives as long as the app (dropped last).
     #[allow(dead_code)]
     pub db: TestDb,
@@ -122,25 +134,55 @@ impl TestApp {
     }
 
     pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
+        Self::start_custom(db, extra, |_| {}).await
+    }
+
+    /// Starts with the built-ins plus whatever `register` adds.
+    pub async fn start_custom(
+        db: TestDb,
+        extra: &[&str],
+        register: impl FnOnce(&mut HandlerRegistry),
+    ) -> TestApp {
         let config = serve_config(&db, extra);
-        let registry = HandlerRegistry::with_builtins(BuiltinConfig {
+        let mut registry = HandlerRegistry::with_builtins(BuiltinConfig {
             command_enabled: config.enable_command_handler,
             ..BuiltinConfig::default()
         });
+        register(&mut registry);
         let shutdown = CancellationToken::new();
         let running = jobsd::app::start(config, registry, shutdown.clone())
             .await
             .expect("jobsd starts");
         let address = running.address;
         let store = running.store.clone();
-        tokio::spawn(running.wait());
+        let task = tokio::spawn(running.wait());
         TestApp {
             base: format!("http://{address}"),
             client: reqwest::Client::new(),
             store,
             shutdown,
+            task: Some(task),
             db,
         }
+    }
+
+    /// Stops the service like SIGTERM would, waits until it has stopped, and
+    /// hands back its database (to start again on it).
+    pub async fn stop(mut self) -> TestDb {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let stopped = tokio::time::timeout(Duration::from_secs(30), task).await;
+            assert!(
+                matches!(stopped, Ok(Ok(Ok(())))),
+                "jobsd stops cleanly: {stopped:?}"
+            );
+        }
+        let db = TestDb {
+            name: self.db.name.clone(),
+            url: self.db.url.clone(),
+        };
+        self.db.name.clear();
+        db
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -226,4 +268,18 @@ pub fn assert_error(response: &(u16, Value), status: u16, needle: &str) {
         message.to_lowercase().contains(&needle.to_lowercase()),
         "error {message:?} should mention {needle:?}"
     );
+}
+
+/// Checks `check` every 50 ms for `window`, failing at once if it ever
+/// returns false: for asserting that something does NOT happen.
+pub async fn assert_stays<F, Fut>(what: &str, window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < window {
+        assert!(check().await, "expected {what} to hold for {window:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

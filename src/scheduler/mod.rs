@@ -1,0 +1,137 @@
+//! The scheduler: turns due jobs into runs.
+//!
+//! Driven by the database, not by in-memory timers: [`Scheduler::run_once`]
+//! locks a batch of due jobs (`FOR UPDATE SKIP LOCKED`), plans their runs
+//! with [`plan::plan_firing`], and inserts the runs and advances
+//! `next_run_at` in the same transaction — so any number of replicas fire
+//! each scheduled time once. The loop around it sleeps until the next due
+//! time (by database time), wakes at once on a `jobs_changed` notification,
+//! and polls at least every `poll_interval` in case one was lost.
+
+pub mod plan;
+
+use std::time::Duration;
+
+use chrono::Duration as ChronoDuration;
+use tokio_util::sync::CancellationToken;
+
+use crate::job_spec::schedule_of;
+use crate::store::notify::{self, Channel};
+use crate::store::{Store, StoreResult};
+use plan::{plan_firing, DuePolicy};
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// This replica's name, recorded in run history.
+    pub instance: String,
+    /// Jobs claimed per transaction.
+    pub batch_size: i64,
+    /// Longest sleep without a notification.
+    pub poll_interval: Duration,
+}
+
+pub struct Scheduler {
+    store: Store,
+    config: SchedulerConfig,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, config: SchedulerConfig) -> Self {
+        Scheduler { store, config }
+    }
+
+    /// Fires one batch of due jobs. Returns how many jobs it processed.
+    pub async fn run_once(&self) -> StoreResult<usize> {
+        let batch = self.store.due_jobs_claim(self.config.batch_size).await?;
+        let mut runs = Vec::new();
+        let mut advances = Vec::with_capacity(batch.jobs.len());
+        for job in &batch.jobs {
+            let schedule = schedule_of(
+                &job.schedule_kind,
+                job.interval_ms,
+                job.cron.as_deref(),
+                &job.timezone,
+                job.start_at,
+            );
+            let Some(schedule) = schedule else {
+                // Not a firing job (e.g. an unparsable stored cron): park it
+                // rather than spin on it.
+                tracing::error!(job_id = %job.job_id, "job has no valid schedule; clearing next_run_at");
+                advances.push(crate::store::JobAdvance {
+                    job_id: job.job_id.clone(),
+                    next_run_at: None,
+                    complete: false,
+                });
+                continue;
+            };
+            let policy = DuePolicy {
+                misfire_grace: job.misfire_grace_ms.map(ChronoDuration::milliseconds),
+                coalesce: job.coalesce,
+            };
+            let plan = plan_firing(&job.job_id, &schedule, job.next_run_at, job.db_now, &policy);
+            for run in &plan.runs {
+                tracing::debug!(job_id = %job.job_id, scheduled_for = %run.scheduled_for, state = %run.state, "fired");
+                if run.state == "missed" {
+                    tracing::warn!(job_id = %job.job_id, reason = %run.reason, "missed scheduled run");
+                }
+            }
+            runs.extend(plan.runs);
+            advances.push(plan.advance);
+        }
+        let count = batch.jobs.len();
+        batch
+            .commit(&self.config.instance, &runs, &advances)
+            .await?;
+        Ok(count)
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = match self.store.listen(&[Channel::JobsChanged]).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler: cannot listen for notifications; polling");
+                None
+            }
+        };
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.run_once().await {
+                Ok(n) if n as i64 >= self.config.batch_size => continue,
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, "scheduler: firing due jobs failed");
+                }
+            }
+            let wait = if failures > 0 {
+                backoff(failures, self.config.poll_interval)
+            } else {
+                match self.store.due_jobs_next_in().await {
+                    Ok(Some(d)) => d.min(self.config.poll_interval),
+                    Ok(None) => self.config.poll_interval,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduler: cannot read the next due time");
+                        self.config.poll_interval
+                    }
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = notify::next(&mut listener) => {}
+            }
+        }
+        tracing::debug!("scheduler stopped");
+    }
+}
+
+/// Delay after `failures` consecutive database errors: 100 ms doubling, capped.
+pub(crate) fn backoff(failures: u32, cap: Duration) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.min(10));
+    Duration::from_millis(ms).min(cap.max(Duration::from_millis(100)))
+}

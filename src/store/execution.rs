@@ -1,0 +1,357 @@
+//! The workers' statements: claim queued runs, renew leases, record
+//! outcomes, retry, hand back at shutdown, and rescue runs whose instance
+//! died.
+//!
+//! Fencing: every write about a running run demands `state = 'running'`, the
+//! claiming `instance` and the claimed `attempt`, and reports whether it took
+//! effect. A worker whose lease was taken over, or whose run an operator
+//! ended, therefore cannot overwrite the newer state.
+
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::notify::{self, Channel};
+use super::runs::{history_entry, RunRow, RUN_COLUMNS};
+use super::{Store, StoreResult};
+use crate::handlers::ERROR_HANDLER;
+
+/// Claims are serialized across replicas by this advisory lock, so the
+/// `max_instances` and `lock_key` counts each claim sees are exact.
+const CLAIM_LOCK: i64 = 0x6a6f_6273_645f_636c; // "jobsd_cl"
+
+/// Fences a write to the run this worker claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunClaim {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub instance: String,
+}
+
+/// How an attempt ended, to record.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// `succeeded`, `failed`, `timed_out` or `cancelled`.
+    pub state: String,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub traceback: Option<String>,
+    pub reason: String,
+}
+
+/// A failed attempt to try again after `delay_ms`.
+#[derive(Debug, Clone)]
+pub struct RunRetry {
+    pub delay_ms: i64,
+    pub error: String,
+    pub traceback: Option<String>,
+    pub reason: String,
+}
+
+/// The latest state of a running run, as its heartbeat sees it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HeartbeatAck {
+    pub run_id: Uuid,
+    pub cancel_requested: bool,
+}
+
+impl Store {
+    /// Claims up to `limit` due queued runs for `instance`, honouring each
+    /// job's `max_instances` and every `lock_key` across all replicas. A run
+    /// started later than its misfire grace allows is marked `missed`
+    /// instead (returned too, in that state, so the caller can log it).
+    pub async fn run_claim(
+        &self,
+        instance: &str,
+        limit: i64,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<RunRow>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let sql = format!(
+            "WITH due AS ( \
+                SELECT r.run_id, r.job_id, r.lock_key, r.run_after, r.created_at FROM runs r \
+                WHERE r.state = 'queued' AND r.run_after <= now() \
+                ORDER BY r.run_after, r.created_at LIMIT $2 * 4 + 64 FOR UPDATE SKIP LOCKED \
+             ), ranked AS ( \
+                SELECT d.*, \
+                  row_number() OVER (PARTITION BY d.job_id ORDER BY d.run_after, d.created_at) AS job_rank, \
+                  row_number() OVER (PARTITION BY d.lock_key ORDER BY d.run_after, d.created_at) AS lock_rank \
+                FROM due d \
+             ), picked AS ( \
+                SELECT k.run_id FROM ranked k JOIN jobs j ON j.job_id = k.job_id \
+                WHERE k.job_rank + (SELECT count(*) FROM runs x WHERE x.job_id = k.job_id AND x.state = 'running') \
+                      <= j.max_instances \
+                  AND (k.lock_key IS NULL OR (k.lock_rank = 1 AND NOT EXISTS \
+                      (SELECT 1 FROM runs y WHERE y.lock_key = k.lock_key AND y.state = 'running'))) \
+                ORDER BY k.run_after, k.created_at LIMIT $2 \
+             ), late AS ( \
+                SELECT r.run_id, (r.started_at IS NULL AND r.misfire_grace_ms IS NOT NULL \
+                    AND now() > r.scheduled_for + r.misfire_grace_ms * interval '1 millisecond') AS is_late \
+                FROM runs r JOIN picked p ON p.run_id = r.run_id \
+             ) \
+             UPDATE runs r SET \
+                state = CASE WHEN l.is_late THEN 'missed' ELSE 'running' END, \
+                attempt = CASE WHEN l.is_late THEN r.attempt ELSE r.attempt + 1 END, \
+                started_at = CASE WHEN l.is_late THEN r.started_at ELSE now() END, \
+                finished_at = CASE WHEN l.is_late THEN now() END, \
+                error = CASE WHEN l.is_late THEN 'missed: not started within misfire_grace_time' ELSE r.error END, \
+                instance = $1, \
+                lease_expires_at = CASE WHEN l.is_late THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
+                history = r.history || {} \
+             FROM late l WHERE r.run_id = l.run_id \
+             RETURNING {}",
+            history_entry(
+                "'queued'",
+                "CASE WHEN l.is_late THEN 'missed' ELSE 'running' END",
+                "$1::text",
+                "CASE WHEN l.is_late THEN 'start was later than misfire_grace_time allows' \
+                 ELSE 'claimed (attempt ' || (r.attempt + 1) || ')' END"
+            ),
+            RUN_COLUMNS.replace("run_id,", "r.run_id,")
+        );
+        let runs = sqlx::query_as::<_, RunRow>(&sql)
+            .bind(instance)
+            .bind(limit)
+            .bind(lease_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+        let missed: Vec<String> = runs
+            .iter()
+            .filter(|r| r.state == "missed")
+            .map(|r| r.job_id.clone())
+            .collect();
+        complete_one_shot_jobs(&mut tx, &missed).await?;
+        tx.commit().await?;
+        Ok(runs)
+    }
+
+    /// The soonest `run_after` of a queued run, as a wait from now.
+    pub async fn run_next_queued_in(&self) -> StoreResult<Option<std::time::Duration>> {
+        let ms: Option<f64> = sqlx::query_scalar(
+            "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(run_after) - now())) * 1000)::float8 \
+             FROM runs WHERE state = 'queued'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(|ms| std::time::Duration::from_micros((ms * 1000.0) as u64)))
+    }
+
+    /// Renews the leases of this instance's running runs and stores their
+    /// latest progress. Returns the runs still held (a run missing from the
+    /// answer was lost: its lease was taken over or an operator ended it).
+    pub async fn run_heartbeat(
+        &self,
+        instance: &str,
+        lease_ms: i64,
+        runs: &[(Uuid, Option<Value>)],
+    ) -> StoreResult<Vec<HeartbeatAck>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
+        let progress: Vec<Option<Value>> = runs.iter().map(|(_, p)| p.clone()).collect();
+        Ok(sqlx::query_as::<_, HeartbeatAck>(
+            "UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
+             progress = COALESCE(u.progress, r.progress) \
+             FROM UNNEST($3::uuid[], $4::jsonb[]) AS u(run_id, progress) \
+             WHERE r.run_id = u.run_id AND r.state = 'running' AND r.instance = $1 \
+             RETURNING r.run_id, r.cancel_requested",
+        )
+        .bind(instance)
+        .bind(lease_ms)
+        .bind(&ids)
+        .bind(&progress)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records the end of an attempt. A `failed` or `timed_out` run also gets
+    /// a failure record; a one-shot job whose run ended becomes `completed`.
+    /// Returns false (and changes nothing) when the claim is stale.
+    pub async fn run_finish(&self, claim: &RunClaim, outcome: &RunOutcome) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE runs SET state = $4, finished_at = now(), result = $5, error = $6, traceback = $7, \
+             lease_expires_at = NULL, history = history || {} \
+             WHERE run_id = $1 AND state = 'running' AND attempt = $2 AND instance = $3 \
+             RETURNING {RUN_COLUMNS}",
+            history_entry("'running'", "$4::text", "$3::text", "$8::text")
+        );
+        let row = sqlx::query_as::<_, RunRow>(&sql)
+            .bind(claim.run_id)
+            .bind(claim.attempt)
+            .bind(&claim.instance)
+            .bind(&outcome.state)
+            .bind(&outcome.result)
+            .bind(&outcome.error)
+            .bind(&outcome.traceback)
+            .bind(&outcome.reason)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        if matches!(outcome.state.as_str(), "failed" | "timed_out") {
+            insert_failure_record(&mut tx, &row).await?;
+        }
+        complete_one_shot_jobs(&mut tx, std::slice::from_ref(&row.job_id)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Queues a failed attempt again after its backoff. Returns false when
+    /// the claim is stale.
+    pub async fn run_retry(&self, claim: &RunClaim, retry: &RunRetry) -> StoreResult<bool> {
+        let sql = format!(
+            "UPDATE runs SET state = 'queued', run_after = now() + $4 * interval '1 millisecond', \
+             error = $5, traceback = $6, lease_expires_at = NULL, history = history || {} \
+             WHERE run_id = $1 AND state = 'running' AND attempt = $2 AND instance = $3",
+            history_entry("'running'", "'queued'", "$3::text", "$7::text")
+        );
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(&sql)
+            .bind(claim.run_id)
+            .bind(claim.attempt)
+            .bind(&claim.instance)
+            .bind(retry.delay_ms)
+            .bind(&retry.error)
+            .bind(&retry.traceback)
+            .bind(&retry.reason)
+            .execute(&mut *tx)
+            .await?;
+        notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Hands runs back to the queue (graceful shutdown): they start again at
+    /// once on a live replica, and the interrupted attempt is not counted.
+    pub async fn run_hand_back(&self, claims: &[RunClaim], reason: &str) -> StoreResult<u64> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.run_id).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+        let instance = &claims[0].instance;
+        let sql = format!(
+            "UPDATE runs r SET state = 'queued', run_after = now(), attempt = r.attempt - 1, \
+             lease_expires_at = NULL, history = r.history || {} \
+             FROM UNNEST($1::uuid[], $2::int4[]) AS u(run_id, attempt) \
+             WHERE r.run_id = u.run_id AND r.attempt = u.attempt AND r.state = 'running' AND r.instance = $3",
+            history_entry("'running'", "'queued'", "$3::text", "$4::text")
+        );
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(&sql)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(instance)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected())
+    }
+
+    /// Finds running runs whose lease expired (their instance died or lost
+    /// the database), records `dead` in their history, and queues them again
+    /// while retries remain; otherwise they fail with a failure record.
+    /// Safe to run on every replica at once (rows are locked and skipped).
+    pub async fn run_rescue_expired(&self, limit: i64, rescuer: &str) -> StoreResult<Vec<RunRow>> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "WITH expired AS ( \
+                SELECT run_id FROM runs WHERE state = 'running' AND lease_expires_at < now() \
+                ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED \
+             ) \
+             UPDATE runs r SET \
+                state = CASE WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END, \
+                run_after = now(), lease_expires_at = NULL, \
+                finished_at = CASE WHEN r.attempt <= r.max_retries THEN NULL ELSE now() END, \
+                error = 'lease expired: instance ' || COALESCE(r.instance, '?') || ' stopped heartbeating', \
+                history = r.history || {} || {} \
+             FROM expired e WHERE r.run_id = e.run_id RETURNING {}",
+            history_entry("'running'", "'dead'", "$2::text", "'lease expired on ' || COALESCE(r.instance, '?')"),
+            history_entry(
+                "'dead'",
+                "CASE WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END",
+                "$2::text",
+                "CASE WHEN r.attempt <= r.max_retries THEN 're-queued after a lost lease' \
+                 ELSE 'no retries left after a lost lease' END"
+            ),
+            RUN_COLUMNS.replace("run_id,", "r.run_id,")
+        );
+        let rows = sqlx::query_as::<_, RunRow>(&sql)
+            .bind(limit)
+            .bind(rescuer)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows.iter().filter(|r| r.state == "failed") {
+            insert_failure_record(&mut tx, row).await?;
+        }
+        let failed: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state == "failed")
+            .map(|r| r.job_id.clone())
+            .collect();
+        complete_one_shot_jobs(&mut tx, &failed).await?;
+        if rows.iter().any(|r| r.state == "queued") {
+            notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+}
+
+/// Writes the failure record of a failed run (the original service's inert
+/// `ErrorHandler` job): paused, never fires, kwargs describe the failure.
+async fn insert_failure_record(
+    tx: &mut Transaction<'static, Postgres>,
+    run: &RunRow,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, source, \
+         failed_run_id, description) \
+         VALUES ($1, $2, jsonb_build_object('exc_str', $3::text, 'exc_traceback', $4::text, \
+           'failed_job_id', $5::text, 'failed_job_handler', $6::text, 'failed_handler_kwargs', $7::jsonb, \
+           'failed_run_id', $8::text), 'never', now(), 'paused', 'jobsd', $8, $9) \
+         ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now()",
+    )
+    .bind(format!("failed-{}", run.run_id))
+    .bind(ERROR_HANDLER)
+    .bind(run.error.as_deref().unwrap_or("failed"))
+    .bind(&run.traceback)
+    .bind(&run.job_id)
+    .bind(&run.handler)
+    .bind(&run.kwargs)
+    .bind(run.run_id)
+    .bind(format!("run {} of job {} ended {}", run.run_id, run.job_id, run.state))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A one-shot job is `completed` once it has no future time and no run
+/// queued or running.
+pub(crate) async fn complete_one_shot_jobs(
+    tx: &mut Transaction<'static, Postgres>,
+    job_ids: &[String],
+) -> StoreResult<()> {
+    if job_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE jobs j SET state = 'completed', updated_at = now() \
+         WHERE j.job_id = ANY($1) AND j.schedule_kind = 'once' AND j.state = 'running' \
+           AND j.next_run_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = j.job_id AND r.state IN ('queued', 'running'))",
+    )
+    .bind(job_ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

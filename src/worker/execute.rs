@@ -1,0 +1,268 @@
+//! Running one attempt of a handler: timeout, cancellation and panic
+//! catching are applied here, once, around every handler.
+//!
+//! Cancellation is cooperative first (the handler's token is cancelled),
+//! then forcible: after `grace` the handler's future is dropped.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::panic::CatchPanic;
+use crate::handlers::{Handler, HandlerError, RunContext};
+
+/// Why a run was stopped from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Cancelled through the API (or an operator override).
+    Cancelled(String),
+    /// The lease was lost: another instance owns the run now.
+    LeaseLost,
+    /// The service is shutting down and the grace period ran out.
+    Shutdown,
+}
+
+/// Set before the run's token is cancelled, so the attempt knows why.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<Mutex<Option<StopReason>>>);
+
+impl StopSignal {
+    /// Records the first reason only.
+    pub fn set(&self, reason: StopReason) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.get_or_insert(reason);
+        }
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Execution {
+    Succeeded(Value),
+    Failed {
+        error: String,
+        traceback: String,
+        retryable: bool,
+    },
+    TimedOut(Duration),
+    Stopped(StopReason),
+}
+
+fn failed(e: HandlerError) -> Execution {
+    Execution::Failed {
+        error: format!("{:#}", e.error),
+        traceback: format!("{:?}", e.error),
+        retryable: e.retryable,
+    }
+}
+
+/// Runs `handler` to its end, its timeout, or its stop signal.
+pub async fn execute(
+    handler: Arc<dyn Handler>,
+    ctx: RunContext,
+    kwargs: Value,
+    timeout: Option<Duration>,
+    stop: &StopSignal,
+    grace: Duration,
+) -> Execution {
+    let token = ctx.cancel.clone();
+    let mut attempt = CatchPanic::new(Box::pin(async move { handler.execute(ctx, kwargs).await }));
+    let finished =
+        |result: Result<Result<Value, HandlerError>, super::panic::PanicReport>| match result {
+            Ok(Ok(value)) => Execution::Succeeded(value),
+            Ok(Err(e)) => failed(e),
+            Err(report) => Execution::Failed {
+                error: report.message,
+                traceback: report.traceback,
+                retryable: true,
+            },
+        };
+    let timed_out = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    // A handler that returns after being stopped (often with an error caused
+    // by the stop) ended because of the stop.
+    let stopped_or = |result| match stop.reason() {
+        Some(reason) if reason != StopReason::Shutdown => Execution::Stopped(reason),
+        _ => finished(result),
+    };
+    tokio::select! {
+        result = &mut attempt => stopped_or(result),
+        _ = timed_out => {
+            token.cancel();
+            // Let the handler wind down, then drop it; the run timed out either way.
+            let _ = tokio::time::timeout(grace, &mut attempt).await;
+            Execution::TimedOut(timeout.unwrap_or_default())
+        }
+        _ = token.cancelled() => {
+            match tokio::time::timeout(grace, &mut attempt).await {
+                // At shutdown, a handler that still finished keeps its outcome.
+                Ok(result) => stopped_or(result),
+                Err(_) => Execution::Stopped(stop.reason().unwrap_or(StopReason::Cancelled("cancelled".into()))),
+            }
+        }
+    }
+}
+
+/// Bounds a result for storage: past `max_bytes` of JSON it is replaced by
+/// a preview and the original size.
+pub fn bound_result(value: Value, max_bytes: usize) -> Value {
+    let text = value.to_string();
+    if text.len() <= max_bytes {
+        return value;
+    }
+    let mut cut = max_bytes.min(1024);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    serde_json::json!({
+        "truncated": true,
+        "size_bytes": text.len(),
+        "preview": &text[..cut],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+    use uuid::Uuid;
+
+    struct Scripted(&'static str);
+
+    #[async_trait]
+    impl Handler for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn kwargs_schema(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn example(&self) -> Value {
+            json!({})
+        }
+        async fn execute(&self, ctx: RunContext, _kwargs: Value) -> crate::handlers::HandlerResult {
+            match self.0 {
+                "ok" => Ok(json!({"fine": true})),
+                "fail" => Err(anyhow::anyhow!("inner cause")
+                    .context("outer failure")
+                    .into()),
+                "panic" => panic!("handler exploded"),
+                "stubborn" => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(json!(null))
+                }
+                _ => {
+                    ctx.cancel.cancelled().await;
+                    Err(anyhow::anyhow!("stopped").into())
+                }
+            }
+        }
+    }
+
+    async fn run(
+        script: &'static str,
+        timeout: Option<Duration>,
+        stop: &StopSignal,
+        token: CancellationToken,
+    ) -> Execution {
+        let ctx = RunContext::new(Uuid::new_v4(), "job".into(), 1, token);
+        execute(
+            Arc::new(Scripted(script)),
+            ctx,
+            json!({}),
+            timeout,
+            stop,
+            Duration::from_millis(100),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn success_and_failure_with_the_error_chain() {
+        let stop = StopSignal::default();
+        assert!(
+            matches!(run("ok", None, &stop, CancellationToken::new()).await, Execution::Succeeded(v) if v["fine"] == true)
+        );
+        match run("fail", None, &stop, CancellationToken::new()).await {
+            Execution::Failed {
+                error,
+                traceback,
+                retryable,
+            } => {
+                assert_eq!(error, "outer failure: inner cause");
+                assert!(traceback.contains("Caused by"), "{traceback}");
+                assert!(retryable);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_the_attempt() {
+        match run(
+            "panic",
+            None,
+            &StopSignal::default(),
+            CancellationToken::new(),
+        )
+        .await
+        {
+            Execution::Failed {
+                error, traceback, ..
+            } => {
+                assert!(error.contains("handler exploded"));
+                assert!(traceback.contains("stack backtrace"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout_cancels_then_drops_a_stubborn_handler() {
+        let started = tokio::time::Instant::now();
+        let outcome = run(
+            "stubborn",
+            Some(Duration::from_millis(50)),
+            &StopSignal::default(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(outcome, Execution::TimedOut(_)), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_stop_reports_its_reason() {
+        let stop = StopSignal::default();
+        let token = CancellationToken::new();
+        stop.set(StopReason::Cancelled("by operator".into()));
+        stop.set(StopReason::LeaseLost); // the first reason wins
+        token.cancel();
+        let outcome = run("cooperative", None, &stop, token).await;
+        assert!(
+            matches!(outcome, Execution::Stopped(StopReason::Cancelled(ref r)) if r == "by operator"),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn big_results_are_bounded() {
+        let small = json!({"a": 1});
+        assert_eq!(bound_result(small.clone(), 100), small);
+        let big = json!({"text": "é".repeat(10_000)});
+        let bounded = bound_result(big, 2000);
+        assert_eq!(bounded["truncated"], true);
+        assert!(bounded["preview"].as_str().unwrap().len() <= 1024);
+    }
+}

@@ -1,0 +1,413 @@
+//! Workers: claim queued runs, execute them, record what happened.
+//!
+//! A bounded pool per replica claims runs with `SKIP LOCKED` (the store
+//! enforces `max_instances` and `lock_key` across replicas), runs each
+//! handler under [`execute::execute`], renews leases by heartbeat, and
+//! records the outcome fenced by (run, attempt, instance). A failed attempt
+//! is retried with backoff while `max_retries` allows; the last failure
+//! writes a failure record. On shutdown it stops claiming, gives running
+//! runs `shutdown_grace` to finish and hands the rest back to the queue.
+
+pub mod execute;
+pub mod panic;
+pub mod retry;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::handlers::{HandlerRegistry, RunContext};
+use crate::scheduler::backoff;
+use crate::store::notify::{self, Channel};
+use crate::store::{RunClaim, RunOutcome, RunRetry, RunRow, Store};
+use execute::{bound_result, Execution, StopReason, StopSignal};
+
+pub use supervisor::Supervisor;
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub instance: String,
+    /// Runs executed at once.
+    pub concurrency: usize,
+    /// A running run's lease; renewed every third of it.
+    pub lease: Duration,
+    /// Longest sleep without a notification.
+    pub poll_interval: Duration,
+    /// How long a cancelled or timed-out handler gets to stop by itself.
+    pub cancel_grace: Duration,
+    /// How long running runs get to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Larger results are stored as a preview.
+    pub max_result_bytes: usize,
+}
+
+/// A run this replica is executing.
+struct Active {
+    claim: RunClaim,
+    cancel: CancellationToken,
+    stop: StopSignal,
+    progress: watch::Receiver<Option<Value>>,
+}
+
+impl Active {
+    fn stop(&self, reason: StopReason) {
+        self.stop.set(reason);
+        self.cancel.cancel();
+    }
+}
+
+#[derive(Clone)]
+pub struct WorkerPool {
+    store: Store,
+    registry: Arc<HandlerRegistry>,
+    config: Arc<WorkerConfig>,
+    active: Arc<Mutex<HashMap<Uuid, Active>>>,
+    finished: Arc<Notify>,
+}
+
+impl WorkerPool {
+    pub fn new(store: Store, registry: Arc<HandlerRegistry>, config: WorkerConfig) -> Self {
+        WorkerPool {
+            store,
+            registry,
+            config: Arc::new(config),
+            active: Arc::default(),
+            finished: Arc::default(),
+        }
+    }
+
+    fn active_count(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    fn stop_run(&self, run_id: Uuid, reason: StopReason) {
+        if let Ok(active) = self.active.lock() {
+            if let Some(run) = active.get(&run_id) {
+                run.stop(reason);
+            }
+        }
+    }
+
+    /// Claims and starts as many runs as there are free slots. Returns how
+    /// many it started and whether slots were left unfilled.
+    pub async fn claim_once(&self) -> crate::store::StoreResult<(usize, bool)> {
+        let free = self.config.concurrency.saturating_sub(self.active_count());
+        if free == 0 {
+            return Ok((0, false));
+        }
+        let lease_ms = self.config.lease.as_millis() as i64;
+        let runs = self
+            .store
+            .run_claim(&self.config.instance, free as i64, lease_ms)
+            .await?;
+        let claimed = runs.len();
+        let mut started = 0;
+        for run in runs {
+            if run.state == "running" {
+                self.start(run);
+                started += 1;
+            } else {
+                tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, "run missed: started later than misfire_grace_time");
+            }
+        }
+        Ok((started, claimed < free))
+    }
+
+    fn start(&self, run: RunRow) {
+        let cancel = CancellationToken::new();
+        let stop = StopSignal::default();
+        let ctx = RunContext::new(run.run_id, run.job_id.clone(), run.attempt, cancel.clone());
+        let claim = RunClaim {
+            run_id: run.run_id,
+            attempt: run.attempt,
+            instance: self.config.instance.clone(),
+        };
+        if let Ok(mut active) = self.active.lock() {
+            active.insert(
+                run.run_id,
+                Active {
+                    claim: claim.clone(),
+                    cancel,
+                    stop: stop.clone(),
+                    progress: ctx.progress_updates(),
+                },
+            );
+        }
+        let pool = self.clone();
+        let span = tracing::info_span!("run", run_id = %run.run_id, job_id = %run.job_id, handler = %run.handler, attempt = run.attempt);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let execution = pool.execute(&run, ctx, &stop).await;
+                pool.record(&run, &claim, execution).await;
+                if let Ok(mut active) = pool.active.lock() {
+                    active.remove(&run.run_id);
+                }
+                pool.finished.notify_one();
+            },
+            span,
+        ));
+    }
+
+    async fn execute(&self, run: &RunRow, ctx: RunContext, stop: &StopSignal) -> Execution {
+        let Some(handler) = self.registry.get(&run.handler).cloned() else {
+            return Execution::Failed {
+                error: format!(
+                    "handler {:?} is not registered on instance {}",
+                    run.handler, self.config.instance
+                ),
+                traceback: String::new(),
+                retryable: false,
+            };
+        };
+        tracing::debug!("run started");
+        let timeout = run
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.max(0) as u64));
+        execute::execute(
+            handler,
+            ctx,
+            run.kwargs.clone(),
+            timeout,
+            stop,
+            self.config.cancel_grace,
+        )
+        .await
+    }
+
+    /// Stores the outcome; retries the write a few times if the database
+    /// hiccups (after that the lease expires and the supervisor re-queues
+    /// the run: at-least-once).
+    async fn record(&self, run: &RunRow, claim: &RunClaim, execution: Execution) {
+        let retries_left = run.attempt <= run.max_retries;
+        let retry = |error: String, traceback: Option<String>, what: &str| {
+            let base = Duration::from_millis(run.retry_backoff_ms.max(0) as u64);
+            let delay = retry::retry_delay(base, run.attempt, rand::random::<f64>());
+            RunRetry {
+                delay_ms: delay.as_millis() as i64,
+                reason: format!(
+                    "{what}; retry {} of {} in {:.1}s",
+                    run.attempt,
+                    run.max_retries,
+                    delay.as_secs_f64()
+                ),
+                error,
+                traceback,
+            }
+        };
+        let outcome = |state: &str, result, error, traceback, reason: String| RunOutcome {
+            state: state.to_string(),
+            result,
+            error,
+            traceback,
+            reason,
+        };
+        enum Write {
+            Finish(RunOutcome),
+            Retry(RunRetry),
+            HandBack,
+            Nothing,
+        }
+        let write = match execution {
+            Execution::Succeeded(value) => Write::Finish(outcome(
+                "succeeded",
+                Some(bound_result(value, self.config.max_result_bytes)),
+                None,
+                None,
+                "handler returned".into(),
+            )),
+            Execution::Failed {
+                error,
+                traceback,
+                retryable,
+            } => {
+                tracing::warn!(error = %error, "run attempt failed");
+                if retryable && retries_left {
+                    Write::Retry(retry(error, Some(traceback), "failed"))
+                } else {
+                    let reason = if retryable {
+                        "failed; no retries left"
+                    } else {
+                        "failed; not retryable"
+                    };
+                    Write::Finish(outcome(
+                        "failed",
+                        None,
+                        Some(error),
+                        Some(traceback),
+                        reason.into(),
+                    ))
+                }
+            }
+            Execution::TimedOut(after) => {
+                let error = format!("timed out after {:.1}s", after.as_secs_f64());
+                tracing::warn!(error = %error, "run attempt timed out");
+                if retries_left {
+                    Write::Retry(retry(error, None, "timed out"))
+                } else {
+                    Write::Finish(outcome("timed_out", None, Some(error.clone()), None, error))
+                }
+            }
+            Execution::Stopped(StopReason::Cancelled(reason)) => Write::Finish(outcome(
+                "cancelled",
+                None,
+                Some(reason.clone()),
+                None,
+                reason,
+            )),
+            Execution::Stopped(StopReason::LeaseLost) => {
+                tracing::warn!("lease lost; the run belongs to another instance now");
+                Write::Nothing
+            }
+            Execution::Stopped(StopReason::Shutdown) => Write::HandBack,
+        };
+        for failures in 1..=5u32 {
+            let written = match &write {
+                Write::Finish(o) => self.store.run_finish(claim, o).await,
+                Write::Retry(r) => self.store.run_retry(claim, r).await,
+                Write::HandBack => self
+                    .store
+                    .run_hand_back(std::slice::from_ref(claim), "handed back at shutdown")
+                    .await
+                    .map(|n| n == 1),
+                Write::Nothing => return,
+            };
+            match written {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!("outcome not recorded: the run is no longer this instance's (cancelled, overridden or taken over)");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "recording the outcome failed; retrying");
+                    tokio::time::sleep(backoff(failures, Duration::from_secs(5))).await;
+                }
+            }
+        }
+    }
+
+    /// Renews the leases of the active runs; stops those this instance no
+    /// longer holds and those with a pending cancel request.
+    pub async fn heartbeat_once(&self) -> crate::store::StoreResult<()> {
+        let held: Vec<(Uuid, Option<Value>)> = match self.active.lock() {
+            Ok(active) => active
+                .values()
+                .map(|a| (a.claim.run_id, a.progress.borrow().clone()))
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let lease_ms = self.config.lease.as_millis() as i64;
+        let acks = self
+            .store
+            .run_heartbeat(&self.config.instance, lease_ms, &held)
+            .await?;
+        for (run_id, _) in &held {
+            match acks.iter().find(|a| a.run_id == *run_id) {
+                None => self.stop_run(*run_id, StopReason::LeaseLost),
+                Some(ack) if ack.cancel_requested => self.stop_run(
+                    *run_id,
+                    StopReason::Cancelled("cancelled through the API".into()),
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn heartbeat_loop(self, stop: CancellationToken) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.heartbeat_once().await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+
+    /// Runs until `shutdown`, then drains (see the module docs).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(heartbeat_stop.clone()));
+        let mut listener = match self
+            .store
+            .listen(&[Channel::RunsQueued, Channel::RunCancel])
+            .await
+        {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "workers: cannot listen for notifications; polling");
+                None
+            }
+        };
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let mut wait = self.config.poll_interval;
+            match self.claim_once().await {
+                Ok((_, false)) if self.active_count() < self.config.concurrency => continue,
+                Ok((_, unfilled)) => {
+                    failures = 0;
+                    if unfilled {
+                        if let Ok(Some(next)) = self.store.run_next_queued_in().await {
+                            wait = wait.min(next.max(Duration::from_millis(1)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, "workers: claiming runs failed");
+                    wait = backoff(failures, self.config.poll_interval);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.finished.notified() => {}
+                n = notify::next(&mut listener) => {
+                    if let Some((Channel::RunCancel, payload)) = n {
+                        if let Ok(run_id) = payload.parse::<Uuid>() {
+                            self.stop_run(run_id, StopReason::Cancelled("cancelled through the API".into()));
+                        }
+                    }
+                }
+            }
+        }
+        self.drain().await;
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+    }
+
+    /// Waits up to `shutdown_grace` for running runs, then stops the rest
+    /// (they are handed back to the queue) and waits for them to be recorded.
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while self.active_count() > 0 && tokio::time::Instant::now() < deadline {
+            tracing::info!(
+                running = self.active_count(),
+                "waiting for running runs before stopping"
+            );
+            let _ = tokio::time::timeout_at(deadline, self.finished.notified()).await;
+        }
+        if let Ok(active) = self.active.lock() {
+            for run in active.values() {
+                run.stop(StopReason::Shutdown);
+            }
+        }
+        let hard_deadline =
+            tokio::time::Instant::now() + self.config.cancel_grace + Duration::from_secs(5);
+        while self.active_count() > 0 && tokio::time::Instant::now() < hard_deadline {
+            let _ = tokio::time::timeout_at(hard_deadline, self.finished.notified()).await;
+        }
+    }
+}

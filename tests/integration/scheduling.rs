@@ -1,0 +1,296 @@
+//! Jobs firing: intervals keep their phase, one-shot jobs complete, misfire
+//! grace after downtime, pause and resume, service-wide pause.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::support::{assert_stays, wait_for, TestApp};
+
+pub fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad time {v}: {e}"))
+}
+
+/// `ms` from now, to the millisecond (the database keeps microseconds).
+pub fn soon(ms: i64) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    (Utc::now() + chrono::Duration::milliseconds(ms)).trunc_subsecs(3)
+}
+
+pub async fn create(app: &TestApp, spec: Value) -> Value {
+    let (status, body) = app.post("/api/v1/jobs", spec).await;
+    assert_eq!(status, 201, "{body}");
+    body["job"].clone()
+}
+
+/// The job's runs, oldest first.
+pub async fn runs_of(app: &TestApp, job_id: &str) -> Vec<Value> {
+    let (status, body) = app
+        .get(&format!("/api/v1/jobs/{job_id}/runs?limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut runs = body["runs"].as_array().cloned().unwrap_or_default();
+    runs.reverse();
+    runs
+}
+
+/// Waits until the job has `n` runs in `state`; returns its runs.
+pub async fn wait_runs(
+    app: &TestApp,
+    job_id: &str,
+    state: &str,
+    n: usize,
+    deadline: Duration,
+) -> Vec<Value> {
+    wait_for(
+        &format!("{n} {state} run(s) of {job_id}"),
+        deadline,
+        || async {
+            let runs = runs_of(app, job_id).await;
+            (runs.iter().filter(|r| r["state"] == state).count() >= n).then_some(runs)
+        },
+    )
+    .await
+}
+
+pub async fn wait_job_state(app: &TestApp, job_id: &str, state: &str) -> Value {
+    wait_for(
+        &format!("job {job_id} {state}"),
+        Duration::from_secs(20),
+        || async {
+            let (_, body) = app.get(&format!("/api/v1/jobs/{job_id}")).await;
+            (body["job"]["state"] == state).then(|| body["job"].clone())
+        },
+    )
+    .await
+}
+
+fn history_states(run: &Value) -> Vec<String> {
+    run["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|e| e["to"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn interval_job_runs_at_its_phase() {
+    let app = TestApp::start().await;
+    let when = soon(1500);
+    create(
+        &app,
+        json!({"job_id": "tick", "handler": "log", "kwargs": {"message": "tick"},
+               "periodically": 1, "when": when.to_rfc3339()}),
+    )
+    .await;
+    let runs = wait_runs(&app, "tick", "succeeded", 3, Duration::from_secs(15)).await;
+    for (k, run) in runs.iter().take(3).enumerate() {
+        let expected = when + chrono::Duration::seconds(k as i64);
+        assert_eq!(time(&run["scheduled_for"]), expected, "phase kept: {run}");
+        let lag = time(&run["started_at"]) - expected;
+        assert!(lag >= chrono::Duration::zero(), "never early: {run}");
+        assert!(
+            lag < chrono::Duration::milliseconds(900),
+            "started {lag} after due: {run}"
+        );
+        assert_eq!(run["trigger"], "schedule");
+        assert_eq!(run["attempt"], 1);
+        assert_eq!(run["result"], json!({"message": "tick"}));
+        assert_eq!(history_states(run), vec!["queued", "running", "succeeded"]);
+        assert!(run["instance"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn one_shot_job_runs_once_and_completes() {
+    let app = TestApp::start().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs/log?job_id=once",
+            json!({"message": "just once"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let job = wait_job_state(&app, "once", "completed").await;
+    assert_eq!(job["next_run_at"], Value::Null);
+    assert_eq!(job["last_run"]["state"], "succeeded");
+    assert_eq!(job["run_counts"], json!({"succeeded": 1}));
+    assert_stays("a single run", Duration::from_millis(1500), || async {
+        runs_of(&app, "once").await.len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pause_stops_firing_and_resume_restarts_from_now() {
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"job_id": "p", "handler": "log", "kwargs": {"message": "p"}, "periodically": "1s",
+                        "when": Utc::now().to_rfc3339()}),
+    )
+    .await;
+    wait_runs(&app, "p", "succeeded", 1, Duration::from_secs(10)).await;
+    let (status, _) = app.put("/api/v1/jobs/p?state=paused").await;
+    assert_eq!(status, 200);
+    // A run already queued may still finish; after that nothing new starts.
+    let settled = runs_of(&app, "p").await.len();
+    assert_stays(
+        "no new runs while paused",
+        Duration::from_millis(2500),
+        || async { runs_of(&app, "p").await.len() <= settled + 1 },
+    )
+    .await;
+    let paused_count = runs_of(&app, "p").await.len();
+    let resumed_at = Utc::now();
+    app.put("/api/v1/jobs/p?state=running").await;
+    let runs = wait_runs(
+        &app,
+        "p",
+        "succeeded",
+        paused_count + 1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let newest = runs.last().unwrap();
+    // Times missed while paused are not back-filled: the next run is after the resume.
+    assert!(
+        time(&newest["scheduled_for"]) >= resumed_at - chrono::Duration::seconds(1),
+        "{newest}"
+    );
+}
+
+#[tokio::test]
+async fn service_pause_stops_all_firing() {
+    let app = TestApp::start().await;
+    app.put("/api/v1/service/state?state=paused").await;
+    create(
+        &app,
+        json!({"job_id": "sp", "handler": "log", "kwargs": {"message": "x"}}),
+    )
+    .await;
+    assert_stays(
+        "no run while the service is paused",
+        Duration::from_millis(2000),
+        || async { runs_of(&app, "sp").await.is_empty() },
+    )
+    .await;
+    app.put("/api/v1/service/state?state=running").await;
+    wait_runs(&app, "sp", "succeeded", 1, Duration::from_secs(10)).await;
+}
+
+/// Stops the service, and waits (by database time) until `at` has passed.
+async fn outage_until(app: TestApp, at: DateTime<Utc>) -> crate::support::TestDb {
+    let store = app.store.clone();
+    let db = app.stop().await;
+    wait_for("the outage to last", Duration::from_secs(30), || async {
+        (store.now().await.ok()? > at).then_some(())
+    })
+    .await;
+    db
+}
+
+#[tokio::test]
+async fn downtime_beyond_grace_records_missed_and_does_not_run() {
+    let app = TestApp::start().await;
+    let first = soon(2000);
+    create(
+        &app,
+        json!({"job_id": "m", "handler": "log", "kwargs": {"message": "m"}, "periodically": "1h",
+                        "when": first.to_rfc3339(), "misfire_grace_time": "1s"}),
+    )
+    .await;
+    // Down over the due time and past its grace.
+    let db = outage_until(app, first + chrono::Duration::seconds(2)).await;
+    let app = TestApp::start_on(db, &[]).await;
+    let runs = wait_runs(&app, "m", "missed", 1, Duration::from_secs(10)).await;
+    assert_eq!(runs.len(), 1, "missed, not run: {runs:?}");
+    let missed = &runs[0];
+    assert_eq!(time(&missed["scheduled_for"]), first);
+    assert_eq!(missed["started_at"], Value::Null);
+    assert!(
+        missed["error"]
+            .as_str()
+            .unwrap()
+            .contains("misfire_grace_time"),
+        "{missed}"
+    );
+    let (_, job) = app.get("/api/v1/jobs/m").await;
+    assert_eq!(job["job"]["run_counts"], json!({"missed": 1}));
+    assert_eq!(
+        time(&job["job"]["next_run_at"]),
+        first + chrono::Duration::hours(1)
+    );
+}
+
+#[tokio::test]
+async fn downtime_within_grace_runs_once_coalesced() {
+    let app = TestApp::start().await;
+    let first = soon(2000);
+    create(
+        &app,
+        json!({"job_id": "c", "handler": "log", "kwargs": {"message": "c"}, "periodically": "1s",
+                        "when": first.to_rfc3339(), "misfire_grace_time": "1h"}),
+    )
+    .await;
+    // Pause before the first time so the outage covers several due times.
+    let db = outage_until(app, first + chrono::Duration::milliseconds(3500)).await;
+    let app = TestApp::start_on(db, &[]).await;
+    let runs = wait_runs(&app, "c", "succeeded", 1, Duration::from_secs(10)).await;
+    let catch_up = &runs[0];
+    assert_eq!(catch_up["trigger"], "catch-up", "{runs:#?}");
+    assert!(
+        catch_up["history"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("coalesced"),
+        "{catch_up}"
+    );
+    // The missed times became ONE run, for the newest of them.
+    assert!(
+        time(&catch_up["scheduled_for"]) >= first + chrono::Duration::seconds(3),
+        "{runs:#?}"
+    );
+    let catch_ups = runs_of(&app, "c")
+        .await
+        .iter()
+        .filter(|r| r["trigger"] == "catch-up")
+        .count();
+    assert_eq!(catch_ups, 1);
+    assert!(runs.iter().all(|r| r["state"] != "missed"));
+}
+
+#[tokio::test]
+async fn downtime_without_coalesce_runs_each_time() {
+    let app = TestApp::start().await;
+    let first = soon(2000);
+    create(
+        &app,
+        json!({"job_id": "e", "handler": "log", "kwargs": {"message": "e"}, "periodically": "1s",
+                        "when": first.to_rfc3339(), "coalesce": false}),
+    )
+    .await;
+    let db = outage_until(app, first + chrono::Duration::milliseconds(2500)).await;
+    let app = TestApp::start_on(db, &[]).await;
+    let runs = wait_runs(&app, "e", "succeeded", 3, Duration::from_secs(10)).await;
+    let scheduled: Vec<DateTime<Utc>> = runs
+        .iter()
+        .take(3)
+        .map(|r| time(&r["scheduled_for"]))
+        .collect();
+    assert_eq!(
+        scheduled,
+        vec![
+            first,
+            first + chrono::Duration::seconds(1),
+            first + chrono::Duration::seconds(2)
+        ]
+    );
+}
