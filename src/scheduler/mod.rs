@@ -68,6 +68,7 @@ impl Scheduler {
             let policy = DuePolicy {
                 misfire_grace: job.misfire_grace_ms.map(ChronoDuration::milliseconds),
                 coalesce: job.coalesce,
+                free_slots: (i64::from(job.max_instances) - job.active_runs).max(0) as usize,
             };
             let plan = plan_firing(&job.job_id, &schedule, job.next_run_at, job.db_now, &policy);
             for run in &plan.runs {

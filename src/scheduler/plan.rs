@@ -9,6 +9,9 @@
 //!   the grace into one run (for the newest of them), and the missed ones
 //!   into one `missed` run carrying their count; without it each time gets
 //!   its own run.
+//! - A job never has more than `max_instances` runs queued or running: a
+//!   due time that finds them all taken is recorded as `missed` (skipped),
+//!   so a job slower than its interval does not pile up a queue.
 //! - `next_run_at` moves to the first time after `now`, keeping the phase.
 //! - At most [`MAX_BACKLOG`] past times are looked at; beyond that (a tiny
 //!   interval after a long outage) the rest count as missed in one record.
@@ -27,6 +30,9 @@ pub const MAX_BACKLOG: usize = 1000;
 pub struct DuePolicy {
     pub misfire_grace: Option<Duration>,
     pub coalesce: bool,
+    /// Runs that may still be queued now: `max_instances` minus the runs
+    /// already queued or running.
+    pub free_slots: usize,
 }
 
 /// The runs and the advance for one due job.
@@ -118,23 +124,39 @@ pub fn plan_firing(
         reason,
         result: None,
     };
-    if policy.coalesce {
-        if let Some(last) = on_time.last() {
-            let reason = if on_time.len() > 1 {
+    let skipped = |t: DateTime<Utc>| FiredRun {
+        job_id: job_id.to_string(),
+        scheduled_for: t,
+        trigger: trigger.to_string(),
+        state: "missed".to_string(),
+        reason: "skipped: max_instances runs of this job are already queued or running".to_string(),
+        result: Some(json!({"skipped": "max_instances"})),
+    };
+    let to_run: Vec<(DateTime<Utc>, String)> = if policy.coalesce {
+        match on_time.last() {
+            Some(last) if on_time.len() > 1 => vec![(
+                *last,
                 format!(
                     "due; {} scheduled times coalesced into one run",
                     on_time.len()
-                )
-            } else {
-                "due".to_string()
-            };
-            runs.push(queued(*last, reason));
+                ),
+            )],
+            Some(last) => vec![(*last, "due".to_string())],
+            None => Vec::new(),
         }
     } else {
-        runs.extend(on_time.iter().map(|t| queued(*t, "due".to_string())));
+        on_time.iter().map(|t| (*t, "due".to_string())).collect()
+    };
+    let queued_any = !to_run.is_empty() && policy.free_slots > 0;
+    for (i, (t, reason)) in to_run.into_iter().enumerate() {
+        if i < policy.free_slots {
+            runs.push(queued(t, reason));
+        } else {
+            runs.push(skipped(t));
+        }
     }
 
-    let complete = next.is_none() && on_time.is_empty();
+    let complete = next.is_none() && !queued_any;
     Plan {
         runs,
         advance: JobAdvance {
@@ -172,6 +194,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::seconds(10)),
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",
@@ -191,6 +214,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::seconds(10)),
             coalesce: true,
+            free_slots: 1,
         };
         // Down from 00:05 to 00:09:30: 00:05..00:09 all missed.
         let plan = plan_firing(
@@ -210,6 +234,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::minutes(2)),
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",
@@ -235,6 +260,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::minutes(2)),
             coalesce: false,
+            free_slots: 5,
         };
         let plan = plan_firing(
             "j",
@@ -260,6 +286,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: None,
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",
@@ -279,6 +306,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::seconds(1)),
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",
@@ -303,6 +331,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::seconds(10)),
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",
@@ -322,6 +351,45 @@ mod tests {
     }
 
     #[test]
+    fn a_job_at_max_instances_skips_instead_of_queueing() {
+        let policy = DuePolicy {
+            misfire_grace: None,
+            coalesce: true,
+            free_slots: 0,
+        };
+        let plan = plan_firing(
+            "j",
+            &every_minute(),
+            t("2030-01-01T00:05:00Z"),
+            t("2030-01-01T00:05:00Z"),
+            &policy,
+        );
+        assert_eq!(states(&plan), vec![("missed", t("2030-01-01T00:05:00Z"))]);
+        assert!(plan.runs[0].reason.contains("max_instances"));
+        assert_eq!(plan.advance.next_run_at, Some(t("2030-01-01T00:06:00Z")));
+
+        let policy = DuePolicy {
+            misfire_grace: None,
+            coalesce: false,
+            free_slots: 1,
+        };
+        let plan = plan_firing(
+            "j",
+            &every_minute(),
+            t("2030-01-01T00:05:00Z"),
+            t("2030-01-01T00:06:00Z"),
+            &policy,
+        );
+        assert_eq!(
+            states(&plan),
+            vec![
+                ("queued", t("2030-01-01T00:05:00Z")),
+                ("missed", t("2030-01-01T00:06:00Z"))
+            ]
+        );
+    }
+
+    #[test]
     fn one_shot_runs_then_has_no_next() {
         let once = Schedule::Once {
             at: t("2030-01-01T00:00:00Z"),
@@ -329,6 +397,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: None,
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",
@@ -350,6 +419,7 @@ mod tests {
         let policy = DuePolicy {
             misfire_grace: Some(Duration::seconds(5)),
             coalesce: true,
+            free_slots: 1,
         };
         let plan = plan_firing(
             "j",

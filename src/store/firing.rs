@@ -25,6 +25,9 @@ pub struct DueJob {
     pub start_at: DateTime<Utc>,
     pub misfire_grace_ms: Option<i64>,
     pub coalesce: bool,
+    pub max_instances: i32,
+    /// Runs of this job queued or running now.
+    pub active_runs: i64,
     pub next_run_at: DateTime<Utc>,
     /// Database time of the claim.
     pub db_now: DateTime<Utc>,
@@ -65,8 +68,11 @@ impl Store {
     pub async fn due_jobs_claim(&self, limit: i64) -> StoreResult<DueBatch> {
         let mut tx = self.pool.begin().await?;
         let jobs = sqlx::query_as::<_, DueJob>(
-            "SELECT job_id, schedule_kind, interval_ms, cron, timezone, start_at, misfire_grace_ms, \
-             coalesce, next_run_at, now() AS db_now FROM jobs \
+            "SELECT j.job_id, j.schedule_kind, j.interval_ms, j.cron, j.timezone, j.start_at, \
+             j.misfire_grace_ms, j.coalesce, j.max_instances, \
+             (SELECT count(*) FROM runs r WHERE r.job_id = j.job_id AND r.state IN ('queued', 'running')) \
+               AS active_runs, \
+             j.next_run_at, now() AS db_now FROM jobs j \
              WHERE state = 'running' AND next_run_at <= now() \
                AND NOT (SELECT paused FROM service_state WHERE id = 1) \
              ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -294,3 +294,25 @@ async fn downtime_without_coalesce_runs_each_time() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_job_slower_than_its_interval_skips_instead_of_piling_up() {
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"job_id": "slow", "handler": "sleep", "kwargs": {"seconds": 1.5},
+                        "periodically": "500ms", "when": soon(0).to_rfc3339()}),
+    )
+    .await;
+    let runs = wait_runs(&app, "slow", "missed", 2, Duration::from_secs(15)).await;
+    let active = runs
+        .iter()
+        .filter(|r| r["state"] == "queued" || r["state"] == "running")
+        .count();
+    assert!(active <= 1, "max_instances 1 holds: {runs:#?}");
+    let skipped = runs.iter().find(|r| r["state"] == "missed").unwrap();
+    assert!(
+        skipped["error"].as_str().unwrap().contains("max_instances"),
+        "{skipped}"
+    );
+}
