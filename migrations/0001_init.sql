@@ -85,3 +85,12 @@ CREATE TABLE service_state (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO service_state (id, paused) VALUES (1, false);
+
+-- Replicas: each registers itself and heartbeats; stale rows are pruned.
+CREATE TABLE instances (
+    name            text PRIMARY KEY,
+    version         text NOT NULL,
+    address         text,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at    timestamptz NOT NULL DEFAULT now()
+);

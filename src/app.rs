@@ -15,7 +15,7 @@ use crate::config::{DatabaseConfig, ServeConfig};
 use crate::handlers::HandlerRegistry;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
-use crate::worker::{Supervisor, WorkerConfig, WorkerPool};
+use crate::worker::{Supervisor, SupervisorConfig, WorkerConfig, WorkerPool};
 
 /// Connects to the database named in `config` and applies migrations.
 pub async fn open_store(config: &DatabaseConfig) -> anyhow::Result<Store> {
@@ -58,8 +58,12 @@ pub async fn start(
     let instance = config.instance_name();
     let store = open_store(&config.database).await?;
     let registry = Arc::new(registry);
-    let background = spawn_background(&config, &store, &registry, &instance, &shutdown);
-    let state = AppState::new(store.clone(), registry, instance.clone());
+    let state = AppState::new(
+        store.clone(),
+        registry.clone(),
+        instance.clone(),
+        config.lease,
+    );
     let app = api::router(state, config.max_body_bytes);
 
     let listener = TcpListener::bind(config.bind)
@@ -67,12 +71,18 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, %instance, "jobsd listening; Swagger UI at http://{address}/api/v1/ui");
+    let background = spawn_background(&config, address, &store, &registry, &instance, &shutdown);
+    let (deregister, deregister_name) = (store.clone(), instance.clone());
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         for task in background {
             let _ = task.await;
+        }
+        // Deregister only once the workers have drained.
+        if let Err(e) = deregister.instance_remove(&deregister_name).await {
+            tracing::warn!(error = %e, "could not deregister this instance");
         }
         served.context("serving HTTP")?;
         tracing::info!("jobsd stopped");
@@ -90,6 +100,7 @@ pub async fn start(
 /// (workers after draining) when `shutdown` is cancelled.
 fn spawn_background(
     config: &ServeConfig,
+    address: SocketAddr,
     store: &Store,
     registry: &Arc<HandlerRegistry>,
     instance: &str,
@@ -118,8 +129,13 @@ fn spawn_background(
     );
     let supervisor = Supervisor::new(
         store.clone(),
-        instance.to_string(),
-        (config.lease / 4).max(std::time::Duration::from_millis(100)),
+        SupervisorConfig {
+            instance: instance.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            address: Some(address.to_string()),
+            every: (config.lease / 4).max(std::time::Duration::from_millis(100)),
+            prune_after: (config.lease * 10).max(std::time::Duration::from_secs(300)),
+        },
     );
     vec![
         tokio::spawn(scheduler.run(shutdown.clone())),

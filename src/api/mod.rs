@@ -3,6 +3,7 @@
 
 mod error;
 mod extract;
+mod instances;
 mod jobs;
 pub mod openapi;
 mod runs;
@@ -32,16 +33,24 @@ pub struct AppState {
     pub instance: String,
     /// The OpenAPI document, rendered once.
     pub openapi_json: Arc<String>,
+    /// Run lease; a replica is alive while it heartbeats within two.
+    pub lease: std::time::Duration,
 }
 
 impl AppState {
-    pub fn new(store: Store, registry: Arc<HandlerRegistry>, instance: String) -> Self {
+    pub fn new(
+        store: Store,
+        registry: Arc<HandlerRegistry>,
+        instance: String,
+        lease: std::time::Duration,
+    ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
             store,
             registry,
             instance,
             openapi_json,
+            lease,
         }
     }
 }
@@ -53,6 +62,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(jobs::router())
         .merge(runs::router())
         .merge(service::router())
+        .merge(instances::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

@@ -19,14 +19,16 @@ use crate::handlers::HandlerRegistry;
     nest(
         (path = "/", api = super::jobs::JobsApi),
         (path = "/", api = super::runs::RunsApi),
-        (path = "/", api = super::service::ServiceApi)
+        (path = "/", api = super::service::ServiceApi),
+        (path = "/", api = super::instances::InstancesApi)
     ),
     components(schemas(super::error::ErrorBody, crate::job_spec::FieldError)),
     tags(
         (name = "jobs", description = "Job definitions"),
         (name = "handlers", description = "Create a job of one handler: query parameters for the schedule, the body for the kwargs"),
         (name = "runs", description = "Runs of jobs and their history"),
-        (name = "service", description = "Service state and probes")
+        (name = "service", description = "Service state and probes"),
+        (name = "cluster", description = "Replicas sharing the database, and held lock keys")
     )
 )]
 struct ApiDoc;

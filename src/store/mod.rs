@@ -9,6 +9,7 @@
 mod connect;
 pub mod execution;
 pub mod firing;
+pub mod instances;
 pub mod jobs;
 pub mod notify;
 pub mod runs;
@@ -19,6 +20,7 @@ use sqlx::PgPool;
 pub use connect::{redact_url, ConnectError};
 pub use execution::{HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance};
+pub use instances::{InstanceRow, LockRow};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
 pub use runs::{ManualRun, RunFilter, RunRow};
 

@@ -89,10 +89,12 @@ pub async fn execute(
         }
     };
     // A handler that returns after being stopped (often with an error caused
-    // by the stop) ended because of the stop.
-    let stopped_or = |result| match stop.reason() {
-        Some(reason) if reason != StopReason::Shutdown => Execution::Stopped(reason),
-        _ => finished(result),
+    // by the stop) ended because of the stop — except that at shutdown a
+    // handler that still completed keeps its success.
+    let stopped_or = |result| match (stop.reason(), finished(result)) {
+        (None, execution) => execution,
+        (Some(StopReason::Shutdown), success @ Execution::Succeeded(_)) => success,
+        (Some(reason), _) => Execution::Stopped(reason),
     };
     tokio::select! {
         result = &mut attempt => stopped_or(result),
@@ -104,7 +106,6 @@ pub async fn execute(
         }
         _ = token.cancelled() => {
             match tokio::time::timeout(grace, &mut attempt).await {
-                // At shutdown, a handler that still finished keeps its outcome.
                 Ok(result) => stopped_or(result),
                 Err(_) => Execution::Stopped(stop.reason().unwrap_or(StopReason::Cancelled("cancelled".into()))),
             }

@@ -28,7 +28,7 @@ use crate::store::notify::{self, Channel};
 use crate::store::{RunClaim, RunOutcome, RunRetry, RunRow, Store};
 use execute::{bound_result, Execution, StopReason, StopSignal};
 
-pub use supervisor::Supervisor;
+pub use supervisor::{Supervisor, SupervisorConfig};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -323,15 +323,33 @@ impl WorkerPool {
         Ok(())
     }
 
+    /// Heartbeats every third of the lease. When renewals keep failing for
+    /// a whole lease, the leases are presumed taken over: every active run
+    /// is stopped (its outcome would be refused anyway).
     async fn heartbeat_loop(self, stop: CancellationToken) {
         let every = self.config.lease / 3;
+        let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = self.heartbeat_once().await {
-                tracing::warn!(error = %e, "heartbeat failed");
+            match self.heartbeat_once().await {
+                Ok(()) => last_renewed = tokio::time::Instant::now(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                    if last_renewed.elapsed() >= self.config.lease {
+                        self.stop_all(StopReason::LeaseLost);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop_all(&self, reason: StopReason) {
+        if let Ok(active) = self.active.lock() {
+            for run in active.values() {
+                run.stop(reason.clone());
             }
         }
     }
@@ -399,11 +417,7 @@ impl WorkerPool {
             );
             let _ = tokio::time::timeout_at(deadline, self.finished.notified()).await;
         }
-        if let Ok(active) = self.active.lock() {
-            for run in active.values() {
-                run.stop(StopReason::Shutdown);
-            }
-        }
+        self.stop_all(StopReason::Shutdown);
         let hard_deadline =
             tokio::time::Instant::now() + self.config.cancel_grace + Duration::from_secs(5);
         while self.active_count() > 0 && tokio::time::Instant::now() < hard_deadline {

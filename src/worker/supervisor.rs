@@ -1,7 +1,8 @@
-//! The supervisor: finds runs whose lease expired (their instance died or
-//! lost the database), records `dead` and re-queues them on a live replica
-//! while retries remain. Every replica runs one; rows are locked with
-//! `SKIP LOCKED`, so they never rescue the same run twice.
+//! The supervisor: keeps this replica registered (instance heartbeat), and
+//! finds runs whose lease expired (their instance died or lost the
+//! database), records `dead` and re-queues them on a live replica while
+//! retries remain. Every replica runs one — there is no leader; rows are
+//! locked with `SKIP LOCKED`, so two never rescue the same run.
 
 use std::time::Duration;
 
@@ -9,41 +10,68 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreResult};
 
+/// Runs rescued per statement.
+const RESCUE_BATCH: i64 = 100;
+
+/// Supervisor settings.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub instance: String,
+    pub version: String,
+    /// This replica's HTTP address, shown in `GET /api/v1/instances`.
+    pub address: Option<String>,
+    /// Check interval (a fraction of the lease keeps detection prompt).
+    pub every: Duration,
+    /// Replicas silent for this long are removed from the registry.
+    pub prune_after: Duration,
+}
+
 pub struct Supervisor {
     store: Store,
-    instance: String,
-    every: Duration,
+    config: SupervisorConfig,
 }
 
 impl Supervisor {
-    /// Checks every `every` (a fraction of the lease keeps detection prompt).
-    pub fn new(store: Store, instance: String, every: Duration) -> Self {
-        Supervisor {
-            store,
-            instance,
-            every,
+    pub fn new(store: Store, config: SupervisorConfig) -> Self {
+        Supervisor { store, config }
+    }
+
+    async fn register(&self) {
+        let c = &self.config;
+        let prune_ms = c.prune_after.as_millis() as i64;
+        if let Err(e) = self
+            .store
+            .instance_heartbeat(&c.instance, &c.version, c.address.as_deref(), prune_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "instance heartbeat failed");
         }
     }
 
     /// Rescues one batch; returns how many runs it rescued.
     pub async fn run_once(&self) -> StoreResult<usize> {
-        let rescued = self.store.run_rescue_expired(100, &self.instance).await?;
+        let rescued = self
+            .store
+            .run_rescue_expired(RESCUE_BATCH, &self.config.instance)
+            .await?;
         for run in &rescued {
-            tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, state = %run.state, "rescued a run whose lease expired");
+            tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, state = %run.state,
+                "rescued a run whose lease expired");
         }
         Ok(rescued.len())
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
+            self.register().await;
             match self.run_once().await {
-                Ok(100) => continue,
+                Ok(n) if n as i64 == RESCUE_BATCH => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "supervisor: rescuing expired runs failed"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.config.every) => {}
             }
         }
     }

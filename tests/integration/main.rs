@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod jobs_api;
+mod replicas;
 mod runs;
 mod scheduling;
 mod service_api;

@@ -322,8 +322,14 @@ async fn cancel_a_running_and_a_queued_run() {
         || async { run_of(&app, &waiter_id).await["state"] == "queued" },
     )
     .await;
-    let (_, locks_free) = app.get("/api/v1/runs?state=running").await;
-    assert_eq!(locks_free["runs_count"], 1);
+    let (_, running) = app.get("/api/v1/runs?state=running").await;
+    assert_eq!(running["runs_count"], 1);
+    let (status, locks) = app.get("/api/v1/locks").await;
+    assert_eq!(status, 200);
+    assert_eq!(locks["locks"].as_array().unwrap().len(), 1, "{locks}");
+    assert_eq!(locks["locks"][0]["lock_key"], "k");
+    assert_eq!(locks["locks"][0]["run_id"], holder_id.as_str());
+    assert_eq!(locks["locks"][0]["job_id"], "holder");
 
     let (status, cancelled) = app
         .post(&format!("/api/v1/runs/{waiter_id}/cancel"), json!({}))
