@@ -7,6 +7,7 @@
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
 mod connect;
+pub mod default_jobs;
 pub mod jobs;
 pub mod notify;
 pub mod runs;
@@ -15,6 +16,7 @@ pub mod service;
 use sqlx::PgPool;
 
 pub use connect::{redact_url, ConnectError};
+pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
