@@ -55,6 +55,7 @@ pub async fn start(
     let instance = config.instance_name();
     let store = open_store(&config.database).await?;
     let registry = Arc::new(registry);
+    crate::default_jobs::start(&store, &registry, &config, &shutdown).await;
     let state = AppState::new(store.clone(), registry, instance.clone());
     let app = api::router(state, config.max_body_bytes);
 
