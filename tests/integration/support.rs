@@ -83,7 +83,9 @@ struct Flags {
     serve: ServeConfig,
 }
 
-/// A ServeConfig as the CLI would build it from these flags.
+/// A ServeConfig as the CLI would build it from these flags. Without a
+/// `--default-jobs-dir` in `extra`, no default jobs are loaded (clap refuses
+/// a flag given twice, so the default is added only when `extra` has none).
 pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
     let mut args = vec![
         "jobsd".to_string(),
@@ -93,9 +95,11 @@ pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
         "127.0.0.1:0".to_string(),
         "--db-max-connections".to_string(),
         "4".to_string(),
-        "--default-jobs-dir".to_string(),
-        "/nonexistent-jobsd-test-dir".to_string(),
     ];
+    if !extra.contains(&"--default-jobs-dir") {
+        args.push("--default-jobs-dir".to_string());
+        args.push("/nonexistent-jobsd-test-dir".to_string());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     Flags::parse_from(args).serve
 }
@@ -141,6 +145,14 @@ impl TestApp {
             shutdown,
             db,
         }
+    }
+
+    /// Stops this service, as for a restart, and hands back its database
+    /// (pass it to [`TestApp::start_on`]).
+    pub fn stop(mut self) -> TestDb {
+        self.shutdown.cancel();
+        // The placeholder names a database that never exists; dropping it is harmless.
+        std::mem::replace(&mut self.db, TestDb::new())
     }
 
     pub fn url(&self, path: &str) -> String {
