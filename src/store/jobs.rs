@@ -94,7 +94,7 @@ pub struct JobRow {
     pub has_queued_run: bool,
 }
 
-const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
+pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
      j.timezone, j.start_at, j.misfire_grace_ms, j.coalesce, j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
      j.failed_run_id, j.created_at, j.updated_at, \

@@ -7,6 +7,7 @@
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
 mod connect;
+pub mod default_jobs;
 pub mod execution;
 pub mod firing;
 pub mod instances;
@@ -18,6 +19,7 @@ pub mod service;
 use sqlx::PgPool;
 
 pub use connect::{redact_url, ConnectError};
+pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance};
 pub use instances::{InstanceRow, LockRow};
