@@ -391,23 +391,35 @@ impl WorkerPool {
                 None
             }
         };
+        // While the queue holds more than we can take ("saturated"), wait
+        // until a quarter of the slots are free before claiming again, so
+        // claims stay batched instead of one per finished run.
+        let refill = (self.config.concurrency / 4).max(1);
+        let mut saturated = false;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             let mut wait = self.config.poll_interval;
-            match self.claim_once().await {
-                Ok((_, false)) if self.active_count() < self.config.concurrency => continue,
-                Ok((_, unfilled)) => {
-                    failures = 0;
-                    if unfilled {
-                        if let Ok(Some(next)) = self.store.run_next_queued_in().await {
-                            wait = wait.min(next.max(Duration::from_millis(1)));
+            let free = self.config.concurrency.saturating_sub(self.active_count());
+            if !saturated || free >= refill {
+                match self.claim_once().await {
+                    Ok((_, unfilled)) => {
+                        failures = 0;
+                        saturated = !unfilled;
+                        let free = self.config.concurrency.saturating_sub(self.active_count());
+                        if saturated && free >= refill {
+                            continue;
+                        }
+                        if unfilled {
+                            if let Ok(Some(next)) = self.store.run_next_queued_in().await {
+                                wait = wait.min(next.max(Duration::from_millis(1)));
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, "workers: claiming runs failed");
-                    wait = backoff(failures, self.config.poll_interval);
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(error = %e, "workers: claiming runs failed");
+                        wait = backoff(failures, self.config.poll_interval);
+                    }
                 }
             }
             tokio::select! {
