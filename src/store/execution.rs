@@ -61,8 +61,11 @@ pub struct HeartbeatAck {
 }
 
 impl Store {
-    /// Claims up to `limit` due queued runs for `instance`, honouring each
-    /// job's `max_instances` and every `lock_key` across all replicas.
+    /// Claims up to `limit` due queued runs for `instance`, honouring every
+    /// `lock_key` across all replicas. `max_instances` needs no check here:
+    /// runs are only ever queued while the job has fewer than
+    /// `max_instances` runs queued or running (the scheduler skips, manual
+    /// triggers and overrides answer 409), and retries re-use their slot.
     /// Rows are not locked while choosing (the advisory lock serializes
     /// claimers); the update re-checks `state = 'queued'`, so a run cancelled
     /// meanwhile is skipped. A run
@@ -81,25 +84,18 @@ impl Store {
             .await?;
         let sql = format!(
             "WITH due AS ( \
-                SELECT r.run_id, r.job_id, r.lock_key, r.run_after FROM runs r \
+                SELECT r.run_id, r.lock_key, r.run_after FROM runs r \
                 WHERE r.state = 'queued' AND r.run_after <= now() \
                 ORDER BY r.run_after LIMIT $2 * 2 + 16 \
-             ), ranked AS ( \
-                SELECT d.*, \
-                  row_number() OVER (PARTITION BY d.job_id ORDER BY d.run_after, d.run_id) AS job_rank, \
-                  row_number() OVER (PARTITION BY d.lock_key ORDER BY d.run_after, d.run_id) AS lock_rank \
-                FROM due d \
-             ), running_per_job AS ( \
-                SELECT x.job_id, count(*) AS n FROM runs x \
-                WHERE x.state = 'running' AND x.job_id = ANY(ARRAY(SELECT job_id FROM due)) \
-                GROUP BY x.job_id \
+             ), free_of_lock AS ( \
+                SELECT d.run_id, d.run_after FROM due d WHERE d.lock_key IS NULL \
+                UNION ALL \
+                SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.run_id, d.run_after FROM due d \
+                  WHERE d.lock_key IS NOT NULL AND NOT EXISTS \
+                    (SELECT 1 FROM runs y WHERE y.lock_key = d.lock_key AND y.state = 'running') \
+                  ORDER BY d.lock_key, d.run_after, d.run_id) first_per_key \
              ), picked AS ( \
-                SELECT k.run_id FROM ranked k JOIN jobs j ON j.job_id = k.job_id \
-                LEFT JOIN running_per_job rj ON rj.job_id = k.job_id \
-                WHERE k.job_rank + COALESCE(rj.n, 0) <= j.max_instances \
-                  AND (k.lock_key IS NULL OR (k.lock_rank = 1 AND NOT EXISTS \
-                      (SELECT 1 FROM runs y WHERE y.lock_key = k.lock_key AND y.state = 'running'))) \
-                ORDER BY k.run_after LIMIT $2 \
+                SELECT run_id FROM free_of_lock ORDER BY run_after LIMIT $2 \
              ) \
              UPDATE runs r SET \
                 state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
