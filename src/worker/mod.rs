@@ -81,6 +81,8 @@ pub struct WorkerPool {
     config: Arc<WorkerConfig>,
     active: Arc<Mutex<HashMap<Uuid, Active>>>,
     finished: Arc<Notify>,
+    /// Poked by this replica's scheduler when it queued runs.
+    queued: Arc<Notify>,
     completer: Completer,
 }
 
@@ -91,9 +93,15 @@ impl WorkerPool {
             config: Arc::new(config),
             active: Arc::default(),
             finished: Arc::default(),
+            queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
             store,
         }
+    }
+
+    /// The handle this replica's scheduler uses to wake the pool at once.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.queued.clone()
     }
 
     fn active_count(&self) -> usize {
@@ -426,6 +434,7 @@ impl WorkerPool {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.finished.notified() => {}
+                _ = self.queued.notified() => {}
                 n = notify::next(&mut listener) => {
                     if let Some((Channel::RunCancel, payload)) = n {
                         if let Ok(run_id) = payload.parse::<Uuid>() {
