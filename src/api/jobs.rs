@@ -24,6 +24,7 @@ use crate::store::{JobFilter, JobRow, JobType};
     paths(
         list_jobs,
         create_job,
+        create_jobs_bulk,
         get_job,
         set_job_state,
         patch_job,

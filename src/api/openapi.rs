@@ -16,12 +16,6 @@ use crate::handlers::HandlerRegistry;
         description = "A job-scheduling service on PostgreSQL: periodic and one-shot jobs that survive restarts and fire exactly once across replicas.",
         license(name = "MIT")
     ),
-    nest(
-        (path = "/", api = super::jobs::JobsApi),
-        (path = "/", api = super::runs::RunsApi),
-        (path = "/", api = super::service::ServiceApi),
-        (path = "/", api = super::instances::InstancesApi)
-    ),
     components(schemas(super::error::ErrorBody, crate::job_spec::FieldError)),
     tags(
         (name = "jobs", description = "Job definitions"),
@@ -36,7 +30,14 @@ struct ApiDoc;
 /// The whole document, as served at `/api/v1/openapi.json` and committed as
 /// `openapi/openapi.json`.
 pub fn document(registry: &HandlerRegistry) -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    // Each resource documents its own paths (full paths, so they are merged
+    // rather than nested).
+    let mut api = ApiDoc::openapi();
+    api.merge(super::jobs::JobsApi::openapi());
+    api.merge(super::runs::RunsApi::openapi());
+    api.merge(super::service::ServiceApi::openapi());
+    api.merge(super::instances::InstancesApi::openapi());
+    let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
     let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))
         .into_iter()
         .filter_map(|p| serde_json::to_value(p).ok())

@@ -139,12 +139,13 @@ impl Store {
     /// The soonest `run_after` of a queued run, as a wait from now.
     pub async fn run_next_queued_in(&self) -> StoreResult<Option<std::time::Duration>> {
         let ms: Option<f64> = sqlx::query_scalar(
-            "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(run_after) - now())) * 1000)::float8 \
+            "SELECT (EXTRACT(EPOCH FROM (min(run_after) - now())) * 1000)::float8 \
              FROM runs WHERE state = 'queued'",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(ms.map(|ms| std::time::Duration::from_micros((ms * 1000.0) as u64)))
+        // NULL (None) when there is no row; a time already past waits zero.
+        Ok(ms.map(|ms| std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64)))
     }
 
     /// Renews the leases of this instance's running runs and stores their

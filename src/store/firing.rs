@@ -87,13 +87,14 @@ impl Store {
     /// database time; `None` when nothing is scheduled or the service is paused.
     pub async fn due_jobs_next_in(&self) -> StoreResult<Option<std::time::Duration>> {
         let ms: Option<f64> = sqlx::query_scalar(
-            "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(next_run_at) - now())) * 1000)::float8 \
+            "SELECT (EXTRACT(EPOCH FROM (min(next_run_at) - now())) * 1000)::float8 \
              FROM jobs WHERE state = 'running' AND next_run_at IS NOT NULL \
                AND NOT (SELECT paused FROM service_state WHERE id = 1)",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(ms.map(|ms| std::time::Duration::from_micros((ms * 1000.0) as u64)))
+        // NULL (None) when there is no row; a time already past waits zero.
+        Ok(ms.map(|ms| std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64)))
     }
 }
 

@@ -316,3 +316,33 @@ async fn a_job_slower_than_its_interval_skips_instead_of_piling_up() {
         "{skipped}"
     );
 }
+
+#[tokio::test]
+async fn with_nothing_due_the_loops_have_nothing_to_wait_for() {
+    let app = TestApp::start().await;
+    // No jobs, no runs: None, not "due now" (which would spin the loops).
+    assert_eq!(app.store.due_jobs_next_in().await.unwrap(), None);
+    assert_eq!(app.store.run_next_queued_in().await.unwrap(), None);
+    create(
+        &app,
+        json!({"job_id": "later", "handler": "log", "kwargs": {"message": "x"},
+                        "when": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+    )
+    .await;
+    let wait = app
+        .store
+        .due_jobs_next_in()
+        .await
+        .unwrap()
+        .expect("a job is scheduled");
+    assert!(
+        wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+        "{wait:?}"
+    );
+    app.put("/api/v1/service/state?state=paused").await;
+    assert_eq!(
+        app.store.due_jobs_next_in().await.unwrap(),
+        None,
+        "paused: nothing to wake for"
+    );
+}

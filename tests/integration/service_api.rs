@@ -130,3 +130,27 @@ fn every_handler_has_its_create_endpoint_documented() {
         }
     }
 }
+
+#[test]
+fn every_documented_path_is_a_real_api_path() {
+    let registry = jobsd::handlers::HandlerRegistry::with_builtins(Default::default());
+    let doc = jobsd::api::openapi::document(&registry);
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for path in &paths {
+        assert!(
+            path.starts_with("/api/v1/") && !path.contains("//"),
+            "{path}"
+        );
+    }
+    for expected in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/bulk",
+        "/api/v1/runs/{run_id}",
+        "/api/v1/instances",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.as_str() == expected),
+            "{expected} documented"
+        );
+    }
+}
