@@ -1,4 +1,5 @@
-//! The `jobsd` command line: `serve` (the default), `migrate`, `openapi`.
+//! The `jobsd` command line: `serve` (the default), `migrate`, `openapi`,
+//! `bench`.
 
 use std::process::ExitCode;
 
@@ -29,6 +30,9 @@ enum Command {
     Migrate(DatabaseConfig),
     /// Print the OpenAPI document (JSON) of the built-in handlers.
     Openapi,
+    /// Benchmark real `jobsd serve` children against a PostgreSQL server,
+    /// each scenario on a throw-away database (see docs/benchmarks.md).
+    Bench(jobsd::bench::BenchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -69,6 +73,10 @@ async fn main() -> ExitCode {
             })
         }
         Some(Command::Serve(config)) => serve(config).await,
+        Some(Command::Bench(args)) => {
+            init_logging(LogFormat::Text);
+            jobsd::bench::run(args).await
+        }
         None => serve(cli.serve).await,
     };
     match result {
