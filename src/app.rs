@@ -58,6 +58,7 @@ pub async fn start(
     let instance = config.instance_name();
     let store = open_store(&config.database).await?;
     let registry = Arc::new(registry);
+    crate::default_jobs::start(&store, &registry, &config, &shutdown).await;
     let state = AppState::new(
         store.clone(),
         registry.clone(),

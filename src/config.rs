@@ -54,6 +54,11 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBSD_DEFAULT_JOBS_DIR", default_value = "./default_jobs")]
     pub default_jobs_dir: PathBuf,
 
+    /// How often the default-jobs directory is rescanned besides file-change
+    /// notifications (0: never; the watcher alone).
+    #[arg(long, env = "JOBSD_DEFAULT_JOBS_RESCAN", default_value = "10s", value_parser = parse_flag_duration)]
+    pub default_jobs_rescan: Duration,
+
     /// This replica's name (default: host name plus a short random id).
     #[arg(long, env = "JOBSD_INSTANCE")]
     pub instance: Option<String>,
@@ -104,4 +109,19 @@ impl ServeConfig {
             format!("{host}-{}", &id[..6])
         })
     }
+}
+
+/// Settings of `jobsd validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateConfig {
+    /// The directory to check (default: the default-jobs directory).
+    pub dir: Option<PathBuf>,
+
+    /// Directory of default-job YAML files.
+    #[arg(long, env = "JOBSD_DEFAULT_JOBS_DIR", default_value = "./default_jobs")]
+    pub default_jobs_dir: PathBuf,
+
+    /// Check `command` jobs as a service with the command handler enabled would.
+    #[arg(long, env = "JOBSD_ENABLE_COMMAND_HANDLER")]
+    pub enable_command_handler: bool,
 }

@@ -100,7 +100,7 @@ const MAX_RETRIES: i32 = 100;
 const MAX_TAGS: usize = 50;
 const MAX_TEXT_LEN: usize = 10_000;
 /// Ids the API uses as path words.
-const RESERVED_IDS: &[&str] = &["clean-failed"];
+pub const RESERVED_IDS: &[&str] = &["clean-failed", "bulk"];
 
 /// What validation needs besides the spec.
 pub struct ValidationContext<'a> {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod default_jobs;
 pub mod handlers;
 pub mod job_spec;
 pub mod schedule;

@@ -1,10 +1,10 @@
-//! The `jobsd` command line: `serve` (the default), `migrate`, `openapi`,
-//! `bench`.
+//! The `jobsd` command line: `serve` (the default), `migrate`, `validate`,
+//! `openapi`, `bench`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use jobsd::config::{DatabaseConfig, LogFormat, ServeConfig};
+use jobsd::config::{DatabaseConfig, LogFormat, ServeConfig, ValidateConfig};
 use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
 
 #[derive(Parser)]
@@ -28,6 +28,9 @@ enum Command {
     Serve(ServeConfig),
     /// Create the database if needed and apply migrations, then exit.
     Migrate(DatabaseConfig),
+    /// Check the default-job YAML files of a directory (no database needed);
+    /// lists every problem and exits with status 1 if there is one.
+    Validate(ValidateConfig),
     /// Print the OpenAPI document (JSON) of the built-in handlers.
     Openapi,
     /// Benchmark real `jobsd serve` children against a PostgreSQL server,
@@ -72,6 +75,10 @@ async fn main() -> ExitCode {
                 eprintln!("jobsd: migrations applied");
             })
         }
+        Some(Command::Validate(v)) => jobsd::default_jobs::validate_command(
+            v.dir.as_deref().unwrap_or(&v.default_jobs_dir),
+            &builtin_registry(v.enable_command_handler),
+        ),
         Some(Command::Serve(config)) => serve(config).await,
         Some(Command::Bench(args)) => {
             init_logging(LogFormat::Text);

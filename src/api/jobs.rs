@@ -1,8 +1,9 @@
 //! `/api/v1/jobs`: create, list, read, change, pause/resume and delete jobs.
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::AppState;
 use crate::handlers::ERROR_HANDLER;
-use crate::job_spec::{carry_over_timing, schedule_of, JobSpec, ValidationContext};
+use crate::job_spec::{carry_over_timing, schedule_of, FieldError, JobSpec, ValidationContext};
 use crate::schedule::format_duration;
 use crate::store::{JobFilter, JobRow, JobType};
 
@@ -29,13 +30,28 @@ use crate::store::{JobFilter, JobRow, JobType};
         delete_job,
         clean_failed
     ),
-    components(schemas(JobView, LastRun, JobEnvelope, JobList, JobSpec, JobType, Deleted))
+    components(schemas(
+        JobView,
+        LastRun,
+        JobEnvelope,
+        JobList,
+        JobSpec,
+        JobType,
+        Deleted,
+        BulkCreate,
+        BulkCreated
+    ))
 )]
 pub struct JobsApi;
 
-pub fn router() -> Router<AppState> {
+/// `bulk_body_bytes` bounds the body of `POST /jobs/bulk`.
+pub fn router(bulk_body_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/jobs", get(list_jobs).post(create_job))
+        .route(
+            "/jobs/bulk",
+            post(create_jobs_bulk).layer(DefaultBodyLimit::max(bulk_body_bytes)),
+        )
         .route("/jobs/clean-failed", delete(clean_failed))
         .route(
             "/jobs/{id}",
@@ -240,6 +256,81 @@ async fn create_job(
     JsonBody(spec): JsonBody<JobSpec>,
 ) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
     create(&app, spec).await
+}
+
+/// Jobs created together.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkCreate {
+    /// 1 to 10,000 job definitions, as for `POST /api/v1/jobs`.
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkCreated {
+    pub created: usize,
+    /// In the order given.
+    pub job_ids: Vec<String>,
+}
+
+const MAX_BULK: usize = 10_000;
+
+/// Create many jobs at once
+///
+/// All or nothing: if any definition is invalid (each problem is named
+/// `jobs[i].field`) or any `job_id` exists, nothing is created.
+#[utoipa::path(post, path = "/api/v1/jobs/bulk", tag = "jobs", request_body = BulkCreate,
+    responses((status = 201, body = BulkCreated), (status = 400, body = ErrorBody),
+              (status = 409, description = "a job_id is taken", body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+async fn create_jobs_bulk(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<BulkCreate>,
+) -> ApiResult<(StatusCode, Json<BulkCreated>)> {
+    if body.jobs.is_empty() || body.jobs.len() > MAX_BULK {
+        return Err(ApiError::bad_request(format!(
+            "jobs: give 1 to {MAX_BULK} job definitions (got {})",
+            body.jobs.len()
+        )));
+    }
+    let ctx = ValidationContext {
+        registry: &app.registry,
+        now: app.store.now().await?,
+        source: "api".to_string(),
+    };
+    let mut problems = Vec::new();
+    let mut jobs = Vec::with_capacity(body.jobs.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, spec) in body.jobs.iter().enumerate() {
+        match spec.validate(&ctx) {
+            Ok(job) => {
+                if !seen.insert(job.job_id.clone()) {
+                    problems.push(FieldError::new(
+                        format!("jobs[{i}].job_id"),
+                        format!("{:?} appears more than once in this request", job.job_id),
+                    ));
+                }
+                jobs.push(job);
+            }
+            Err(errors) => problems.extend(
+                errors
+                    .into_iter()
+                    .map(|e| FieldError::new(format!("jobs[{i}].{}", e.field), e.message)),
+            ),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    app.store.job_insert_many(&jobs).await?;
+    tracing::info!(count = jobs.len(), "jobs created in bulk");
+    Ok((
+        StatusCode::CREATED,
+        Json(BulkCreated {
+            created: jobs.len(),
+            job_ids: jobs.into_iter().map(|j| j.job_id).collect(),
+        }),
+    ))
 }
 
 /// The query parameters of `POST /api/v1/jobs/{handler}`; the body is the kwargs.

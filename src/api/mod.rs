@@ -55,11 +55,14 @@ impl AppState {
     }
 }
 
+/// The smallest body limit of `POST /api/v1/jobs/bulk` (10,000 small jobs fit).
+const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 /// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, and `/`
 /// redirecting to it. `max_body_bytes` bounds every request body.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
-        .merge(jobs::router())
+        .merge(jobs::router(max_body_bytes.max(BULK_BODY_BYTES)))
         .merge(runs::router())
         .merge(service::router())
         .merge(instances::router())

@@ -153,6 +153,13 @@ impl HandlerRegistry {
     }
 
     pub fn register_arc(&mut self, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
+        let name = handler.name();
+        if name.is_empty()
+            || name.contains(['/', '?', '#'])
+            || crate::job_spec::RESERVED_IDS.contains(&name)
+        {
+            anyhow::bail!("handler name {name:?} is empty, reserved by the API or not a path word");
+        }
         let schema = handler.kwargs_schema();
         let validator = jsonschema::validator_for(&schema).map_err(|e| {
             anyhow::anyhow!("handler {}: invalid kwargs schema: {e}", handler.name())

@@ -173,34 +173,57 @@ impl Store {
     /// a failure record; a one-shot job whose run ended becomes `completed`.
     /// Returns false (and changes nothing) when the claim is stale.
     pub async fn run_finish(&self, claim: &RunClaim, outcome: &RunOutcome) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "UPDATE runs SET state = $4, finished_at = now(), result = $5, error = $6, traceback = $7, \
-             lease_expires_at = NULL, history = history || {} \
-             WHERE run_id = $1 AND state = 'running' AND attempt = $2 AND instance = $3 \
-             RETURNING {RUN_COLUMNS}",
-            history_entry("'running'", "$4::text", "$3::text", "$8::text")
-        );
-        let row = sqlx::query_as::<_, RunRow>(&sql)
-            .bind(claim.run_id)
-            .bind(claim.attempt)
-            .bind(&claim.instance)
-            .bind(&outcome.state)
-            .bind(&outcome.result)
-            .bind(&outcome.error)
-            .bind(&outcome.traceback)
-            .bind(&outcome.reason)
-            .fetch_optional(&mut *tx)
+        let written = self
+            .run_finish_many(&[(claim.clone(), outcome.clone())])
             .await?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        if matches!(outcome.state.as_str(), "failed" | "timed_out") {
-            insert_failure_record(&mut tx, &row).await?;
+        Ok(written.contains(&claim.run_id))
+    }
+
+    /// [`Store::run_finish`] for many runs in one transaction; returns the
+    /// runs whose outcome was written (the others' claims were stale).
+    pub async fn run_finish_many(
+        &self,
+        finished: &[(RunClaim, RunOutcome)],
+    ) -> StoreResult<Vec<Uuid>> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
         }
-        complete_one_shot_jobs(&mut tx, std::slice::from_ref(&row.job_id)).await?;
+        fn col<T>(f: &[(RunClaim, RunOutcome)], g: impl Fn(&RunClaim, &RunOutcome) -> T) -> Vec<T> {
+            f.iter().map(|(c, o)| g(c, o)).collect()
+        }
+        let sql = format!(
+            "UPDATE runs r SET state = u.state, finished_at = now(), result = u.result, error = u.error, \
+             traceback = u.traceback, lease_expires_at = NULL, history = r.history || {} \
+             FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::jsonb[], $6::text[], \
+               $7::text[], $8::text[]) \
+               AS u(run_id, attempt, instance, state, result, error, traceback, reason) \
+             WHERE r.run_id = u.run_id AND r.state = 'running' AND r.attempt = u.attempt \
+               AND r.instance = u.instance \
+             RETURNING r.run_id, r.job_id, r.state",
+            history_entry("'running'", "u.state", "u.instance", "u.reason")
+        );
+        let mut tx = self.pool.begin().await?;
+        let written: Vec<(Uuid, String, String)> = sqlx::query_as(&sql)
+            .bind(col(finished, |c, _| c.run_id))
+            .bind(col(finished, |c, _| c.attempt))
+            .bind(col(finished, |c, _| c.instance.clone()))
+            .bind(col(finished, |_, o| o.state.clone()))
+            .bind(col(finished, |_, o| o.result.clone()))
+            .bind(col(finished, |_, o| o.error.clone()))
+            .bind(col(finished, |_, o| o.traceback.clone()))
+            .bind(col(finished, |_, o| o.reason.clone()))
+            .fetch_all(&mut *tx)
+            .await?;
+        let failed: Vec<Uuid> = written
+            .iter()
+            .filter(|(_, _, state)| matches!(state.as_str(), "failed" | "timed_out"))
+            .map(|(id, _, _)| *id)
+            .collect();
+        insert_failure_records(&mut tx, &failed).await?;
+        let jobs: Vec<String> = written.iter().map(|(_, job, _)| job.clone()).collect();
+        complete_one_shot_jobs(&mut tx, &jobs).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(written.into_iter().map(|(id, _, _)| id).collect())
     }
 
     /// Queues a failed attempt again after its backoff. Returns false when
@@ -290,9 +313,12 @@ impl Store {
             .bind(rescuer)
             .fetch_all(&mut *tx)
             .await?;
-        for row in rows.iter().filter(|r| r.state == "failed") {
-            insert_failure_record(&mut tx, row).await?;
-        }
+        let failed_ids: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| r.state == "failed")
+            .map(|r| r.run_id)
+            .collect();
+        insert_failure_records(&mut tx, &failed_ids).await?;
         let failed: Vec<String> = rows
             .iter()
             .filter(|r| r.state == "failed")
@@ -307,29 +333,28 @@ impl Store {
     }
 }
 
-/// Writes the failure record of a failed run (the original service's inert
-/// `ErrorHandler` job): paused, never fires, kwargs describe the failure.
-async fn insert_failure_record(
+/// Writes the failure records of failed runs (the original service's inert
+/// `ErrorHandler` jobs): paused, never fire, kwargs describe the failure.
+async fn insert_failure_records(
     tx: &mut Transaction<'static, Postgres>,
-    run: &RunRow,
+    run_ids: &[Uuid],
 ) -> StoreResult<()> {
+    if run_ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, source, \
          failed_run_id, description) \
-         VALUES ($1, $2, jsonb_build_object('exc_str', $3::text, 'exc_traceback', $4::text, \
-           'failed_job_id', $5::text, 'failed_job_handler', $6::text, 'failed_handler_kwargs', $7::jsonb, \
-           'failed_run_id', $8::text), 'never', now(), 'paused', 'jobsd', $8, $9) \
+         SELECT 'failed-' || r.run_id, $2, jsonb_build_object('exc_str', COALESCE(r.error, 'failed'), \
+           'exc_traceback', r.traceback, 'failed_job_id', r.job_id, 'failed_job_handler', r.handler, \
+           'failed_handler_kwargs', r.kwargs, 'failed_run_id', r.run_id::text), \
+           'never', now(), 'paused', 'jobsd', r.run_id, \
+           'run ' || r.run_id || ' of job ' || r.job_id || ' ended ' || r.state \
+         FROM runs r WHERE r.run_id = ANY($1) \
          ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now()",
     )
-    .bind(format!("failed-{}", run.run_id))
+    .bind(run_ids)
     .bind(ERROR_HANDLER)
-    .bind(run.error.as_deref().unwrap_or("failed"))
-    .bind(&run.traceback)
-    .bind(&run.job_id)
-    .bind(&run.handler)
-    .bind(&run.kwargs)
-    .bind(run.run_id)
-    .bind(format!("run {} of job {} ended {}", run.run_id, run.job_id, run.state))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -94,7 +94,7 @@ pub struct JobRow {
     pub has_queued_run: bool,
 }
 
-const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
+pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
      j.timezone, j.start_at, j.misfire_grace_ms, j.coalesce, j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
      j.failed_run_id, j.created_at, j.updated_at, \
@@ -129,42 +129,68 @@ impl Store {
     /// Inserts a job; `Conflict` when its `job_id` is taken. Wakes the
     /// schedulers of every replica.
     pub async fn job_insert(&self, job: &NewJob) -> StoreResult<JobRow> {
+        self.job_insert_many(std::slice::from_ref(job)).await?;
+        self.job_get(&job.job_id).await
+    }
+
+    /// Inserts jobs in one statement, all or none; `Conflict` naming the
+    /// first `job_id` already taken. Wakes the schedulers of every replica.
+    pub async fn job_insert_many(&self, jobs: &[NewJob]) -> StoreResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        fn col<T>(jobs: &[NewJob], f: impl Fn(&NewJob) -> T) -> Vec<T> {
+            jobs.iter().map(f).collect()
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
+             SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
+             u.start_at, u.misfire_grace_ms, u.coalesce, u.max_instances, u.lock_key, u.timeout_ms, \
+             u.max_retries, u.retry_backoff_ms, u.state, u.next_run_at, u.description, \
+             ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id \
+             FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
+               $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
+               $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
+               $19::jsonb[], $20::text[], $21::uuid[]) \
+             AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
+               misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
+               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id)",
         )
-        .bind(&job.job_id)
-        .bind(&job.handler)
-        .bind(&job.kwargs)
-        .bind(&job.schedule_kind)
-        .bind(job.interval_ms)
-        .bind(&job.cron)
-        .bind(&job.timezone)
-        .bind(job.start_at)
-        .bind(job.misfire_grace_ms)
-        .bind(job.coalesce)
-        .bind(job.max_instances)
-        .bind(&job.lock_key)
-        .bind(job.timeout_ms)
-        .bind(job.max_retries)
-        .bind(job.retry_backoff_ms)
-        .bind(&job.state)
-        .bind(job.next_run_at)
-        .bind(&job.description)
-        .bind(&job.tags)
-        .bind(&job.source)
-        .bind(job.failed_run_id)
+        .bind(col(jobs, |j| j.job_id.clone()))
+        .bind(col(jobs, |j| j.handler.clone()))
+        .bind(col(jobs, |j| j.kwargs.clone()))
+        .bind(col(jobs, |j| j.schedule_kind.clone()))
+        .bind(col(jobs, |j| j.interval_ms))
+        .bind(col(jobs, |j| j.cron.clone()))
+        .bind(col(jobs, |j| j.timezone.clone()))
+        .bind(col(jobs, |j| j.start_at))
+        .bind(col(jobs, |j| j.misfire_grace_ms))
+        .bind(col(jobs, |j| j.coalesce))
+        .bind(col(jobs, |j| j.max_instances))
+        .bind(col(jobs, |j| j.lock_key.clone()))
+        .bind(col(jobs, |j| j.timeout_ms))
+        .bind(col(jobs, |j| j.max_retries))
+        .bind(col(jobs, |j| j.retry_backoff_ms))
+        .bind(col(jobs, |j| j.state.clone()))
+        .bind(col(jobs, |j| j.next_run_at))
+        .bind(col(jobs, |j| j.description.clone()))
+        .bind(col(jobs, |j| Value::from(j.tags.clone())))
+        .bind(col(jobs, |j| j.source.clone()))
+        .bind(col(jobs, |j| j.failed_run_id))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
-            conflict_on_unique(e, || format!("a job with job_id {:?} already exists", job.job_id))
+            conflict_on_unique(e, || match jobs {
+                [one] => format!("a job with job_id {:?} already exists", one.job_id),
+                _ => "one of the job_ids already exists; nothing was created".to_string(),
+            })
         })?;
-        notify::send(&mut *tx, Channel::JobsChanged, &job.job_id).await?;
+        notify::send(&mut *tx, Channel::JobsChanged, "").await?;
         tx.commit().await?;
-        self.job_get(&job.job_id).await
+        Ok(())
     }
 
     /// Replaces a job's definition (kwargs, schedule, policies, state) and

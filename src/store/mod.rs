@@ -8,6 +8,7 @@
 
 pub mod bench;
 mod connect;
+pub mod default_jobs;
 pub mod execution;
 pub mod firing;
 pub mod instances;
@@ -19,6 +20,7 @@ pub mod service;
 use sqlx::PgPool;
 
 pub use connect::{redact_url, ConnectError};
+pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance};
 pub use instances::{InstanceRow, LockRow};

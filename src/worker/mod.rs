@@ -8,6 +8,7 @@
 //! writes a failure record. On shutdown it stops claiming, gives running
 //! runs `shutdown_grace` to finish and hands the rest back to the queue.
 
+mod completer;
 pub mod execute;
 pub mod panic;
 pub mod retry;
@@ -26,9 +27,19 @@ use crate::handlers::{HandlerRegistry, RunContext};
 use crate::scheduler::backoff;
 use crate::store::notify::{self, Channel};
 use crate::store::{RunClaim, RunOutcome, RunRetry, RunRow, Store};
+use completer::Completer;
 use execute::{bound_result, Execution, StopReason, StopSignal};
 
 pub use supervisor::{Supervisor, SupervisorConfig};
+
+/// Why an outcome could not be written.
+#[derive(Debug, thiserror::Error)]
+enum StoreFailure {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Completer(String),
+}
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -70,16 +81,18 @@ pub struct WorkerPool {
     config: Arc<WorkerConfig>,
     active: Arc<Mutex<HashMap<Uuid, Active>>>,
     finished: Arc<Notify>,
+    completer: Completer,
 }
 
 impl WorkerPool {
     pub fn new(store: Store, registry: Arc<HandlerRegistry>, config: WorkerConfig) -> Self {
         WorkerPool {
-            store,
             registry,
             config: Arc::new(config),
             active: Arc::default(),
             finished: Arc::default(),
+            completer: Completer::spawn(store.clone()),
+            store,
         }
     }
 
@@ -269,13 +282,22 @@ impl WorkerPool {
         };
         for failures in 1..=5u32 {
             let written = match &write {
-                Write::Finish(o) => self.store.run_finish(claim, o).await,
-                Write::Retry(r) => self.store.run_retry(claim, r).await,
+                Write::Finish(o) => self
+                    .completer
+                    .finish(claim.clone(), o.clone())
+                    .await
+                    .map_err(StoreFailure::Completer),
+                Write::Retry(r) => self
+                    .store
+                    .run_retry(claim, r)
+                    .await
+                    .map_err(StoreFailure::Store),
                 Write::HandBack => self
                     .store
                     .run_hand_back(std::slice::from_ref(claim), "handed back at shutdown")
                     .await
-                    .map(|n| n == 1),
+                    .map(|n| n == 1)
+                    .map_err(StoreFailure::Store),
                 Write::Nothing => return,
             };
             match written {

@@ -462,3 +462,58 @@ async fn clean_failed_removes_only_failure_records() {
     assert_eq!(all["jobs_count"], 1);
     assert_eq!(all["jobs"][0]["job_id"], "keep");
 }
+
+#[tokio::test]
+async fn bulk_create_is_all_or_nothing() {
+    let app = TestApp::start().await;
+    let job = |id: &str| json!({"job_id": id, "handler": "log", "kwargs": {"message": id}, "periodically": "1h"});
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs/bulk",
+            json!({"jobs": [job("b1"), job("b2"), job("b3")]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"], 3);
+    assert_eq!(body["job_ids"], json!(["b1", "b2", "b3"]));
+    let (_, b2) = app.get("/api/v1/jobs/b2").await;
+    assert_eq!(b2["job"]["kwargs"]["message"], "b2");
+    assert!(b2["job"]["next_run_at"].is_string());
+
+    let mut bad = job("b5");
+    bad["periodically"] = json!("often");
+    let resp = app
+        .post("/api/v1/jobs/bulk", json!({"jobs": [job("b4"), bad]}))
+        .await;
+    assert_error(&resp, 400, "jobs[1].periodically");
+    assert_eq!(resp.1["problems"][0]["field"], "jobs[1].periodically");
+    assert_error(
+        &app.post("/api/v1/jobs/bulk", json!({"jobs": [job("b6"), job("b6")]}))
+            .await,
+        400,
+        "more than once",
+    );
+    assert_error(
+        &app.post("/api/v1/jobs/bulk", json!({"jobs": [job("b7"), job("b1")]}))
+            .await,
+        409,
+        "already exists",
+    );
+    assert_error(
+        &app.post("/api/v1/jobs/bulk", json!({"jobs": []})).await,
+        400,
+        "jobs",
+    );
+    assert_error(
+        &app.post("/api/v1/jobs/bulk", json!({"job": []})).await,
+        400,
+        "job",
+    );
+    assert_error(
+        &app.post("/api/v1/jobs", job("bulk")).await,
+        400,
+        "reserved",
+    );
+    let (_, all) = app.get("/api/v1/jobs").await;
+    assert_eq!(all["jobs_count"], 3, "failed requests created nothing");
+}

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bench;
+mod default_jobs;
 mod jobs_api;
 mod replicas;
 mod runs;

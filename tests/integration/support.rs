@@ -86,7 +86,9 @@ struct Flags {
     serve: ServeConfig,
 }
 
-/// A ServeConfig as the CLI would build it from these flags.
+/// A ServeConfig as the CLI would build it from these flags. Without a
+/// `--default-jobs-dir` in `extra`, no default jobs are loaded (clap refuses
+/// a flag given twice, so the default is added only when `extra` has none).
 pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
     let mut args = vec![
         "jobsd".to_string(),
@@ -96,8 +98,6 @@ pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
         "127.0.0.1:0".to_string(),
         "--db-max-connections".to_string(),
         "4".to_string(),
-        "--default-jobs-dir".to_string(),
-        "/nonexistent-jobsd-test-dir".to_string(),
         "--poll-interval".to_string(),
         "1s".to_string(),
         "--lease".to_string(),
@@ -107,6 +107,10 @@ pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
         "--shutdown-grace".to_string(),
         "5s".to_string(),
     ];
+    if !extra.contains(&"--default-jobs-dir") {
+        args.push("--default-jobs-dir".to_string());
+        args.push("/nonexistent-jobsd-test-dir".to_string());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     Flags::parse_from(args).serve
 }
