@@ -122,32 +122,18 @@ impl Api {
             .await
     }
 
-    /// Whether the service offers `POST /api/v1/jobs/bulk` (read from its
-    /// OpenAPI document, so an older build is recognised without side effects).
-    pub async fn has_bulk_create(&self) -> anyhow::Result<bool> {
-        let doc: Value = self.get("/api/v1/openapi.json").await?;
-        Ok(doc["paths"].get("/api/v1/jobs/bulk").is_some())
-    }
-
-    /// Creates `specs` (job bodies as for `POST /api/v1/jobs`): in bulk
-    /// requests of `bulk_size` sent one after another when the service has
-    /// the bulk endpoint, else with `concurrency` single requests in flight.
+    /// Creates `specs` (job bodies as for `POST /api/v1/jobs`) the `path`
+    /// way: bulk requests sent one after another, or concurrent single ones.
     pub async fn create_jobs(
         &self,
         specs: Vec<Value>,
-        bulk_size: usize,
-        concurrency: usize,
+        path: CreatePath,
     ) -> anyhow::Result<Created> {
         let count = specs.len();
-        let path = if self.has_bulk_create().await? {
-            CreatePath::Bulk(bulk_size.clamp(1, 10_000))
-        } else {
-            CreatePath::Single(concurrency.max(1))
-        };
         let start = Instant::now();
         match path {
             CreatePath::Bulk(size) => {
-                for chunk in specs.chunks(size) {
+                for chunk in specs.chunks(size.clamp(1, 10_000)) {
                     let answer = self
                         .post("/api/v1/jobs/bulk", &json!({ "jobs": chunk }), 201)
                         .await?;
@@ -160,7 +146,7 @@ impl Api {
             CreatePath::Single(concurrency) => {
                 futures::stream::iter(specs)
                     .map(|spec| async move { self.post("/api/v1/jobs", &spec, 201).await })
-                    .buffer_unordered(concurrency)
+                    .buffer_unordered(concurrency.max(1))
                     .try_for_each(|_| async { Ok(()) })
                     .await?;
             }

@@ -33,9 +33,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
         .collect();
     say(SCENARIO, format_args!("creating {n} one-shot jobs due now"));
     let first_sent = Utc::now();
-    let created = api
-        .create_jobs(specs, ctx.args.bulk_size, ctx.args.concurrency)
-        .await?;
+    let created = api.create_jobs(specs, ctx.create_path()).await?;
     say(
         SCENARIO,
         format_args!("created ({}); waiting for the runs", created.path),

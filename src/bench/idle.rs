@@ -37,9 +37,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
         .map(|_| json!({"handler": "log", "kwargs": {"message": "idle"}, "when": due}))
         .collect();
     say(SCENARIO, format_args!("creating {n} jobs due in a year"));
-    let created = api
-        .create_jobs(specs, ctx.args.bulk_size, ctx.args.concurrency)
-        .await?;
+    let created = api.create_jobs(specs, ctx.create_path()).await?;
     service
         .stop()
         .await

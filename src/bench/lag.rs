@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::client::Api;
+use super::client::{Api, CreatePath};
 use super::load::percentile;
 use super::report::{Cmp, Figure};
 use super::{say, Ctx};
@@ -31,7 +31,6 @@ struct Series {
 pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let mut service = ctx.spawn("bench-lag", &[]).await?;
     let api = Api::new(&service.base)?;
-    let bulk = api.has_bulk_create().await?;
     let mut figures = Vec::new();
     let mut done = 0u64;
     for series in [
@@ -47,7 +46,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
         if series.count == 0 {
             continue;
         }
-        let result = measure(ctx, &api, &series, bulk, done).await;
+        let result = measure(ctx, &api, &series, done).await;
         let lags =
             result.with_context(|| format!("the replica's log ends:\n{}", service.log_tail()))?;
         done += series.count as u64;
@@ -62,15 +61,13 @@ async fn measure(
     ctx: &Ctx<'_>,
     api: &Api,
     series: &Series,
-    bulk: bool,
     done_before: u64,
 ) -> anyhow::Result<(Vec<i64>, Option<String>)> {
     let pace = chrono::Duration::microseconds(1_000_000 / i64::from(series.rate));
     // Single creations are slower: leave them time to finish before the first is due.
-    let lead = if bulk {
-        LEAD
-    } else {
-        LEAD + Duration::from_millis(series.count as u64)
+    let lead = match ctx.create_path() {
+        CreatePath::Bulk(_) => LEAD,
+        CreatePath::Single(_) => LEAD + Duration::from_millis(series.count as u64),
     };
     let first_due = Utc::now() + chrono::Duration::from_std(lead)?;
     let prefix = format!("lag{}-", series.rate);
@@ -90,9 +87,7 @@ async fn measure(
             pace.num_milliseconds()
         ),
     );
-    let created = api
-        .create_jobs(specs, ctx.args.bulk_size, ctx.args.concurrency)
-        .await?;
+    let created = api.create_jobs(specs, ctx.create_path()).await?;
     let overran = Utc::now() - first_due;
     let warning = (overran > chrono::Duration::zero()).then(|| {
         format!(

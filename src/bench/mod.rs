@@ -32,6 +32,7 @@ use serde_json::json;
 
 use crate::config::{parse_flag_duration, DatabaseConfig};
 use crate::store::bench::{bench_database_drop, bench_server_facts, BENCH_DATABASE_PREFIX};
+use client::CreatePath;
 use proc::{Service, ServiceSpec};
 use report::{Failure, Figure, Machine, Report};
 
@@ -50,6 +51,11 @@ pub struct BenchArgs {
     /// drain: one-shot jobs created, all due at once.
     #[arg(long, default_value_t = 10_000)]
     pub jobs: usize,
+
+    /// How the scenarios create their jobs: `POST /api/v1/jobs/bulk`, or
+    /// concurrent single `POST /api/v1/jobs` (`--concurrency` in flight).
+    #[arg(long, value_enum, default_value = "bulk")]
+    pub create: CreateMode,
 
     /// Jobs per `POST /api/v1/jobs/bulk` request (at most 10,000).
     #[arg(long, default_value_t = 1000)]
@@ -79,8 +85,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10s", value_parser = parse_flag_duration)]
     pub duration: Duration,
 
-    /// api: concurrent connections; also single creations in flight when
-    /// the bulk endpoint is absent.
+    /// api: concurrent connections; also single creations in flight with
+    /// `--create single`.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
 
@@ -100,6 +106,12 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a markdown table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CreateMode {
+    Bulk,
+    Single,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,6 +154,13 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn create_path(&self) -> CreatePath {
+        match self.args.create {
+            CreateMode::Bulk => CreatePath::Bulk(self.args.bulk_size),
+            CreateMode::Single => CreatePath::Single(self.args.concurrency),
+        }
+    }
+
     /// Starts a `jobsd serve` named `instance` on this scenario's database,
     /// with `extra` flags before the user's `--serve-arg`s.
     async fn spawn(&self, instance: &str, extra: &[&str]) -> anyhow::Result<Service> {
@@ -186,6 +205,9 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
 
 /// Runs the selected scenarios and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !(1..=10_000).contains(&args.bulk_size) {
+        anyhow::bail!("--bulk-size must be between 1 and 10000");
+    }
     let selected: Vec<Scenario> = if args.scenario.contains(&Scenario::All) {
         Scenario::EACH.to_vec()
     } else {
@@ -303,6 +325,7 @@ fn replica_flags(args: &BenchArgs) -> String {
 fn settings_json(args: &BenchArgs) -> serde_json::Value {
     json!({
         "jobs": args.jobs,
+        "create": format!("{:?}", args.create).to_lowercase(),
         "bulk_size": args.bulk_size,
         "lag_jobs_50": args.lag_jobs_50,
         "lag_jobs_500": args.lag_jobs_500,
