@@ -50,7 +50,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     .await
     .context("waiting for the run to start")?;
     let owner = running.instance.unwrap_or_default();
-    let (mut victim, survivor) = match owner.as_str() {
+    let (mut victim, mut survivor) = match owner.as_str() {
         "bench-a" => (a, b),
         "bench-b" => (b, a),
         other => bail!("the run is on an unknown instance {other:?}"),
@@ -78,7 +78,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let Some((dead, restarted)) = restart_of(&rerun.history) else {
         bail!("the run's history lost its restart");
     };
-    drop(survivor); // killed on drop; the database is dropped next
+    survivor.kill().await?;
     let note = format!(
         "2 replicas, --lease {:.1} s; run killed on {}, restarted on {}",
         lease.as_secs_f64(),

@@ -28,6 +28,14 @@ struct Series {
     count: usize,
 }
 
+/// The lags of one series' runs, and why they may be off.
+struct Lags {
+    /// `started_at - scheduled_for` of each run, in µs, sorted.
+    sorted_us: Vec<i64>,
+    /// Set when creating the jobs was not over before the first was due.
+    warning: Option<String>,
+}
+
 pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let mut service = ctx.spawn("bench-lag", &[]).await?;
     let api = Api::new(&service.base)?;
@@ -56,13 +64,13 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// Creates one series, waits for its runs, and returns their lags in µs, sorted.
+/// Creates one series, waits for its runs, and returns their lags.
 async fn measure(
     ctx: &Ctx<'_>,
     api: &Api,
     series: &Series,
     done_before: u64,
-) -> anyhow::Result<(Vec<i64>, Option<String>)> {
+) -> anyhow::Result<Lags> {
     let pace = chrono::Duration::microseconds(1_000_000 / i64::from(series.rate));
     // Single creations are slower: leave them time to finish before the first is due.
     let lead = match ctx.create_path() {
@@ -109,14 +117,17 @@ async fn measure(
         bail!("{} of {} runs have a start time", lags.len(), series.count);
     }
     lags.sort_unstable();
-    Ok((lags, warning))
+    Ok(Lags {
+        sorted_us: lags,
+        warning,
+    })
 }
 
-fn series_figures(series: &Series, (lags, warning): &(Vec<i64>, Option<String>)) -> Vec<Figure> {
-    let ms = |p: f64| percentile(lags, p).map_or(0.0, |us| us as f64 / 1000.0);
+fn series_figures(series: &Series, lags: &Lags) -> Vec<Figure> {
+    let ms = |p: f64| percentile(&lags.sorted_us, p).map_or(0.0, |us| us as f64 / 1000.0);
     let label = format!("{} jobs/s", series.rate);
     let mut note = format!("{} jobs, started_at − scheduled_for", series.count);
-    if let Some(warning) = warning {
+    if let Some(warning) = &lags.warning {
         note = format!("{note}; {warning}");
     }
     let p99 = Figure::new(SCENARIO, format!("p99 at {label}"), ms(99.0), "ms").note(note.clone());

@@ -30,6 +30,7 @@ pub struct ServiceSpec {
     pub instance: String,
     pub workers: Option<usize>,
     pub db_max_connections: u32,
+    pub db_connect_timeout: Duration,
     pub jobs_dir: PathBuf,
     /// More `serve` flags, passed last.
     pub extra: Vec<String>,
@@ -66,7 +67,11 @@ impl Service {
             .args(["--instance", &spec.instance])
             .arg("--default-jobs-dir")
             .arg(&spec.jobs_dir)
-            .args(["--db-max-connections", &spec.db_max_connections.to_string()]);
+            .args(["--db-max-connections", &spec.db_max_connections.to_string()])
+            .args([
+                "--db-connect-timeout",
+                &format!("{}ms", spec.db_connect_timeout.as_millis()),
+            ]);
         if let Some(workers) = spec.workers {
             command.args(["--workers", &workers.to_string()]);
         }
