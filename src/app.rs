@@ -107,14 +107,6 @@ fn spawn_background(
     instance: &str,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let scheduler = Scheduler::new(
-        store.clone(),
-        SchedulerConfig {
-            instance: instance.to_string(),
-            batch_size: 500,
-            poll_interval: config.poll_interval,
-        },
-    );
     let workers = WorkerPool::new(
         store.clone(),
         registry.clone(),
@@ -128,6 +120,15 @@ fn spawn_background(
             max_result_bytes: 64 * 1024,
         },
     );
+    let scheduler = Scheduler::new(
+        store.clone(),
+        SchedulerConfig {
+            instance: instance.to_string(),
+            batch_size: 500,
+            poll_interval: config.poll_interval,
+        },
+    )
+    .wake_local_workers(workers.waker());
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {

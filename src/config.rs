@@ -63,8 +63,9 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBSD_INSTANCE")]
     pub instance: Option<String>,
 
-    /// Runs executed at once by this replica.
-    #[arg(long, env = "JOBSD_WORKERS", default_value_t = 16)]
+    /// Runs executed at once by this replica. Handlers are async, so idle
+    /// slots cost nothing; lower it when handlers are CPU- or process-heavy.
+    #[arg(long, env = "JOBSD_WORKERS", default_value_t = 256)]
     pub workers: usize,
 
     /// Log format.

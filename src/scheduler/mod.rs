@@ -10,9 +10,11 @@
 
 pub mod plan;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::job_spec::schedule_of;
@@ -34,11 +36,23 @@ pub struct SchedulerConfig {
 pub struct Scheduler {
     store: Store,
     config: SchedulerConfig,
+    local_workers: Option<Arc<Notify>>,
 }
 
 impl Scheduler {
     pub fn new(store: Store, config: SchedulerConfig) -> Self {
-        Scheduler { store, config }
+        Scheduler {
+            store,
+            config,
+            local_workers: None,
+        }
+    }
+
+    /// Wakes this replica's workers directly when runs are queued (other
+    /// replicas hear of them through NOTIFY), saving a round trip of lag.
+    pub fn wake_local_workers(mut self, wake: Arc<Notify>) -> Self {
+        self.local_workers = Some(wake);
+        self
     }
 
     /// Fires one batch of due jobs. Returns how many jobs it processed.

@@ -125,7 +125,7 @@ impl Store {
             )));
         }
         // The same columns as `job_insert` and `job_replace`, plus `file_state`.
-        sqlx::query(
+        super::jobs::bind_definition(sqlx::query(
             "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, file_state) \
@@ -140,27 +140,7 @@ impl Store {
              next_run_at = EXCLUDED.next_run_at, description = EXCLUDED.description, \
              tags = EXCLUDED.tags, source = EXCLUDED.source, file_state = EXCLUDED.file_state, \
              updated_at = now()",
-        )
-        .bind(&job.job_id)
-        .bind(&job.handler)
-        .bind(&job.kwargs)
-        .bind(&job.schedule_kind)
-        .bind(job.interval_ms)
-        .bind(&job.cron)
-        .bind(&job.timezone)
-        .bind(job.start_at)
-        .bind(job.misfire_grace_ms)
-        .bind(job.coalesce)
-        .bind(job.max_instances)
-        .bind(&job.lock_key)
-        .bind(job.timeout_ms)
-        .bind(job.max_retries)
-        .bind(job.retry_backoff_ms)
-        .bind(&job.state)
-        .bind(job.next_run_at)
-        .bind(&job.description)
-        .bind(&job.tags)
-        .bind(&job.source)
+        ), &job)
         .bind(job.failed_run_id)
         .bind(&file_state)
         .execute(&mut *tx)

@@ -20,6 +20,11 @@ use crate::handlers::ERROR_HANDLER;
 /// `max_instances` and `lock_key` counts each claim sees are exact.
 const CLAIM_LOCK: i64 = 0x6a6f_6273_645f_636c; // "jobsd_cl"
 
+/// Whether the run in `r` starts later than its misfire grace allows (first
+/// start only; retries and manual runs are never late).
+const LATE: &str = "(r.started_at IS NULL AND r.misfire_grace_ms IS NOT NULL \
+    AND now() > r.scheduled_for + r.misfire_grace_ms * interval '1 millisecond')";
+
 /// Fences a write to the run this worker claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunClaim {
@@ -56,8 +61,14 @@ pub struct HeartbeatAck {
 }
 
 impl Store {
-    /// Claims up to `limit` due queued runs for `instance`, honouring each
-    /// job's `max_instances` and every `lock_key` across all replicas. A run
+    /// Claims up to `limit` due queued runs for `instance`, honouring every
+    /// `lock_key` across all replicas. `max_instances` needs no check here:
+    /// runs are only ever queued while the job has fewer than
+    /// `max_instances` runs queued or running (the scheduler skips, manual
+    /// triggers and overrides answer 409), and retries re-use their slot.
+    /// Rows are not locked while choosing (the advisory lock serializes
+    /// claimers); the update re-checks `state = 'queued'`, so a run cancelled
+    /// meanwhile is skipped. A run
     /// started later than its misfire grace allows is marked `missed`
     /// instead (returned too, in that state, so the caller can log it).
     pub async fn run_claim(
@@ -73,45 +84,41 @@ impl Store {
             .await?;
         let sql = format!(
             "WITH due AS ( \
-                SELECT r.run_id, r.job_id, r.lock_key, r.run_after, r.created_at FROM runs r \
+                SELECT r.run_id, r.lock_key, r.run_after FROM runs r \
                 WHERE r.state = 'queued' AND r.run_after <= now() \
-                ORDER BY r.run_after, r.created_at LIMIT $2 * 4 + 64 FOR UPDATE SKIP LOCKED \
-             ), ranked AS ( \
-                SELECT d.*, \
-                  row_number() OVER (PARTITION BY d.job_id ORDER BY d.run_after, d.created_at) AS job_rank, \
-                  row_number() OVER (PARTITION BY d.lock_key ORDER BY d.run_after, d.created_at) AS lock_rank \
-                FROM due d \
+                ORDER BY r.run_after LIMIT $2 * 2 + 16 \
+             ), free_of_lock AS ( \
+                SELECT d.run_id, d.run_after FROM due d WHERE d.lock_key IS NULL \
+                UNION ALL \
+                SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.run_id, d.run_after FROM due d \
+                  WHERE d.lock_key IS NOT NULL AND NOT EXISTS \
+                    (SELECT 1 FROM runs y WHERE y.lock_key = d.lock_key AND y.state = 'running') \
+                  ORDER BY d.lock_key, d.run_after, d.run_id) first_per_key \
              ), picked AS ( \
-                SELECT k.run_id FROM ranked k JOIN jobs j ON j.job_id = k.job_id \
-                WHERE k.job_rank + (SELECT count(*) FROM runs x WHERE x.job_id = k.job_id AND x.state = 'running') \
-                      <= j.max_instances \
-                  AND (k.lock_key IS NULL OR (k.lock_rank = 1 AND NOT EXISTS \
-                      (SELECT 1 FROM runs y WHERE y.lock_key = k.lock_key AND y.state = 'running'))) \
-                ORDER BY k.run_after, k.created_at LIMIT $2 \
-             ), late AS ( \
-                SELECT r.run_id, (r.started_at IS NULL AND r.misfire_grace_ms IS NOT NULL \
-                    AND now() > r.scheduled_for + r.misfire_grace_ms * interval '1 millisecond') AS is_late \
-                FROM runs r JOIN picked p ON p.run_id = r.run_id \
+                SELECT run_id FROM free_of_lock ORDER BY run_after LIMIT $2 \
              ) \
              UPDATE runs r SET \
-                state = CASE WHEN l.is_late THEN 'missed' ELSE 'running' END, \
-                attempt = CASE WHEN l.is_late THEN r.attempt ELSE r.attempt + 1 END, \
-                started_at = CASE WHEN l.is_late THEN r.started_at ELSE now() END, \
-                finished_at = CASE WHEN l.is_late THEN now() END, \
-                error = CASE WHEN l.is_late THEN 'missed: not started within misfire_grace_time' ELSE r.error END, \
+                state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
+                attempt = CASE WHEN {late} THEN r.attempt ELSE r.attempt + 1 END, \
+                started_at = CASE WHEN {late} THEN r.started_at ELSE now() END, \
+                finished_at = CASE WHEN {late} THEN now() END, \
+                error = CASE WHEN {late} THEN 'missed: not started within misfire_grace_time' ELSE r.error END, \
                 instance = $1, \
-                lease_expires_at = CASE WHEN l.is_late THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
-                history = r.history || {} \
-             FROM late l WHERE r.run_id = l.run_id \
-             RETURNING {}",
-            history_entry(
+                lease_expires_at = CASE WHEN {late} THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
+                history = r.history || {history} \
+             WHERE r.run_id = ANY(ARRAY(SELECT run_id FROM picked)) AND r.state = 'queued' \
+             RETURNING {columns}",
+            late = LATE,
+            history = history_entry(
                 "'queued'",
-                "CASE WHEN l.is_late THEN 'missed' ELSE 'running' END",
+                &format!("CASE WHEN {LATE} THEN 'missed' ELSE 'running' END"),
                 "$1::text",
-                "CASE WHEN l.is_late THEN 'start was later than misfire_grace_time allows' \
-                 ELSE 'claimed (attempt ' || (r.attempt + 1) || ')' END"
+                &format!(
+                    "CASE WHEN {LATE} THEN 'start was later than misfire_grace_time allows' \
+                     ELSE 'claimed (attempt ' || (r.attempt + 1) || ')' END"
+                )
             ),
-            RUN_COLUMNS.replace("run_id,", "r.run_id,")
+            columns = RUN_COLUMNS,
         );
         let runs = sqlx::query_as::<_, RunRow>(&sql)
             .bind(instance)

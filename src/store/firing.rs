@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::notify::{self, Channel};
+use super::notify::Channel;
 use super::{Store, StoreResult};
 
 /// A job whose `next_run_at` has come, locked for this transaction.
@@ -99,67 +99,58 @@ impl Store {
 
 impl DueBatch {
     /// Inserts the runs, advances the jobs and commits; wakes the workers
-    /// of every replica when runs were queued.
+    /// of every replica when runs were queued, and says whether any were.
     pub async fn commit(
         mut self,
         instance: &str,
         runs: &[FiredRun],
         advances: &[JobAdvance],
-    ) -> StoreResult<()> {
-        if !runs.is_empty() {
-            let run_ids: Vec<Uuid> = runs.iter().map(|_| Uuid::new_v4()).collect();
-            let job_ids: Vec<&str> = runs.iter().map(|r| r.job_id.as_str()).collect();
-            let scheduled: Vec<DateTime<Utc>> = runs.iter().map(|r| r.scheduled_for).collect();
-            let triggers: Vec<&str> = runs.iter().map(|r| r.trigger.as_str()).collect();
-            let states: Vec<&str> = runs.iter().map(|r| r.state.as_str()).collect();
-            let reasons: Vec<&str> = runs.iter().map(|r| r.reason.as_str()).collect();
-            let results: Vec<Option<Value>> = runs.iter().map(|r| r.result.clone()).collect();
-            sqlx::query(
-                "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
+    ) -> StoreResult<bool> {
+        fn col<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
+            items.iter().map(f).collect()
+        }
+        let queued = runs.iter().any(|r| r.state == "queued");
+        // One statement (one round trip): insert the runs, advance the jobs,
+        // and notify the workers when something was queued.
+        sqlx::query(
+            "WITH inserted AS ( \
+               INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
                  max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, \
                  finished_at, history) \
-                 SELECT u.run_id, j.job_id, j.handler, j.kwargs, u.trigger, u.scheduled_for, now(), u.state, \
+               SELECT u.run_id, j.job_id, j.handler, j.kwargs, u.trigger, u.scheduled_for, now(), u.state, \
                  j.max_retries, j.retry_backoff_ms, j.timeout_ms, j.misfire_grace_ms, j.lock_key, u.result, \
                  CASE WHEN u.state = 'missed' THEN u.reason END, \
                  CASE WHEN u.state = 'missed' THEN now() END, \
                  jsonb_build_array(jsonb_build_object('at', now(), 'from', NULL, 'to', u.state, \
                     'instance', $8::text, 'reason', u.reason)) \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) \
-                    AS u(run_id, job_id, scheduled_for, trigger, state, reason, result) \
-                 JOIN jobs j ON j.job_id = u.job_id \
-                 ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING",
-            )
-            .bind(&run_ids)
-            .bind(&job_ids)
-            .bind(&scheduled)
-            .bind(&triggers)
-            .bind(&states)
-            .bind(&reasons)
-            .bind(&results)
-            .bind(instance)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        if !advances.is_empty() {
-            let job_ids: Vec<&str> = advances.iter().map(|a| a.job_id.as_str()).collect();
-            let next: Vec<Option<DateTime<Utc>>> = advances.iter().map(|a| a.next_run_at).collect();
-            let complete: Vec<bool> = advances.iter().map(|a| a.complete).collect();
-            sqlx::query(
-                "UPDATE jobs j SET next_run_at = u.next_run_at, \
-                 state = CASE WHEN u.complete THEN 'completed' ELSE j.state END \
-                 FROM UNNEST($1::text[], $2::timestamptz[], $3::bool[]) AS u(job_id, next_run_at, complete) \
-                 WHERE j.job_id = u.job_id",
-            )
-            .bind(&job_ids)
-            .bind(&next)
-            .bind(&complete)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        if runs.iter().any(|r| r.state == "queued") {
-            notify::send(&mut *self.tx, Channel::RunsQueued, "").await?;
-        }
+               FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+                 $7::jsonb[]) AS u(run_id, job_id, scheduled_for, trigger, state, reason, result) \
+               JOIN jobs j ON j.job_id = u.job_id \
+               ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
+             ), advanced AS ( \
+               UPDATE jobs j SET next_run_at = a.next_run_at, \
+                 state = CASE WHEN a.complete THEN 'completed' ELSE j.state END \
+               FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
+               WHERE j.job_id = a.job_id \
+             ) \
+             SELECT pg_notify($12, '') WHERE $13",
+        )
+        .bind(col(runs, |_| Uuid::new_v4()))
+        .bind(col(runs, |r| r.job_id.clone()))
+        .bind(col(runs, |r| r.scheduled_for))
+        .bind(col(runs, |r| r.trigger.clone()))
+        .bind(col(runs, |r| r.state.clone()))
+        .bind(col(runs, |r| r.reason.clone()))
+        .bind(col(runs, |r| r.result.clone()))
+        .bind(instance)
+        .bind(col(advances, |a| a.job_id.clone()))
+        .bind(col(advances, |a| a.next_run_at))
+        .bind(col(advances, |a| a.complete))
+        .bind(Channel::RunsQueued.name())
+        .bind(queued)
+        .execute(&mut *self.tx)
+        .await?;
         self.tx.commit().await?;
-        Ok(())
+        Ok(queued)
     }
 }

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -125,6 +127,35 @@ fn push_job_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
     }
 }
 
+/// Binds a job definition's 20 columns as `$1`..`$20`, in table order
+/// (`job_id` .. `source`), for statements that write a whole definition.
+pub(super) fn bind_definition<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    job: &'q NewJob,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(&job.job_id)
+        .bind(&job.handler)
+        .bind(&job.kwargs)
+        .bind(&job.schedule_kind)
+        .bind(job.interval_ms)
+        .bind(&job.cron)
+        .bind(&job.timezone)
+        .bind(job.start_at)
+        .bind(job.misfire_grace_ms)
+        .bind(job.coalesce)
+        .bind(job.max_instances)
+        .bind(&job.lock_key)
+        .bind(job.timeout_ms)
+        .bind(job.max_retries)
+        .bind(job.retry_backoff_ms)
+        .bind(&job.state)
+        .bind(job.next_run_at)
+        .bind(&job.description)
+        .bind(&job.tags)
+        .bind(&job.source)
+}
+
 impl Store {
     /// Inserts a job; `Conflict` when its `job_id` is taken. Wakes the
     /// schedulers of every replica.
@@ -197,33 +228,15 @@ impl Store {
     /// its next fire time. Runs and timestamps are kept.
     pub async fn job_replace(&self, job: &NewJob) -> StoreResult<JobRow> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
+        let updated = bind_definition(sqlx::query(
             "UPDATE jobs SET handler = $2, kwargs = $3, schedule_kind = $4, interval_ms = $5, cron = $6, \
              timezone = $7, start_at = $8, misfire_grace_ms = $9, coalesce = $10, max_instances = $11, \
              lock_key = $12, timeout_ms = $13, max_retries = $14, retry_backoff_ms = $15, state = $16, \
              next_run_at = $17, description = $18, tags = $19, source = $20, updated_at = now() \
              WHERE job_id = $1",
+            ),
+            job,
         )
-        .bind(&job.job_id)
-        .bind(&job.handler)
-        .bind(&job.kwargs)
-        .bind(&job.schedule_kind)
-        .bind(job.interval_ms)
-        .bind(&job.cron)
-        .bind(&job.timezone)
-        .bind(job.start_at)
-        .bind(job.misfire_grace_ms)
-        .bind(job.coalesce)
-        .bind(job.max_instances)
-        .bind(&job.lock_key)
-        .bind(job.timeout_ms)
-        .bind(job.max_retries)
-        .bind(job.retry_backoff_ms)
-        .bind(&job.state)
-        .bind(job.next_run_at)
-        .bind(&job.description)
-        .bind(&job.tags)
-        .bind(&job.source)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {

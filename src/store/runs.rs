@@ -255,6 +255,22 @@ impl Store {
             )));
         }
         let requeue = state == "queued";
+        if requeue && !matches!(current.as_str(), "queued" | "running") {
+            // Keep the invariant the claim relies on: at most max_instances
+            // runs of a job queued or running.
+            let (active, max): (i64, i32) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM runs WHERE job_id = $1 AND state IN ('queued', 'running')), \
+                 (SELECT max_instances FROM jobs WHERE job_id = $1 FOR UPDATE)",
+            )
+            .bind(&job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active >= i64::from(max) {
+                return Err(StoreError::Conflict(format!(
+                    "job {job_id:?} already has {active} run(s) queued or running; its max_instances is {max}"
+                )));
+            }
+        }
         let sql = format!(
             "UPDATE runs SET state = $2, \
              finished_at = CASE WHEN $3 THEN NULL ELSE now() END, \

@@ -81,6 +81,8 @@ pub struct WorkerPool {
     config: Arc<WorkerConfig>,
     active: Arc<Mutex<HashMap<Uuid, Active>>>,
     finished: Arc<Notify>,
+    /// Poked by this replica's scheduler when it queued runs.
+    queued: Arc<Notify>,
     completer: Completer,
 }
 
@@ -91,9 +93,15 @@ impl WorkerPool {
             config: Arc::new(config),
             active: Arc::default(),
             finished: Arc::default(),
+            queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
             store,
         }
+    }
+
+    /// The handle this replica's scheduler uses to wake the pool at once.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.queued.clone()
     }
 
     fn active_count(&self) -> usize {
@@ -391,29 +399,42 @@ impl WorkerPool {
                 None
             }
         };
+        // While the queue holds more than we can take ("saturated"), wait
+        // until a quarter of the slots are free before claiming again, so
+        // claims stay batched instead of one per finished run.
+        let refill = (self.config.concurrency / 4).max(1);
+        let mut saturated = false;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             let mut wait = self.config.poll_interval;
-            match self.claim_once().await {
-                Ok((_, false)) if self.active_count() < self.config.concurrency => continue,
-                Ok((_, unfilled)) => {
-                    failures = 0;
-                    if unfilled {
-                        if let Ok(Some(next)) = self.store.run_next_queued_in().await {
-                            wait = wait.min(next.max(Duration::from_millis(1)));
+            let free = self.config.concurrency.saturating_sub(self.active_count());
+            if !saturated || free >= refill {
+                match self.claim_once().await {
+                    Ok((_, unfilled)) => {
+                        failures = 0;
+                        saturated = !unfilled;
+                        let free = self.config.concurrency.saturating_sub(self.active_count());
+                        if saturated && free >= refill {
+                            continue;
+                        }
+                        if unfilled {
+                            if let Ok(Some(next)) = self.store.run_next_queued_in().await {
+                                wait = wait.min(next.max(Duration::from_millis(1)));
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, "workers: claiming runs failed");
-                    wait = backoff(failures, self.config.poll_interval);
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(error = %e, "workers: claiming runs failed");
+                        wait = backoff(failures, self.config.poll_interval);
+                    }
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.finished.notified() => {}
+                _ = self.queued.notified() => {}
                 n = notify::next(&mut listener) => {
                     if let Some((Channel::RunCancel, payload)) = n {
                         if let Ok(run_id) = payload.parse::<Uuid>() {

@@ -450,6 +450,15 @@ async fn operator_override_is_recorded() {
         || async { run_of(&app, &run_id).await["state"] == "failed" },
     )
     .await;
+    // Re-queueing by hand respects max_instances (1): another run is active now.
+    let (status, _, _) = trigger(&app, "stuck").await;
+    assert_eq!(status, 201);
+    let requeue = json!({"state": "queued", "reason": "try again"});
+    assert_error(
+        &app.call(reqwest::Method::PUT, &path, Some(requeue)).await,
+        409,
+        "max_instances",
+    );
 }
 
 #[tokio::test]
