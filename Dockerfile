@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+COPY tests ./tests
 RUN cargo build --release --locked --bin jobsd
 
 # Runtime stage: the binary, its default jobs, nothing else.

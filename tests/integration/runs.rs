@@ -560,3 +560,21 @@ async fn command_handler_runs_a_real_process_when_enabled() {
     let error = runs[0]["error"].as_str().unwrap();
     assert!(error.contains('3') && error.contains("oops"), "{error}");
 }
+
+#[tokio::test]
+async fn progress_reported_by_a_handler_is_stored_while_it_runs() {
+    let app = TestApp::start_with(&["--lease", "1500ms"]).await;
+    paused_job(&app, "napper", "sleep", json!({"seconds": 5}), json!({})).await;
+    let (_, body, _) = trigger(&app, "napper").await;
+    let run_id = body["run"]["run_id"].as_str().unwrap().to_string();
+    let run = wait_for("progress stored", Duration::from_secs(10), || async {
+        let run = run_of(&app, &run_id).await;
+        (run["state"] == "running"
+            && run["progress"]["slept_seconds"].as_f64().unwrap_or(0.0) > 0.0)
+            .then_some(run)
+    })
+    .await;
+    assert!(run["lease_expires_at"].is_string(), "{run}");
+    app.post(&format!("/api/v1/runs/{run_id}/cancel"), json!({}))
+        .await;
+}

@@ -94,22 +94,22 @@ pub fn serve_config(db: &TestDb, extra: &[&str]) -> ServeConfig {
         "jobsd".to_string(),
         "--database-url".to_string(),
         db.url.clone(),
-        "--bind".to_string(),
-        "127.0.0.1:0".to_string(),
-        "--db-max-connections".to_string(),
-        "4".to_string(),
-        "--poll-interval".to_string(),
-        "1s".to_string(),
-        "--lease".to_string(),
-        "5s".to_string(),
-        "--cancel-grace".to_string(),
-        "1s".to_string(),
-        "--shutdown-grace".to_string(),
-        "5s".to_string(),
     ];
-    if !extra.contains(&"--default-jobs-dir") {
-        args.push("--default-jobs-dir".to_string());
-        args.push("/nonexistent-jobsd-test-dir".to_string());
+    // Test defaults, each unless the test passes that flag itself.
+    let defaults = [
+        ("--bind", "127.0.0.1:0"),
+        ("--db-max-connections", "4"),
+        ("--poll-interval", "1s"),
+        ("--lease", "5s"),
+        ("--cancel-grace", "1s"),
+        ("--shutdown-grace", "5s"),
+        ("--default-jobs-dir", "/nonexistent-jobsd-test-dir"),
+    ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.push(flag.to_string());
+            args.push(value.to_string());
+        }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     Flags::parse_from(args).serve
