@@ -13,7 +13,7 @@ pub enum LogFormat {
 }
 
 /// Parses a duration flag with the same grammar as job fields (`30s`, `PT1M`, `5`).
-fn parse_flag_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_flag_duration(s: &str) -> Result<Duration, String> {
     crate::schedule::parse_duration(s)
         .map_err(|e| e.to_string())?
         .to_std()

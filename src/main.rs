@@ -1,4 +1,5 @@
-//! The `jobsd` command line: `serve` (the default), `migrate`, `validate`, `openapi`.
+//! The `jobsd` command line: `serve` (the default), `migrate`, `validate`,
+//! `openapi`, `bench`.
 
 use std::process::ExitCode;
 
@@ -32,6 +33,9 @@ enum Command {
     Validate(ValidateConfig),
     /// Print the OpenAPI document (JSON) of the built-in handlers.
     Openapi,
+    /// Benchmark real `jobsd serve` children against a PostgreSQL server,
+    /// each scenario on a throw-away database (see docs/benchmarks.md).
+    Bench(jobsd::bench::BenchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -76,6 +80,10 @@ async fn main() -> ExitCode {
             &builtin_registry(v.enable_command_handler),
         ),
         Some(Command::Serve(config)) => serve(config).await,
+        Some(Command::Bench(args)) => {
+            init_logging(LogFormat::Text);
+            jobsd::bench::run(args).await
+        }
         None => serve(cli.serve).await,
     };
     match result {

@@ -6,6 +6,7 @@
 //! Database time (`now()`) is the clock for everything that decides when a
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
+pub mod bench;
 mod connect;
 pub mod default_jobs;
 pub mod execution;

@@ -2,6 +2,7 @@
 //! database per test.
 
 mod bad_input;
+mod bench;
 mod default_jobs;
 mod jobs_api;
 mod replicas;

@@ -1,0 +1,161 @@
+//! The flags of `jobsd bench`, and how they read in the report.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::config::{parse_flag_duration, DatabaseConfig};
+
+/// Settings of `jobsd bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server to benchmark against (the database named in the URL is not
+    /// used: each scenario makes and drops its own `jobsd_bench_*` database).
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Scenarios to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub scenario: Vec<Scenario>,
+
+    /// drain: one-shot jobs created, all due at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+
+    /// How the scenarios create their jobs: `POST /api/v1/jobs/bulk`, or
+    /// concurrent single `POST /api/v1/jobs` (`--concurrency` in flight).
+    #[arg(long, value_enum, default_value = "bulk")]
+    pub create: CreateMode,
+
+    /// Jobs per `POST /api/v1/jobs/bulk` request (at most 10,000).
+    #[arg(long, default_value_t = 1000)]
+    pub bulk_size: usize,
+
+    /// lag: jobs due 20 ms apart (50 jobs/s).
+    #[arg(long, default_value_t = 500)]
+    pub lag_jobs_50: usize,
+
+    /// lag: jobs due 2 ms apart (500 jobs/s).
+    #[arg(long, default_value_t = 2000)]
+    pub lag_jobs_500: usize,
+
+    /// idle: jobs held, due in a year.
+    #[arg(long, default_value_t = 100_000)]
+    pub idle_jobs: usize,
+
+    /// idle: how long CPU time is sampled.
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
+    pub idle_duration: Duration,
+
+    /// idle: wait after the restart before sampling.
+    #[arg(long, default_value = "5s", value_parser = parse_flag_duration)]
+    pub idle_settle: Duration,
+
+    /// api: measured load per endpoint (after a short warm-up).
+    #[arg(long, default_value = "10s", value_parser = parse_flag_duration)]
+    pub duration: Duration,
+
+    /// api: concurrent connections; also single creations in flight with
+    /// `--create single`.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// failover: the replicas' `--lease`.
+    #[arg(long, default_value = "2s", value_parser = parse_flag_duration)]
+    pub lease: Duration,
+
+    /// `--workers` of each replica (default: the service's default).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// An extra flag for every `jobsd serve` child (repeatable), e.g.
+    /// `--serve-arg=--poll-interval=1s`.
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+
+    /// Print the report as JSON instead of a markdown table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CreateMode {
+    Bulk,
+    Single,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    All,
+    Drain,
+    Lag,
+    Idle,
+    Api,
+    Failover,
+}
+
+impl Scenario {
+    pub(super) const EACH: [Scenario; 5] = [
+        Scenario::Drain,
+        Scenario::Lag,
+        Scenario::Idle,
+        Scenario::Api,
+        Scenario::Failover,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Scenario::All => "all",
+            Scenario::Drain => "drain",
+            Scenario::Lag => "lag",
+            Scenario::Idle => "idle",
+            Scenario::Api => "api",
+            Scenario::Failover => "failover",
+        }
+    }
+}
+
+/// The service's default `--workers`, as `jobsd serve --help` shows it.
+pub(super) fn default_workers() -> String {
+    let command = crate::config::ServeConfig::augment_args(clap::Command::new("serve"));
+    let workers = command
+        .get_arguments()
+        .find(|a| a.get_id() == "workers")
+        .and_then(|a| a.get_default_values().first())
+        .map_or_else(|| "?".to_string(), |v| v.to_string_lossy().into_owned());
+    workers
+}
+
+/// The flags every replica gets besides its database, address and name.
+pub(super) fn replica_flags(args: &BenchArgs) -> String {
+    let workers = args.workers.map_or_else(default_workers, |w| w.to_string());
+    let mut flags = format!(
+        "--workers {workers} --db-max-connections {}",
+        args.database.db_max_connections
+    );
+    for extra in &args.serve_args {
+        flags = format!("{flags} {extra}");
+    }
+    flags
+}
+
+/// The settings of this run, for the JSON report.
+pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
+    json!({
+        "jobs": args.jobs,
+        "create": format!("{:?}", args.create).to_lowercase(),
+        "bulk_size": args.bulk_size,
+        "lag_jobs_50": args.lag_jobs_50,
+        "lag_jobs_500": args.lag_jobs_500,
+        "idle_jobs": args.idle_jobs,
+        "idle_duration_s": args.idle_duration.as_secs_f64(),
+        "idle_settle_s": args.idle_settle.as_secs_f64(),
+        "duration_s": args.duration.as_secs_f64(),
+        "concurrency": args.concurrency,
+        "lease_s": args.lease.as_secs_f64(),
+        "workers": args.workers,
+        "serve_args": args.serve_args,
+        "db_max_connections": args.database.db_max_connections,
+    })
+}

@@ -1,0 +1,224 @@
+//! The benchmark's HTTP client of a `jobsd` under test: create jobs (in
+//! bulk when the service offers it, else one request per job), count and
+//! read runs. Every unexpected answer becomes an error naming the request.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Largest page of `GET /api/v1/runs`.
+const PAGE: usize = 1000;
+
+/// A `jobsd` reached over HTTP.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+/// One entry of a run's `history`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub to: String,
+}
+
+/// The parts of a run the benchmark reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Run {
+    pub job_id: String,
+    pub state: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// How jobs were created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatePath {
+    /// `POST /api/v1/jobs/bulk`, this many jobs per request.
+    Bulk(usize),
+    /// Concurrent `POST /api/v1/jobs`, this many at once.
+    Single(usize),
+}
+
+impl std::fmt::Display for CreatePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreatePath::Bulk(n) => write!(f, "bulk, {n} per request"),
+            CreatePath::Single(c) => write!(f, "single POSTs, {c} concurrent"),
+        }
+    }
+}
+
+/// What creating a batch of jobs took.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    pub path: CreatePath,
+    pub count: usize,
+    pub elapsed: Duration,
+}
+
+impl Created {
+    pub fn per_second(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Api {
+    pub fn new(base: &str) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("building an HTTP client")?;
+        Ok(Api {
+            base: base.to_string(),
+            http,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        expect: u16,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let what = || format!("{method} {path}");
+        let response = request.send().await.with_context(what)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.with_context(what)?;
+        if status != expect {
+            let shown = &text[..text.len().min(500)];
+            bail!("{} answered {status} (expected {expect}): {shown}", what());
+        }
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{}: answer is not JSON", what()))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let value = self.send(reqwest::Method::GET, path, None, 200).await?;
+        serde_json::from_value(value).with_context(|| format!("GET {path}: unexpected answer"))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value, expect: u16) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::POST, path, Some(body), expect)
+            .await
+    }
+
+    /// Creates `specs` (job bodies as for `POST /api/v1/jobs`) the `path`
+    /// way: bulk requests sent one after another, or concurrent single ones.
+    pub async fn create_jobs(
+        &self,
+        specs: Vec<Value>,
+        path: CreatePath,
+    ) -> anyhow::Result<Created> {
+        let count = specs.len();
+        let start = Instant::now();
+        match path {
+            CreatePath::Bulk(size) => {
+                for chunk in specs.chunks(size.clamp(1, 10_000)) {
+                    let answer = self
+                        .post("/api/v1/jobs/bulk", &json!({ "jobs": chunk }), 201)
+                        .await?;
+                    let created = answer["created"].as_u64().unwrap_or(0);
+                    if created != chunk.len() as u64 {
+                        bail!("bulk create made {created} jobs of {}", chunk.len());
+                    }
+                }
+            }
+            CreatePath::Single(concurrency) => {
+                futures::stream::iter(specs)
+                    .map(|spec| async move { self.post("/api/v1/jobs", &spec, 201).await })
+                    .buffer_unordered(concurrency.max(1))
+                    .try_for_each(|_| async { Ok(()) })
+                    .await?;
+            }
+        }
+        Ok(Created {
+            path,
+            count,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// How many runs are in `state`.
+    pub async fn runs_count(&self, state: &str) -> anyhow::Result<u64> {
+        let page: Value = self
+            .get(&format!("/api/v1/runs?state={state}&limit=1"))
+            .await?;
+        page["runs_count"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("GET /api/v1/runs: no runs_count"))
+    }
+
+    /// Every run (optionally only those in `state`), page by page.
+    pub async fn runs_all(&self, state: Option<&str>) -> anyhow::Result<Vec<Run>> {
+        #[derive(Deserialize)]
+        struct Page {
+            runs: Vec<Run>,
+            runs_count: usize,
+        }
+        let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
+        let mut runs = Vec::new();
+        loop {
+            let page: Page = self
+                .get(&format!(
+                    "/api/v1/runs?limit={PAGE}&offset={}{filter}",
+                    runs.len()
+                ))
+                .await?;
+            let last = page.runs.len() < PAGE || runs.len() + page.runs.len() >= page.runs_count;
+            runs.extend(page.runs);
+            if last {
+                return Ok(runs);
+            }
+        }
+    }
+
+    pub async fn run(&self, run_id: &str) -> anyhow::Result<Run> {
+        let envelope: Value = self.get(&format!("/api/v1/runs/{run_id}")).await?;
+        serde_json::from_value(envelope["run"].clone())
+            .with_context(|| format!("GET /api/v1/runs/{run_id}: unexpected answer"))
+    }
+
+    /// Polls until `count` runs have succeeded. Fails (saying how many
+    /// failed) when no more succeeded for `stall`.
+    pub async fn wait_succeeded(&self, count: u64, stall: Duration) -> anyhow::Result<()> {
+        let mut last = (0, Instant::now());
+        loop {
+            let done = self.runs_count("succeeded").await?;
+            if done >= count {
+                return Ok(());
+            }
+            if done != last.0 {
+                last = (done, Instant::now());
+            } else if last.1.elapsed() > stall {
+                let failed = self.runs_count("failed").await?;
+                bail!("only {done} of {count} runs succeeded ({failed} failed); none more in {stall:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Seconds between two database instants.
+pub fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}

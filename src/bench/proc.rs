@@ -1,0 +1,258 @@
+//! `jobsd serve` children of the benchmark, and what `/proc` says about
+//! them (CPU time, resident memory).
+//!
+//! A child is this very executable (`std::env::current_exe()`), so the
+//! benchmark measures the build it is part of. It listens on a free port
+//! (`--bind 127.0.0.1:0`); its address is read from its start-up log line
+//! (`address=`), and its stderr is drained for its whole life so the pipe
+//! never fills. Logging is cut down to warnings (plus start-up) so it does
+//! not distort the figures. A child is killed when its handle is dropped.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// `RUST_LOG` of the children: the `log` handler's lines are filtered out.
+const CHILD_LOG: &str = "warn,jobsd::app=info";
+/// Stderr lines kept to explain a child that failed.
+const TAIL_LINES: usize = 20;
+
+/// How to start one `jobsd serve`.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub database_url: String,
+    pub instance: String,
+    pub workers: Option<usize>,
+    pub db_max_connections: u32,
+    pub db_connect_timeout: Duration,
+    pub jobs_dir: PathBuf,
+    /// More `serve` flags, passed last.
+    pub extra: Vec<String>,
+}
+
+/// A running `jobsd serve` child.
+pub struct Service {
+    pub instance: String,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pid: u32,
+    child: Child,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+fn remember(tail: &Mutex<VecDeque<String>>, line: String) {
+    if let Ok(mut tail) = tail.lock() {
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+impl Service {
+    /// Starts the child and waits (up to 60 s) until it listens.
+    pub async fn spawn(spec: &ServiceSpec) -> anyhow::Result<Service> {
+        let exe = std::env::current_exe().context("locating the jobsd executable")?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .args(["--database-url", &spec.database_url])
+            .args(["--bind", "127.0.0.1:0", "--log-format", "text"])
+            .args(["--instance", &spec.instance])
+            .arg("--default-jobs-dir")
+            .arg(&spec.jobs_dir)
+            .args(["--db-max-connections", &spec.db_max_connections.to_string()])
+            .args([
+                "--db-connect-timeout",
+                &format!("{}ms", spec.db_connect_timeout.as_millis()),
+            ]);
+        if let Some(workers) = spec.workers {
+            command.args(["--workers", &workers.to_string()]);
+        }
+        let mut child = command
+            .args(&spec.extra)
+            .env("RUST_LOG", CHILD_LOG)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting jobsd serve ({})", spec.instance))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("{} exited at once", spec.instance))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("{}: no stderr pipe", spec.instance))?;
+        let mut lines = BufReader::new(stderr).lines();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let address = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let address = line
+                    .split("address=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string);
+                remember(&tail, line);
+                if address.is_some() {
+                    return address;
+                }
+            }
+            None
+        })
+        .await;
+        let explain = |what: &str| {
+            let tail = tail
+                .lock()
+                .map(|t| Vec::from(t.clone()))
+                .unwrap_or_default();
+            anyhow!("{} {what}; its log:\n{}", spec.instance, tail.join("\n"))
+        };
+        let address = match address {
+            Ok(Some(address)) => address,
+            Ok(None) => return Err(explain("exited before listening")),
+            Err(_) => return Err(explain("did not listen within 60 s")),
+        };
+        let drain_tail = tail.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                remember(&drain_tail, line);
+            }
+        });
+        Ok(Service {
+            instance: spec.instance.clone(),
+            base: format!("http://{address}"),
+            pid,
+            child,
+            tail,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The last lines the child logged (for error reports).
+    pub fn log_tail(&self) -> String {
+        self.tail
+            .lock()
+            .map(|t| Vec::from(t.clone()).join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGKILL (`kill -9`) and returns at once; see [`Service::kill`].
+    pub fn kill_signal(&mut self) -> anyhow::Result<()> {
+        self.child
+            .start_kill()
+            .with_context(|| format!("killing {}", self.instance))
+    }
+
+    /// `kill -9`, and waits until the process is gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", self.instance))
+    }
+
+    /// SIGTERM (a graceful stop), then waits up to 60 s for the exit.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e).context("waiting for the child"),
+            Err(_) => {
+                self.kill().await?;
+                bail!("{} did not stop within 60 s of SIGTERM", self.instance)
+            }
+        }
+    }
+}
+
+/// CPU time (user + system) a process has used, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_ticks(&stat).ok_or_else(|| anyhow!("unexpected format of {path}"))
+}
+
+/// utime and stime are fields 14 and 15 of `/proc/<pid>/stat`; the command
+/// name (field 2) may hold spaces, so counting starts after its `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11); // fields 3..=13
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100, Linux's USER_HZ, if that fails).
+pub fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Now (`VmRSS`).
+    pub rss_kib: u64,
+    /// The peak (`VmHWM`).
+    pub hwm_kib: u64,
+}
+
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {name} in {path}"))
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_after_a_name_with_spaces() {
+        let stat = "4242 (jobsd (x) y) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 9 0 100";
+        assert_eq!(parse_cpu_ticks(stat), Some(175));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(cpu_ticks(me).is_ok());
+        let mem = memory(me).expect("status readable");
+        assert!(mem.rss_kib > 0 && mem.hwm_kib >= mem.rss_kib);
+        assert!(clock_ticks_per_second() > 0);
+    }
+}

@@ -1,0 +1,99 @@
+//! The only SQL the benchmark (`jobsd bench`) needs: drop the throw-away
+//! database it made, and read a few server settings for its report.
+//!
+//! Both connect to the `postgres` maintenance database of the server named
+//! by a URL (as database creation in `connect.rs` does), never to the
+//! database in the URL. `bench_database_drop` refuses any name that does not
+//! start with [`BENCH_DATABASE_PREFIX`], so a benchmark cannot drop a real
+//! `jobsd` database.
+
+use std::str::FromStr;
+
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+/// Every database the benchmark creates (and may drop) starts with this.
+pub const BENCH_DATABASE_PREFIX: &str = "jobsd_bench_";
+
+/// PostgreSQL settings that shape the benchmark's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFacts {
+    pub server_version: String,
+    pub shared_buffers: String,
+    pub synchronous_commit: String,
+    pub fsync: String,
+    pub max_connections: String,
+}
+
+async fn maintenance_connection(url: &str) -> Result<PgConnection, sqlx::Error> {
+    PgConnectOptions::from_str(url)?
+        .database("postgres")
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .connect()
+        .await
+}
+
+/// Drops the benchmark database `name` on the server of `url`, closing its
+/// remaining connections (`WITH (FORCE)`, PostgreSQL 13+). Refuses names
+/// without the benchmark prefix.
+pub async fn bench_database_drop(url: &str, name: &str) -> Result<(), sqlx::Error> {
+    if !name.starts_with(BENCH_DATABASE_PREFIX) {
+        return Err(sqlx::Error::Protocol(format!(
+            "refusing to drop {name:?}: not a benchmark database ({BENCH_DATABASE_PREFIX}*)"
+        )));
+    }
+    let mut conn = maintenance_connection(url).await?;
+    let statement = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    let result = sqlx::query(&statement).execute(&mut conn).await;
+    let _ = conn.close().await;
+    result.map(|_| ())
+}
+
+/// The server's version and the settings that matter for throughput.
+pub async fn bench_server_facts(url: &str) -> Result<ServerFacts, sqlx::Error> {
+    let mut conn = maintenance_connection(url).await?;
+    let mut facts = Vec::with_capacity(5);
+    for setting in [
+        "server_version",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "max_connections",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&mut conn)
+            .await?;
+        facts.push(value);
+    }
+    let _ = conn.close().await;
+    let mut facts = facts.into_iter();
+    let mut next = || facts.next().unwrap_or_default();
+    Ok(ServerFacts {
+        server_version: next(),
+        shared_buffers: next(),
+        synchronous_commit: next(),
+        fsync: next(),
+        max_connections: next(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_to_drop_a_non_benchmark_database() {
+        // Refused before any connection is attempted.
+        let err = bench_database_drop("postgres://nobody@127.0.0.1:1/x", "jobsd")
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("not a benchmark database"),
+            "{err}"
+        );
+    }
+}

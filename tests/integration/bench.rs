@@ -1,0 +1,78 @@
+//! The benchmark harness must not rot: a tiny `jobsd bench` runs against
+//! the test PostgreSQL, reports its figures, and drops its database.
+//! (Not a timed test: no figure is checked against a target.)
+
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::support::admin_url;
+
+/// Runs `jobsd bench` with `args`; returns (success, stdout, stderr).
+async fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"))
+        .arg("bench")
+        .args(["--database-url", &admin_url()])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("jobsd bench starts");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The database the bench announced on stderr no longer exists.
+async fn assert_dropped(stderr: &str, scenario: &str) {
+    let prefix = format!("bench: {scenario}: database ");
+    let name = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("the bench names its database: {stderr}"));
+    assert!(name.starts_with("jobsd_bench_"), "{name}");
+    let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} is dropped");
+}
+
+#[tokio::test]
+async fn bench_drain_prints_its_figures_beside_the_targets() {
+    let (ok, stdout, stderr) = bench(&["--scenario", "drain", "--jobs", "50"]).await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("| drain | end to end, 50 jobs |"))
+        .unwrap_or_else(|| panic!("the drain figure is printed:\n{stdout}"));
+    assert!(
+        line.contains("runs/s") && line.contains("≥ 20,000 runs/s"),
+        "{line}"
+    );
+    assert!(stdout.contains("| drain | workers alone |"), "{stdout}");
+    assert!(stdout.contains("PostgreSQL "), "machine facts: {stdout}");
+    assert_dropped(&stderr, "drain").await;
+}
+
+#[tokio::test]
+async fn bench_json_report_is_machine_readable() {
+    let (ok, stdout, stderr) = bench(&["--scenario", "drain", "--jobs", "20", "--json"]).await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    let figures = report["figures"].as_array().expect("figures");
+    let end_to_end = figures
+        .iter()
+        .find(|f| f["name"] == "end to end, 20 jobs")
+        .unwrap_or_else(|| panic!("drain figure in {report}"));
+    assert!(end_to_end["value"].as_f64().unwrap() > 0.0, "{end_to_end}");
+    assert_eq!(end_to_end["unit"], "runs/s");
+    assert!(end_to_end["met"].is_boolean(), "{end_to_end}");
+    assert!(report["machine"]["postgres"]["server_version"].is_string());
+    assert_eq!(report["failures"], serde_json::json!([]));
+    assert_dropped(&stderr, "drain").await;
+}
