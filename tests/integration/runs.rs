@@ -578,3 +578,66 @@ async fn progress_reported_by_a_handler_is_stored_while_it_runs() {
     app.post(&format!("/api/v1/runs/{run_id}/cancel"), json!({}))
         .await;
 }
+
+/// A worker whose lease was taken over stops its handler (here a real
+/// process, which must stop writing) and never records an outcome over the
+/// new owner's.
+#[tokio::test]
+async fn a_worker_that_loses_its_lease_stops_its_handler() {
+    let app = TestApp::start_with(&["--enable-command-handler", "--lease", "1500ms"]).await;
+    let file = std::env::temp_dir().join(format!("jobsd-lease-{}", uuid::Uuid::new_v4()));
+    let script = format!(
+        "while true; do echo x >> '{}'; sleep 0.05; done",
+        file.display()
+    );
+    paused_job(
+        &app,
+        "writer",
+        "command",
+        json!({"program": "sh", "args": ["-c", script]}),
+        json!({}),
+    )
+    .await;
+    let (_, body, _) = trigger(&app, "writer").await;
+    let run_id = body["run"]["run_id"].as_str().unwrap().to_string();
+    wait_run(&app, &run_id, "running", Duration::from_secs(10)).await;
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    wait_for("the process writes", Duration::from_secs(10), || async {
+        (size() > 0).then_some(())
+    })
+    .await;
+
+    // Another instance takes the run over (as the supervisor of a replica would).
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE runs SET instance = 'thief', lease_expires_at = now() + interval '1 hour' WHERE run_id = $1::uuid")
+        .bind(&run_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Within a heartbeat or two the handler is stopped: the file stops growing.
+    let stopped_at = wait_for(
+        "the process to be stopped",
+        Duration::from_secs(10),
+        || async {
+            let before = size();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (size() == before).then_some(before)
+        },
+    )
+    .await;
+    crate::support::assert_stays(
+        "the process stays stopped",
+        Duration::from_millis(500),
+        || async { size() == stopped_at },
+    )
+    .await;
+    let run = run_of(&app, &run_id).await;
+    assert_eq!(
+        run["state"], "running",
+        "the new owner's run is untouched: {run}"
+    );
+    assert_eq!(run["instance"], "thief");
+    let _ = std::fs::remove_file(&file);
+}

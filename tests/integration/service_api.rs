@@ -154,3 +154,62 @@ fn every_documented_path_is_a_real_api_path() {
         );
     }
 }
+
+#[tokio::test]
+async fn instances_are_listed_and_stale_ones_pruned() {
+    let app = TestApp::start().await;
+    let listed = crate::support::wait_for(
+        "this instance registered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, body) = app.get("/api/v1/instances").await;
+            let instances = body["instances"].as_array()?.clone();
+            (!instances.is_empty()).then_some(instances)
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["alive"], true);
+    assert_eq!(listed[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(listed[0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+
+    // A replica that stopped heartbeating an hour ago: shown dead, then pruned.
+    app.store
+        .instance_heartbeat("gone", "0.0.1", None, 3_600_000 * 24)
+        .await
+        .unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE instances SET heartbeat_at = now() - interval '1 hour' WHERE name = 'gone'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (_, body) = app.get("/api/v1/instances").await;
+    let gone = body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "gone")
+        .cloned()
+        .unwrap();
+    assert_eq!(gone["alive"], false);
+    app.store
+        .instance_heartbeat("other", "0.0.1", None, 60_000)
+        .await
+        .unwrap();
+    let (_, body) = app.get("/api/v1/instances").await;
+    assert!(
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "gone"),
+        "{body}"
+    );
+}
