@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod instances;
+mod job_view;
 mod jobs;
 pub mod openapi;
 mod runs;

@@ -10,6 +10,7 @@
 
 mod completer;
 pub mod execute;
+mod outcome;
 pub mod panic;
 pub mod retry;
 mod supervisor;
@@ -26,9 +27,10 @@ use uuid::Uuid;
 use crate::handlers::{HandlerRegistry, RunContext};
 use crate::scheduler::backoff;
 use crate::store::notify::{self, Channel};
-use crate::store::{RunClaim, RunOutcome, RunRetry, RunRow, Store};
+use crate::store::{RunClaim, RunRow, Store};
 use completer::Completer;
-use execute::{bound_result, Execution, StopReason, StopSignal};
+use execute::{Execution, StopReason, StopSignal};
+use outcome::Write;
 
 pub use supervisor::{Supervisor, SupervisorConfig};
 
@@ -206,88 +208,20 @@ impl WorkerPool {
     /// hiccups (after that the lease expires and the supervisor re-queues
     /// the run: at-least-once).
     async fn record(&self, run: &RunRow, claim: &RunClaim, execution: Execution) {
-        let retries_left = run.attempt <= run.max_retries;
-        let retry = |error: String, traceback: Option<String>, what: &str| {
-            let base = Duration::from_millis(run.retry_backoff_ms.max(0) as u64);
-            let delay = retry::retry_delay(base, run.attempt, rand::random::<f64>());
-            RunRetry {
-                delay_ms: delay.as_millis() as i64,
-                reason: format!(
-                    "{what}; retry {} of {} in {:.1}s",
-                    run.attempt,
-                    run.max_retries,
-                    delay.as_secs_f64()
-                ),
-                error,
-                traceback,
-            }
-        };
-        let outcome = |state: &str, result, error, traceback, reason: String| RunOutcome {
-            state: state.to_string(),
-            result,
-            error,
-            traceback,
-            reason,
-        };
-        enum Write {
-            Finish(RunOutcome),
-            Retry(RunRetry),
-            HandBack,
-            Nothing,
-        }
-        let write = match execution {
-            Execution::Succeeded(value) => Write::Finish(outcome(
-                "succeeded",
-                Some(bound_result(value, self.config.max_result_bytes)),
-                None,
-                None,
-                "handler returned".into(),
-            )),
-            Execution::Failed {
-                error,
-                traceback,
-                retryable,
-            } => {
-                tracing::warn!(error = %error, "run attempt failed");
-                if retryable && retries_left {
-                    Write::Retry(retry(error, Some(traceback), "failed"))
-                } else {
-                    let reason = if retryable {
-                        "failed; no retries left"
-                    } else {
-                        "failed; not retryable"
-                    };
-                    Write::Finish(outcome(
-                        "failed",
-                        None,
-                        Some(error),
-                        Some(traceback),
-                        reason.into(),
-                    ))
-                }
-            }
-            Execution::TimedOut(after) => {
-                let error = format!("timed out after {:.1}s", after.as_secs_f64());
-                tracing::warn!(error = %error, "run attempt timed out");
-                if retries_left {
-                    Write::Retry(retry(error, None, "timed out"))
-                } else {
-                    Write::Finish(outcome("timed_out", None, Some(error.clone()), None, error))
-                }
-            }
-            Execution::Stopped(StopReason::Cancelled(reason)) => Write::Finish(outcome(
-                "cancelled",
-                None,
-                Some(reason.clone()),
-                None,
-                reason,
-            )),
+        match &execution {
+            Execution::Failed { error, .. } => tracing::warn!(error = %error, "run attempt failed"),
+            Execution::TimedOut(_) => tracing::warn!("run attempt timed out"),
             Execution::Stopped(StopReason::LeaseLost) => {
-                tracing::warn!("lease lost; the run belongs to another instance now");
-                Write::Nothing
+                tracing::warn!("lease lost; the run belongs to another instance now")
             }
-            Execution::Stopped(StopReason::Shutdown) => Write::HandBack,
-        };
+            _ => {}
+        }
+        let write = outcome::decide(
+            run,
+            execution,
+            self.config.max_result_bytes,
+            rand::random::<f64>(),
+        );
         for failures in 1..=5u32 {
             let written = match &write {
                 Write::Finish(o) => self

@@ -1,0 +1,120 @@
+//! The job as the API returns it, built from a stored row.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::schedule::format_duration;
+use crate::store::JobRow;
+
+/// The newest run of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastRun {
+    pub run_id: Uuid,
+    pub state: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job as the API returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub job_id: String,
+    pub handler: String,
+    #[schema(value_type = Object)]
+    pub kwargs: Value,
+    /// The interval, Python `timedelta` style (`"7 days, 0:00:00"`).
+    pub periodically: Option<String>,
+    pub cron: Option<String>,
+    pub timezone: String,
+    /// The first run time, and the phase of an interval.
+    pub when: DateTime<Utc>,
+    pub misfire_grace_time: Option<String>,
+    pub coalesce: bool,
+    pub max_instances: i32,
+    pub lock_key: Option<String>,
+    pub timeout: Option<String>,
+    pub max_retries: i32,
+    pub retry_backoff: String,
+    /// `running`, `pending` (a due run waits to start), `paused` or `completed`.
+    pub state: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_run: Option<LastRun>,
+    /// Runs by state.
+    #[schema(value_type = Object)]
+    pub run_counts: Value,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    /// `api`, or the default-jobs file the job came from.
+    pub source: String,
+    /// On failure records: the run that failed.
+    pub failed_run_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<JobRow> for JobView {
+    fn from(row: JobRow) -> Self {
+        let duration = |ms: Option<i64>| ms.map(|ms| format_duration(Duration::milliseconds(ms)));
+        let state = if row.state == "running" && row.has_queued_run {
+            "pending".to_string()
+        } else {
+            row.state.clone()
+        };
+        let last_run = row.last_run_id.map(|run_id| LastRun {
+            run_id,
+            state: row.last_run_state.clone().unwrap_or_default(),
+            scheduled_for: row.last_run_scheduled_for,
+            started_at: row.last_run_started_at,
+            finished_at: row.last_run_finished_at,
+        });
+        JobView {
+            periodically: duration(row.interval_ms),
+            misfire_grace_time: duration(row.misfire_grace_ms),
+            timeout: duration(row.timeout_ms),
+            retry_backoff: format_duration(Duration::milliseconds(row.retry_backoff_ms)),
+            state,
+            last_run,
+            run_counts: row.run_counts.unwrap_or_else(|| Value::Object(Map::new())),
+            job_id: row.job_id,
+            handler: row.handler,
+            kwargs: row.kwargs,
+            cron: row.cron,
+            timezone: row.timezone,
+            when: row.start_at,
+            coalesce: row.coalesce,
+            max_instances: row.max_instances,
+            lock_key: row.lock_key,
+            max_retries: row.max_retries,
+            next_run_at: row.next_run_at,
+            description: row.description,
+            tags: row.tags,
+            source: row.source,
+            failed_run_id: row.failed_run_id,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobEnvelope {
+    pub job: JobView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// How many jobs match the filter (all pages).
+    pub jobs_count: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+}
