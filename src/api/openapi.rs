@@ -1,5 +1,5 @@
 //! The OpenAPI document: generated from the code (utoipa), plus one
-//! `POST /api/v1/jobs/{name}` entry per registered handler carrying that
+//! `POST /api/v1/jobs/{name}` entry per registered (not inert) handler carrying that
 //! handler's kwargs schema and example — no per-handler boilerplate.
 
 use serde_json::{json, Map, Value};
@@ -43,7 +43,8 @@ pub fn document(registry: &HandlerRegistry) -> Value {
         .filter_map(|p| serde_json::to_value(p).ok())
         .collect();
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        for handler in registry.iter() {
+        // Inert handlers (failure records) cannot be created, so get no form.
+        for handler in registry.iter().filter(|h| !h.inert()) {
             let name = handler.name();
             let mut description = handler.description().to_string();
             if let Some(reason) = handler.disabled_reason() {
