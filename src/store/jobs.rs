@@ -173,9 +173,10 @@ impl Store {
         fn col<T>(jobs: &[NewJob], f: impl Fn(&NewJob) -> T) -> Vec<T> {
             jobs.iter().map(f).collect()
         }
-        let mut tx = self.pool.begin().await?;
+        // One statement, so one round trip and atomic without a transaction:
+        // insert, then wake the schedulers.
         sqlx::query(
-            "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
+            "WITH inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
              SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
@@ -188,7 +189,9 @@ impl Store {
                $19::jsonb[], $20::text[], $21::uuid[]) \
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id)",
+               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
+             RETURNING 1) \
+             SELECT pg_notify($22, '') WHERE EXISTS (SELECT 1 FROM inserted)",
         )
         .bind(col(jobs, |j| j.job_id.clone()))
         .bind(col(jobs, |j| j.handler.clone()))
@@ -211,7 +214,8 @@ impl Store {
         .bind(col(jobs, |j| Value::from(j.tags.clone())))
         .bind(col(jobs, |j| j.source.clone()))
         .bind(col(jobs, |j| j.failed_run_id))
-        .execute(&mut *tx)
+        .bind(Channel::JobsChanged.name())
+        .execute(&self.pool)
         .await
         .map_err(|e| {
             conflict_on_unique(e, || match jobs {
@@ -219,8 +223,6 @@ impl Store {
                 _ => "one of the job_ids already exists; nothing was created".to_string(),
             })
         })?;
-        notify::send(&mut *tx, Channel::JobsChanged, "").await?;
-        tx.commit().await?;
         Ok(())
     }
 
