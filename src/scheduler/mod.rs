@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::job_spec::schedule_of;
-use crate::store::notify::{self, Channel};
+use crate::store::notify::{self, Channel, FireHint};
 use crate::store::{Store, StoreResult};
 use plan::{plan_firing, DuePolicy};
 
@@ -120,11 +120,15 @@ impl Scheduler {
                     tracing::error!(error = %e, "scheduler: firing due jobs failed");
                 }
             }
+            let mut planned = None;
             let wait = if failures > 0 {
                 backoff(failures, self.config.poll_interval)
             } else {
-                match self.store.due_jobs_next_in().await {
-                    Ok(Some(d)) => d.min(self.config.poll_interval),
+                match self.store.due_jobs_next().await {
+                    Ok(Some(next)) => {
+                        planned = Some(next.at);
+                        next.wait.min(self.config.poll_interval)
+                    }
                     Ok(None) => self.config.poll_interval,
                     Err(e) => {
                         tracing::warn!(error = %e, "scheduler: cannot read the next due time");
@@ -135,13 +139,34 @@ impl Scheduler {
             if wait.is_zero() {
                 continue;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-                _ = notify::next(&mut listener) => {}
+            let deadline = tokio::time::Instant::now() + wait;
+            // Sleep until the deadline, waking early only for a change that
+            // may fire sooner than planned.
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    n = notify::next(&mut listener) => {
+                        let hint = n.map_or(FireHint::Recheck, |(_, payload)| FireHint::parse(&payload));
+                        if wakes(hint, planned) {
+                            break;
+                        }
+                    }
+                }
             }
         }
         tracing::debug!("scheduler stopped");
+    }
+}
+
+/// Whether a `JobsChanged` notification calls for a look before the
+/// planned time: not when nothing new fires, nor when the new time is not
+/// earlier than the one already planned.
+fn wakes(hint: FireHint, planned: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+    match (hint, planned) {
+        (FireHint::Nothing, _) => false,
+        (FireHint::EarliestAt(ms), Some(at)) => ms < at.timestamp_millis(),
+        _ => true,
     }
 }
 
@@ -149,4 +174,31 @@ impl Scheduler {
 pub(crate) fn backoff(failures: u32, cap: Duration) -> Duration {
     let ms = 100u64.saturating_mul(1 << failures.min(10));
     Duration::from_millis(ms).min(cap.max(Duration::from_millis(100)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_earlier_or_unknown_changes_wake_the_scheduler() {
+        let at: chrono::DateTime<chrono::Utc> = "2030-01-01T00:00:10Z".parse().unwrap();
+        let ms = at.timestamp_millis();
+        assert!(!wakes(FireHint::Nothing, Some(at)));
+        assert!(!wakes(FireHint::Nothing, None));
+        assert!(
+            !wakes(FireHint::EarliestAt(ms), Some(at)),
+            "same time: already planned"
+        );
+        assert!(!wakes(FireHint::EarliestAt(ms + 1), Some(at)));
+        assert!(wakes(FireHint::EarliestAt(ms - 1), Some(at)));
+        assert!(wakes(FireHint::EarliestAt(ms), None), "nothing was planned");
+        assert!(wakes(FireHint::Recheck, Some(at)));
+        assert_eq!(FireHint::parse(""), FireHint::Recheck);
+        assert_eq!(FireHint::parse("none"), FireHint::Nothing);
+        assert_eq!(
+            FireHint::parse("1893456010000"),
+            FireHint::EarliestAt(1_893_456_010_000)
+        );
+    }
 }

@@ -56,6 +56,15 @@ pub struct JobAdvance {
     pub complete: bool,
 }
 
+/// When the scheduler should look next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextDue {
+    /// The earliest `next_run_at` (database time).
+    pub at: DateTime<Utc>,
+    /// How long until then, from the database's now.
+    pub wait: std::time::Duration,
+}
+
 /// Due jobs held locked until [`DueBatch::commit`].
 pub struct DueBatch {
     tx: Transaction<'static, Postgres>,
@@ -83,18 +92,23 @@ impl Store {
         Ok(DueBatch { tx, jobs })
     }
 
-    /// How long until the next job is due (zero if one is due now), by
-    /// database time; `None` when nothing is scheduled or the service is paused.
-    pub async fn due_jobs_next_in(&self) -> StoreResult<Option<std::time::Duration>> {
-        let ms: Option<f64> = sqlx::query_scalar(
-            "SELECT (EXTRACT(EPOCH FROM (min(next_run_at) - now())) * 1000)::float8 \
+    /// The next due time and how long until it (zero if it has passed), by
+    /// database time; `None` when nothing is scheduled or the service is
+    /// paused.
+    pub async fn due_jobs_next(&self) -> StoreResult<Option<NextDue>> {
+        // min() of no rows is NULL: None, never "due now".
+        let row: Option<(DateTime<Utc>, f64)> = sqlx::query_as(
+            "SELECT min(next_run_at), (EXTRACT(EPOCH FROM (min(next_run_at) - now())) * 1000)::float8 \
              FROM jobs WHERE state = 'running' AND next_run_at IS NOT NULL \
-               AND NOT (SELECT paused FROM service_state WHERE id = 1)",
+               AND NOT (SELECT paused FROM service_state WHERE id = 1) \
+             HAVING min(next_run_at) IS NOT NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        // NULL (None) when there is no row; a time already past waits zero.
-        Ok(ms.map(|ms| std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64)))
+        Ok(row.map(|(at, ms)| NextDue {
+            at,
+            wait: std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64),
+        }))
     }
 }
 

@@ -174,7 +174,8 @@ impl Store {
             jobs.iter().map(f).collect()
         }
         // One statement, so one round trip and atomic without a transaction:
-        // insert, then wake the schedulers.
+        // insert, then tell the schedulers the earliest new fire time
+        // (a `FireHint`).
         sqlx::query(
             "WITH inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
@@ -190,8 +191,10 @@ impl Store {
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
                retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
-             RETURNING 1) \
-             SELECT pg_notify($22, '') WHERE EXISTS (SELECT 1 FROM inserted)",
+             RETURNING state, next_run_at) \
+             SELECT pg_notify($22, COALESCE( \
+               (SELECT (EXTRACT(EPOCH FROM min(next_run_at)) * 1000)::int8::text FROM inserted \
+                WHERE state = 'running' AND next_run_at IS NOT NULL), 'none'))",
         )
         .bind(col(jobs, |j| j.job_id.clone()))
         .bind(col(jobs, |j| j.handler.clone()))

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 pub use connect::{redact_url, ConnectError};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{HeartbeatAck, RunClaim, RunOutcome, RunRetry};
-pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance};
+pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
 pub use instances::{InstanceRow, LockRow};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
 pub use runs::{ManualRun, RunFilter, RunRow};

@@ -7,9 +7,33 @@ use sqlx::{Executor, Postgres};
 
 use super::{Store, StoreResult};
 
+/// What a `JobsChanged` notification tells the schedulers, so a burst of
+/// job creations does not make every replica query the database each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireHint {
+    /// Something changed: look again (payload `""`).
+    Recheck,
+    /// Nothing new will fire (e.g. only paused jobs were created): `"none"`.
+    Nothing,
+    /// The earliest new fire time, in milliseconds since the epoch.
+    EarliestAt(i64),
+}
+
+impl FireHint {
+    pub fn parse(payload: &str) -> FireHint {
+        match payload {
+            "none" => FireHint::Nothing,
+            other => other
+                .parse()
+                .map_or(FireHint::Recheck, FireHint::EarliestAt),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
-    /// A job was created, changed, paused, resumed or deleted: the payload is its id.
+    /// Jobs were created, changed, paused or resumed, or the service was
+    /// paused or resumed. The payload is a [`FireHint`].
     JobsChanged,
     /// Runs were queued: workers should claim.
     RunsQueued,

@@ -321,7 +321,7 @@ async fn a_job_slower_than_its_interval_skips_instead_of_piling_up() {
 async fn with_nothing_due_the_loops_have_nothing_to_wait_for() {
     let app = TestApp::start().await;
     // No jobs, no runs: None, not "due now" (which would spin the loops).
-    assert_eq!(app.store.due_jobs_next_in().await.unwrap(), None);
+    assert_eq!(app.store.due_jobs_next().await.unwrap(), None);
     assert_eq!(app.store.run_next_queued_in().await.unwrap(), None);
     create(
         &app,
@@ -329,19 +329,21 @@ async fn with_nothing_due_the_loops_have_nothing_to_wait_for() {
                         "when": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
     )
     .await;
-    let wait = app
+    let (_, job) = app.get("/api/v1/jobs/later").await;
+    let next = app
         .store
-        .due_jobs_next_in()
+        .due_jobs_next()
         .await
         .unwrap()
         .expect("a job is scheduled");
+    assert_eq!(next.at, time(&job["job"]["next_run_at"]));
     assert!(
-        wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
-        "{wait:?}"
+        next.wait > Duration::from_secs(3500) && next.wait <= Duration::from_secs(3600),
+        "{next:?}"
     );
     app.put("/api/v1/service/state?state=paused").await;
     assert_eq!(
-        app.store.due_jobs_next_in().await.unwrap(),
+        app.store.due_jobs_next().await.unwrap(),
         None,
         "paused: nothing to wake for"
     );
