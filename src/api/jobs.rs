@@ -123,12 +123,21 @@ async fn list_jobs(
     }))
 }
 
-async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
-    let ctx = ValidationContext {
+/// What validating a definition needs: the handlers, database time (the
+/// clock for defaults and first fire times) and where it came from.
+async fn validation_context<'a>(
+    app: &'a AppState,
+    source: &str,
+) -> ApiResult<ValidationContext<'a>> {
+    Ok(ValidationContext {
         registry: &app.registry,
         now: app.store.now().await?,
-        source: "api".to_string(),
-    };
+        source: source.to_string(),
+    })
+}
+
+async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+    let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
     let row = app.store.job_insert(&job).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
@@ -182,11 +191,7 @@ async fn create_jobs_bulk(
             body.jobs.len()
         )));
     }
-    let ctx = ValidationContext {
-        registry: &app.registry,
-        now: app.store.now().await?,
-        source: "api".to_string(),
-    };
+    let ctx = validation_context(&app, "api").await?;
     let mut problems = Vec::new();
     let mut jobs = Vec::with_capacity(body.jobs.len());
     let mut seen = std::collections::HashSet::new();
@@ -402,11 +407,7 @@ async fn patch_job(
     let spec = JobSpec::from_row(&row)
         .merged_with(&patch)
         .map_err(|e| ApiError::invalid(vec![e]))?;
-    let ctx = ValidationContext {
-        registry: &app.registry,
-        now: app.store.now().await?,
-        source: row.source.clone(),
-    };
+    let ctx = validation_context(&app, &row.source).await?;
     let mut job = spec.validate(&ctx).map_err(ApiError::invalid)?;
     if !patch.contains_key("state") || row.state == job.state {
         carry_over_timing(&row, &mut job);

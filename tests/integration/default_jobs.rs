@@ -912,29 +912,7 @@ async fn a_file_takes_over_an_api_job_but_never_a_failure_record() {
         )
         .await;
     assert_eq!(status, 201);
-    let record = jobsd::store::NewJob {
-        job_id: "failure-1".into(),
-        handler: "ErrorHandler".into(),
-        kwargs: json!({"exc_str": "boom"}),
-        schedule_kind: "never".into(),
-        interval_ms: None,
-        cron: None,
-        timezone: "UTC".into(),
-        start_at: Utc::now(),
-        misfire_grace_ms: None,
-        coalesce: true,
-        max_instances: 1,
-        lock_key: None,
-        timeout_ms: None,
-        max_retries: 0,
-        retry_backoff_ms: 1000,
-        state: "paused".into(),
-        next_run_at: None,
-        description: None,
-        tags: vec![],
-        source: "api".into(),
-        failed_run_id: None,
-    };
+    let record = crate::support::failure_record("failure-1", json!({"exc_str": "boom"}));
     app.store.job_insert(&record).await.unwrap();
 
     let dir = JobsDir::new();

@@ -416,29 +416,10 @@ async fn delete_removes_the_job() {
 async fn clean_failed_removes_only_failure_records() {
     let app = TestApp::start().await;
     create_log_job(&app, "keep", json!({})).await;
-    let record = jobsd::store::NewJob {
-        job_id: "failure-1".into(),
-        handler: "ErrorHandler".into(),
-        kwargs: json!({"exc_str": "boom", "failed_job_id": "keep"}),
-        schedule_kind: "never".into(),
-        interval_ms: None,
-        cron: None,
-        timezone: "UTC".into(),
-        start_at: Utc::now(),
-        misfire_grace_ms: None,
-        coalesce: true,
-        max_instances: 1,
-        lock_key: None,
-        timeout_ms: None,
-        max_retries: 0,
-        retry_backoff_ms: 1000,
-        state: "paused".into(),
-        next_run_at: None,
-        description: None,
-        tags: vec![],
-        source: "api".into(),
-        failed_run_id: None,
-    };
+    let record = crate::support::failure_record(
+        "failure-1",
+        json!({"exc_str": "boom", "failed_job_id": "keep"}),
+    );
     app.store.job_insert(&record).await.unwrap();
 
     let (_, failed) = app.get("/api/v1/jobs?job_type=failed").await;

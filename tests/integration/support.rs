@@ -287,3 +287,31 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A failure record (an inert `ErrorHandler` job) as jobsd writes them, to
+/// store directly in tests.
+pub fn failure_record(job_id: &str, kwargs: serde_json::Value) -> jobsd::store::NewJob {
+    jobsd::store::NewJob {
+        job_id: job_id.into(),
+        handler: "ErrorHandler".into(),
+        kwargs,
+        schedule_kind: "never".into(),
+        interval_ms: None,
+        cron: None,
+        timezone: "UTC".into(),
+        start_at: chrono::Utc::now(),
+        misfire_grace_ms: None,
+        coalesce: true,
+        max_instances: 1,
+        lock_key: None,
+        timeout_ms: None,
+        max_retries: 0,
+        retry_backoff_ms: 1000,
+        state: "paused".into(),
+        next_run_at: None,
+        description: None,
+        tags: vec![],
+        source: "api".into(),
+        failed_run_id: None,
+    }
+}
