@@ -139,7 +139,7 @@ async fn validation_context<'a>(
 async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
     let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
-    let row = app.store.job_insert(&job).await?;
+    let row = app.store.job_insert(&job, &app.instance).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
     Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
 }
@@ -216,7 +216,7 @@ async fn create_jobs_bulk(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    app.store.job_insert_many(&jobs).await?;
+    app.store.job_insert_many(&jobs, &app.instance).await?;
     tracing::info!(count = jobs.len(), "jobs created in bulk");
     Ok((
         StatusCode::CREATED,

@@ -158,15 +158,22 @@ pub(super) fn bind_definition<'q>(
 
 impl Store {
     /// Inserts a job; `Conflict` when its `job_id` is taken. Wakes the
-    /// schedulers of every replica.
-    pub async fn job_insert(&self, job: &NewJob) -> StoreResult<JobRow> {
-        self.job_insert_many(std::slice::from_ref(job)).await?;
+    /// schedulers of every replica (see [`Store::job_insert_many`]).
+    pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
+        self.job_insert_many(std::slice::from_ref(job), instance)
+            .await?;
         self.job_get(&job.job_id).await
     }
 
     /// Inserts jobs in one statement, all or none; `Conflict` naming the
     /// first `job_id` already taken. Wakes the schedulers of every replica.
-    pub async fn job_insert_many(&self, jobs: &[NewJob]) -> StoreResult<()> {
+    ///
+    /// A one-shot job that is due already (its time has come, within its
+    /// misfire grace, while the service runs) gets its run queued in the
+    /// same statement, recorded as fired by `instance`: exactly what the
+    /// scheduler would do at once, without a second write to the job row
+    /// and a scheduler round trip per job.
+    pub async fn job_insert_many(&self, jobs: &[NewJob], instance: &str) -> StoreResult<()> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -174,28 +181,43 @@ impl Store {
             jobs.iter().map(f).collect()
         }
         // One statement, so one round trip and atomic without a transaction:
-        // insert, then tell the schedulers the earliest new fire time
-        // (a `FireHint`).
-        sqlx::query(
-            "WITH inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
-             start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-             retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
-             SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
-             u.start_at, u.misfire_grace_ms, u.coalesce, u.max_instances, u.lock_key, u.timeout_ms, \
-             u.max_retries, u.retry_backoff_ms, u.state, u.next_run_at, u.description, \
-             ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id \
+        // insert the jobs and the runs of those due now, tell the schedulers
+        // the earliest new fire time (a `FireHint`) and the workers that runs
+        // were queued.
+        sqlx::query(&format!(
+            "WITH input AS (SELECT u.*, \
+               (u.schedule_kind = 'once' AND u.state = 'running' AND u.next_run_at <= now() \
+                AND (u.misfire_grace_ms IS NULL \
+                     OR now() <= u.next_run_at + u.misfire_grace_ms * interval '1 millisecond') \
+                AND NOT (SELECT paused FROM service_state WHERE id = 1)) AS due_now \
              FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
                $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
                $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
                $19::jsonb[], $20::text[], $21::uuid[]) \
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
-             RETURNING state, next_run_at) \
+               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id)), \
+             inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
+             start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
+             retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
+             SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
+             u.start_at, u.misfire_grace_ms, u.coalesce, u.max_instances, u.lock_key, u.timeout_ms, \
+             u.max_retries, u.retry_backoff_ms, u.state, CASE WHEN u.due_now THEN NULL ELSE u.next_run_at END, \
+             u.description, ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id \
+             FROM input u \
+             RETURNING state, next_run_at), \
+             fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
+               state, max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
+             SELECT gen_random_uuid(), u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
+               'queued', u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key, {history} \
+             FROM input u WHERE u.due_now \
+             RETURNING 1) \
              SELECT pg_notify($22, COALESCE( \
                (SELECT (EXTRACT(EPOCH FROM min(next_run_at)) * 1000)::int8::text FROM inserted \
-                WHERE state = 'running' AND next_run_at IS NOT NULL), 'none'))",
-        )
+                WHERE state = 'running' AND next_run_at IS NOT NULL), 'none')), \
+               (SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM fired))",
+            history = super::runs::history_entry("NULL", "'queued'", "$24::text", "'due when created'"),
+        ))
         .bind(col(jobs, |j| j.job_id.clone()))
         .bind(col(jobs, |j| j.handler.clone()))
         .bind(col(jobs, |j| j.kwargs.clone()))
@@ -218,6 +240,8 @@ impl Store {
         .bind(col(jobs, |j| j.source.clone()))
         .bind(col(jobs, |j| j.failed_run_id))
         .bind(Channel::JobsChanged.name())
+        .bind(Channel::RunsQueued.name())
+        .bind(instance)
         .execute(&self.pool)
         .await
         .map_err(|e| {

@@ -129,6 +129,47 @@ async fn one_shot_job_runs_once_and_completes() {
 }
 
 #[tokio::test]
+async fn a_one_shot_job_due_when_created_is_queued_by_the_creation_itself() {
+    let app = TestApp::start().await;
+    let when = soon(-200);
+    create(
+        &app,
+        json!({"job_id": "now", "handler": "log", "kwargs": {"message": "now"},
+               "when": when.to_rfc3339()}),
+    )
+    .await;
+    // No waiting: the run exists as soon as the creation has answered.
+    let runs = runs_of(&app, "now").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(time(&runs[0]["scheduled_for"]), when);
+    assert_eq!(runs[0]["trigger"], "schedule");
+    assert_eq!(runs[0]["history"][0]["to"], "queued");
+    assert_eq!(runs[0]["history"][0]["reason"], "due when created");
+    let job = wait_job_state(&app, "now", "completed").await;
+    assert_eq!(job["next_run_at"], Value::Null);
+    let runs = wait_runs(&app, "now", "succeeded", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        history_states(&runs[0]),
+        vec!["queued", "running", "succeeded"]
+    );
+}
+
+#[tokio::test]
+async fn a_one_shot_job_created_past_its_grace_is_recorded_missed_not_run() {
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"job_id": "late", "handler": "log", "kwargs": {"message": "late"},
+               "when": soon(-10_000).to_rfc3339(), "misfire_grace_time": "1s"}),
+    )
+    .await;
+    let runs = wait_runs(&app, "late", "missed", 1, Duration::from_secs(10)).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["started_at"], Value::Null);
+    wait_job_state(&app, "late", "completed").await;
+}
+
+#[tokio::test]
 async fn pause_stops_firing_and_resume_restarts_from_now() {
     let app = TestApp::start().await;
     create(
