@@ -199,19 +199,33 @@ impl Store {
         fn col<T>(f: &[(RunClaim, RunOutcome)], g: impl Fn(&RunClaim, &RunOutcome) -> T) -> Vec<T> {
             f.iter().map(|(c, o)| g(c, o)).collect()
         }
+        // One statement, so one round trip and one commit: write the
+        // outcomes, the failure records of failed runs, and complete the
+        // one-shot jobs that have nothing left to run. The sub-statements see
+        // the runs as they were, so the finished runs are excluded by hand.
         let sql = format!(
-            "UPDATE runs r SET state = u.state, finished_at = now(), result = u.result, error = u.error, \
-             traceback = u.traceback, lease_expires_at = NULL, history = r.history || {} \
+            "WITH finished AS (UPDATE runs r SET state = u.state, finished_at = now(), result = u.result, \
+               error = u.error, traceback = u.traceback, lease_expires_at = NULL, history = r.history || {history} \
              FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::jsonb[], $6::text[], \
                $7::text[], $8::text[]) \
                AS u(run_id, attempt, instance, state, result, error, traceback, reason) \
              WHERE r.run_id = u.run_id AND r.state = 'running' AND r.attempt = u.attempt \
                AND r.instance = u.instance \
-             RETURNING r.run_id, r.job_id, r.state",
-            history_entry("'running'", "u.state", "u.instance", "u.reason")
+             RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback), \
+             failure_records AS ({failure_records}), \
+             completed AS ({completed}) \
+             SELECT run_id FROM finished",
+            history = history_entry("'running'", "u.state", "u.instance", "u.reason"),
+            failure_records = failure_records_sql(
+                "finished r WHERE r.state IN ('failed', 'timed_out')",
+                "$9"
+            ),
+            completed = complete_one_shot_jobs_sql(
+                "SELECT job_id FROM finished",
+                "SELECT run_id FROM finished"
+            ),
         );
-        let mut tx = self.pool.begin().await?;
-        let written: Vec<(Uuid, String, String)> = sqlx::query_as(&sql)
+        let written: Vec<Uuid> = sqlx::query_scalar(&sql)
             .bind(col(finished, |c, _| c.run_id))
             .bind(col(finished, |c, _| c.attempt))
             .bind(col(finished, |c, _| c.instance.clone()))
@@ -220,18 +234,10 @@ impl Store {
             .bind(col(finished, |_, o| o.error.clone()))
             .bind(col(finished, |_, o| o.traceback.clone()))
             .bind(col(finished, |_, o| o.reason.clone()))
-            .fetch_all(&mut *tx)
+            .bind(ERROR_HANDLER)
+            .fetch_all(&self.pool)
             .await?;
-        let failed: Vec<Uuid> = written
-            .iter()
-            .filter(|(_, _, state)| matches!(state.as_str(), "failed" | "timed_out"))
-            .map(|(id, _, _)| *id)
-            .collect();
-        insert_failure_records(&mut tx, &failed).await?;
-        let jobs: Vec<String> = written.iter().map(|(_, job, _)| job.clone()).collect();
-        complete_one_shot_jobs(&mut tx, &jobs).await?;
-        tx.commit().await?;
-        Ok(written.into_iter().map(|(id, _, _)| id).collect())
+        Ok(written)
     }
 
     /// Queues a failed attempt again after its backoff. Returns false when
@@ -341,8 +347,38 @@ impl Store {
     }
 }
 
-/// Writes the failure records of failed runs (the original service's inert
-/// `ErrorHandler` jobs): paused, never fire, kwargs describe the failure.
+/// An `INSERT` of the failure records (the original service's inert
+/// `ErrorHandler` jobs: paused, never fire, kwargs describe the failure) of
+/// the failed runs `r` in `runs_source` (`<relation> r WHERE ...`, with the
+/// run columns), with the handler name bound at `handler_param`.
+fn failure_records_sql(runs_source: &str, handler_param: &str) -> String {
+    format!(
+        "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, source, \
+         failed_run_id, description) \
+         SELECT 'failed-' || r.run_id, {handler_param}, jsonb_build_object('exc_str', COALESCE(r.error, 'failed'), \
+           'exc_traceback', r.traceback, 'failed_job_id', r.job_id, 'failed_job_handler', r.handler, \
+           'failed_handler_kwargs', r.kwargs, 'failed_run_id', r.run_id::text), \
+           'never', now(), 'paused', 'jobsd', r.run_id, \
+           'run ' || r.run_id || ' of job ' || r.job_id || ' ended ' || r.state \
+         FROM {runs_source} \
+         ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now()"
+    )
+}
+
+/// An `UPDATE` that completes the one-shot jobs among `job_ids` (a query)
+/// that have no future time and no run queued or running, not counting the
+/// runs in `ending_runs` (a query; those this statement ends).
+fn complete_one_shot_jobs_sql(job_ids: &str, ending_runs: &str) -> String {
+    format!(
+        "UPDATE jobs j SET state = 'completed', updated_at = now() \
+         WHERE j.job_id IN ({job_ids}) AND j.schedule_kind = 'once' AND j.state = 'running' \
+           AND j.next_run_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = j.job_id \
+             AND r.state IN ('queued', 'running') AND r.run_id NOT IN ({ending_runs}))"
+    )
+}
+
+/// Writes the failure records of the failed runs `run_ids`.
 async fn insert_failure_records(
     tx: &mut Transaction<'static, Postgres>,
     run_ids: &[Uuid],
@@ -350,17 +386,10 @@ async fn insert_failure_records(
     if run_ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, source, \
-         failed_run_id, description) \
-         SELECT 'failed-' || r.run_id, $2, jsonb_build_object('exc_str', COALESCE(r.error, 'failed'), \
-           'exc_traceback', r.traceback, 'failed_job_id', r.job_id, 'failed_job_handler', r.handler, \
-           'failed_handler_kwargs', r.kwargs, 'failed_run_id', r.run_id::text), \
-           'never', now(), 'paused', 'jobsd', r.run_id, \
-           'run ' || r.run_id || ' of job ' || r.job_id || ' ended ' || r.state \
-         FROM runs r WHERE r.run_id = ANY($1) \
-         ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now()",
-    )
+    sqlx::query(&failure_records_sql(
+        "runs r WHERE r.run_id = ANY($1)",
+        "$2",
+    ))
     .bind(run_ids)
     .bind(ERROR_HANDLER)
     .execute(&mut **tx)
@@ -377,12 +406,10 @@ pub(crate) async fn complete_one_shot_jobs(
     if job_ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE jobs j SET state = 'completed', updated_at = now() \
-         WHERE j.job_id = ANY($1) AND j.schedule_kind = 'once' AND j.state = 'running' \
-           AND j.next_run_at IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = j.job_id AND r.state IN ('queued', 'running'))",
-    )
+    sqlx::query(&complete_one_shot_jobs_sql(
+        "SELECT unnest($1::text[])",
+        "SELECT NULL::uuid WHERE false",
+    ))
     .bind(job_ids)
     .execute(&mut **tx)
     .await?;

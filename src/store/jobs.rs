@@ -339,22 +339,40 @@ impl Store {
 
     /// Deletes a job and its runs. `NotFound` when there is none.
     pub async fn job_delete(&self, job_id: &str) -> StoreResult<()> {
-        let deleted = sqlx::query("DELETE FROM jobs WHERE job_id = $1")
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
-        if deleted.rows_affected() == 0 {
+        let deleted = self.jobs_delete_where("job_id = $1", job_id).await?;
+        if deleted == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
     }
 
-    /// Deletes every failure record; returns how many.
+    /// Deletes every failure record (and any run of one); returns how many.
     pub async fn job_delete_failed(&self) -> StoreResult<u64> {
-        let deleted = sqlx::query("DELETE FROM jobs WHERE handler = $1")
-            .bind(ERROR_HANDLER)
-            .execute(&self.pool)
-            .await?;
-        Ok(deleted.rows_affected())
+        self.jobs_delete_where("handler = $1", ERROR_HANDLER).await
+    }
+
+    /// Deletes the jobs matching `condition` (on `$1`) and their runs.
+    ///
+    /// There is no foreign key from runs to jobs (migration 0003): every
+    /// writer that inserts a run holds its job's row lock, so once the job
+    /// rows are deleted (waiting for those writers), a second statement, with
+    /// a fresh snapshot, sees every run they committed, and no new run can
+    /// follow.
+    async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let job_ids: Vec<String> = sqlx::query_scalar(&format!(
+            "DELETE FROM jobs WHERE {condition} RETURNING job_id"
+        ))
+        .bind(value)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !job_ids.is_empty() {
+            sqlx::query("DELETE FROM runs WHERE job_id = ANY($1)")
+                .bind(&job_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(job_ids.len() as u64)
     }
 }

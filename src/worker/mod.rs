@@ -16,6 +16,7 @@ pub mod retry;
 mod supervisor;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,12 +77,33 @@ impl Active {
     }
 }
 
+/// One of the `concurrency` slots, given back when dropped (whatever ends
+/// the execution).
+struct ExecutingSlot(Arc<AtomicUsize>);
+
+impl ExecutingSlot {
+    fn take(executing: &Arc<AtomicUsize>) -> Self {
+        executing.fetch_add(1, Ordering::AcqRel);
+        ExecutingSlot(executing.clone())
+    }
+}
+
+impl Drop for ExecutingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Clone)]
 pub struct WorkerPool {
     store: Store,
     registry: Arc<HandlerRegistry>,
     config: Arc<WorkerConfig>,
+    /// Runs claimed and not yet recorded (executing, or their outcome
+    /// waiting to be written).
     active: Arc<Mutex<HashMap<Uuid, Active>>>,
+    /// Handlers executing now: what `concurrency` bounds.
+    executing: Arc<AtomicUsize>,
     finished: Arc<Notify>,
     /// Poked by this replica's scheduler when it queued runs.
     queued: Arc<Notify>,
@@ -94,6 +116,7 @@ impl WorkerPool {
             registry,
             config: Arc::new(config),
             active: Arc::default(),
+            executing: Arc::default(),
             finished: Arc::default(),
             queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
@@ -110,6 +133,19 @@ impl WorkerPool {
         self.active.lock().map(|a| a.len()).unwrap_or(0)
     }
 
+    /// How many more runs may be claimed: a slot is free once its handler
+    /// has returned, even while its outcome waits to be written (so claims
+    /// and outcome writes overlap instead of taking turns), but no more
+    /// than `concurrency` outcomes may wait, so a slow database holds
+    /// claiming back.
+    fn free_slots(&self) -> usize {
+        let concurrency = self.config.concurrency;
+        let executing = self.executing.load(Ordering::Acquire);
+        concurrency
+            .saturating_sub(executing)
+            .min((2 * concurrency).saturating_sub(self.active_count()))
+    }
+
     fn stop_run(&self, run_id: Uuid, reason: StopReason) {
         if let Ok(active) = self.active.lock() {
             if let Some(run) = active.get(&run_id) {
@@ -121,7 +157,7 @@ impl WorkerPool {
     /// Claims and starts as many runs as there are free slots. Returns how
     /// many it started and whether slots were left unfilled.
     pub async fn claim_once(&self) -> crate::store::StoreResult<(usize, bool)> {
-        let free = self.config.concurrency.saturating_sub(self.active_count());
+        let free = self.free_slots();
         if free == 0 {
             return Ok((0, false));
         }
@@ -163,11 +199,14 @@ impl WorkerPool {
                 },
             );
         }
+        let slot = ExecutingSlot::take(&self.executing);
         let pool = self.clone();
         let span = tracing::info_span!("run", run_id = %run.run_id, job_id = %run.job_id, handler = %run.handler, attempt = run.attempt);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let execution = pool.execute(&run, ctx, &stop).await;
+                drop(slot);
+                pool.finished.notify_one();
                 pool.record(&run, &claim, execution).await;
                 if let Ok(mut active) = pool.active.lock() {
                     active.remove(&run.run_id);
@@ -341,13 +380,13 @@ impl WorkerPool {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             let mut wait = self.config.poll_interval;
-            let free = self.config.concurrency.saturating_sub(self.active_count());
+            let free = self.free_slots();
             if !saturated || free >= refill {
                 match self.claim_once().await {
                     Ok((_, unfilled)) => {
                         failures = 0;
                         saturated = !unfilled;
-                        let free = self.config.concurrency.saturating_sub(self.active_count());
+                        let free = self.free_slots();
                         if saturated && free >= refill {
                             continue;
                         }

@@ -403,12 +403,34 @@ async fn patch_keeps_timing_unless_the_schedule_changes() {
 }
 
 #[tokio::test]
-async fn delete_removes_the_job() {
+async fn delete_removes_the_job_and_its_runs() {
     let app = TestApp::start().await;
     create_log_job(&app, "gone", json!({})).await;
+    create_log_job(&app, "stays", json!({})).await;
+    let (status, run) = app.post("/api/v1/jobs/gone/run", json!({})).await;
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["run"]["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (status, _) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(status, 200, "the run exists before the delete");
+    let (status, _) = app.post("/api/v1/jobs/stays/run", json!({})).await;
+    assert_eq!(status, 201);
     let (status, _) = app.delete("/api/v1/jobs/gone").await;
     assert_eq!(status, 204);
     assert_error(&app.get("/api/v1/jobs/gone").await, 404, "gone");
+    assert_error(
+        &app.get(&format!("/api/v1/runs/{run_id}")).await,
+        404,
+        &run_id,
+    );
+    let (_, runs) = app.get("/api/v1/runs?limit=100").await;
+    let job_ids: Vec<&Value> = runs["runs"]
+        .as_array()
+        .map(|r| r.iter().map(|r| &r["job_id"]).collect())
+        .unwrap_or_default();
+    assert_eq!(job_ids, vec!["stays"], "only the other job's run is left");
     assert_error(&app.delete("/api/v1/jobs/gone").await, 404, "gone");
 }
 

@@ -2,6 +2,8 @@
 //! timeouts, cancellation, lock keys, the runs API, and the built-in
 //! handlers against real servers and processes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -640,4 +642,61 @@ async fn a_worker_that_loses_its_lease_stops_its_handler() {
     );
     assert_eq!(run["instance"], "thief");
     let _ = std::fs::remove_file(&file);
+}
+
+/// Sleeps briefly and keeps the highest number of executions at once.
+#[derive(Clone, Default)]
+struct ConcurrencyProbe {
+    now: Arc<AtomicUsize>,
+    highest: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Handler for ConcurrencyProbe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn kwargs_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn example(&self) -> Value {
+        json!({})
+    }
+    async fn execute(&self, _ctx: RunContext, _kwargs: Value) -> HandlerResult {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.highest.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(json!(null))
+    }
+}
+
+#[tokio::test]
+async fn workers_bounds_how_many_handlers_execute_at_once() {
+    let probe = ConcurrencyProbe::default();
+    let registered = probe.clone();
+    let app = TestApp::start_custom(TestDb::new(), &["--workers", "3"], |r| {
+        r.register(registered).unwrap()
+    })
+    .await;
+    let jobs: Vec<Value> = (0..12)
+        .map(|i| json!({"job_id": format!("w{i}"), "handler": "probe"}))
+        .collect();
+    let (status, body) = app.post("/api/v1/jobs/bulk", json!({"jobs": jobs})).await;
+    assert_eq!(status, 201, "{body}");
+    for i in 0..12 {
+        wait_runs(
+            &app,
+            &format!("w{i}"),
+            "succeeded",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    assert_eq!(
+        probe.highest.load(Ordering::SeqCst),
+        3,
+        "--workers 3: three at once, never more"
+    );
 }
