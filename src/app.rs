@@ -59,11 +59,25 @@ pub async fn start(
     let store = open_store(&config.database).await?;
     let registry = Arc::new(registry);
     crate::default_jobs::start(&store, &registry, &config, &shutdown).await;
+    let workers = WorkerPool::new(
+        store.clone(),
+        registry.clone(),
+        WorkerConfig {
+            instance: instance.clone(),
+            concurrency: config.workers.max(1),
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            cancel_grace: config.cancel_grace,
+            shutdown_grace: config.shutdown_grace,
+            max_result_bytes: 64 * 1024,
+        },
+    );
     let state = AppState::new(
         store.clone(),
         registry.clone(),
         instance.clone(),
         config.lease,
+        workers.clone(),
     );
     let app = api::router(state, config.max_body_bytes);
 
@@ -72,7 +86,7 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, %instance, "jobsd listening; Swagger UI at http://{address}/api/v1/ui");
-    let background = spawn_background(&config, address, &store, &registry, &instance, &shutdown);
+    let background = spawn_background(&config, address, &store, workers, &instance, &shutdown);
     let (deregister, deregister_name) = (store.clone(), instance.clone());
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -103,23 +117,10 @@ fn spawn_background(
     config: &ServeConfig,
     address: SocketAddr,
     store: &Store,
-    registry: &Arc<HandlerRegistry>,
+    workers: WorkerPool,
     instance: &str,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let workers = WorkerPool::new(
-        store.clone(),
-        registry.clone(),
-        WorkerConfig {
-            instance: instance.to_string(),
-            concurrency: config.workers.max(1),
-            lease: config.lease,
-            poll_interval: config.poll_interval,
-            cancel_grace: config.cancel_grace,
-            shutdown_grace: config.shutdown_grace,
-            max_result_bytes: 64 * 1024,
-        },
-    );
     let scheduler = Scheduler::new(
         store.clone(),
         SchedulerConfig {

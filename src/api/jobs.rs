@@ -139,7 +139,9 @@ async fn validation_context<'a>(
 async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
     let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
-    let row = app.store.job_insert(&job, &app.instance).await?;
+    let reservation = app.workers.reserve(1);
+    let (row, claimed) = app.store.job_insert(&job, &reservation.claim()).await?;
+    reservation.start(claimed);
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
     Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
 }
@@ -216,7 +218,12 @@ async fn create_jobs_bulk(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    app.store.job_insert_many(&jobs, &app.instance).await?;
+    let reservation = app.workers.reserve(jobs.len());
+    let claimed = app
+        .store
+        .job_insert_many(&jobs, &reservation.claim())
+        .await?;
+    reservation.start(claimed);
     tracing::info!(count = jobs.len(), "jobs created in bulk");
     Ok((
         StatusCode::CREATED,

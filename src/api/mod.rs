@@ -24,6 +24,7 @@ pub use error::{ApiError, ErrorBody};
 
 use crate::handlers::HandlerRegistry;
 use crate::store::Store;
+use crate::worker::WorkerPool;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -36,6 +37,9 @@ pub struct AppState {
     pub openapi_json: Arc<String>,
     /// Run lease; a replica is alive while it heartbeats within two.
     pub lease: std::time::Duration,
+    /// This replica's workers: runs due when their job is created start
+    /// here at once (see `Store::job_insert_many`).
+    pub workers: WorkerPool,
 }
 
 impl AppState {
@@ -44,6 +48,7 @@ impl AppState {
         registry: Arc<HandlerRegistry>,
         instance: String,
         lease: std::time::Duration,
+        workers: WorkerPool,
     ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
@@ -52,6 +57,7 @@ impl AppState {
             instance,
             openapi_json,
             lease,
+            workers,
         }
     }
 }

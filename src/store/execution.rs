@@ -25,6 +25,31 @@ const CLAIM_LOCK: i64 = 0x6a6f_6273_645f_636c; // "jobsd_cl"
 const LATE: &str = "(r.started_at IS NULL AND r.misfire_grace_ms IS NOT NULL \
     AND now() > r.scheduled_for + r.misfire_grace_ms * interval '1 millisecond')";
 
+/// Who claims runs, for how long, and how many at most (the worker slots
+/// reserved for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimSlots {
+    pub instance: String,
+    pub lease_ms: i64,
+    pub limit: i64,
+}
+
+impl ClaimSlots {
+    /// Claims nothing: for writers with no workers to hand runs to.
+    pub fn none(instance: &str) -> Self {
+        ClaimSlots {
+            instance: instance.to_string(),
+            lease_ms: 0,
+            limit: 0,
+        }
+    }
+}
+
+/// The history reason of a claim; `attempt` is the SQL of the new attempt.
+pub(crate) fn claimed_reason(attempt: &str) -> String {
+    format!("'claimed (attempt ' || ({attempt}) || ')'")
+}
+
 /// Fences a write to the run this worker claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunClaim {
@@ -71,12 +96,7 @@ impl Store {
     /// meanwhile is skipped. A run
     /// started later than its misfire grace allows is marked `missed`
     /// instead (returned too, in that state, so the caller can log it).
-    pub async fn run_claim(
-        &self,
-        instance: &str,
-        limit: i64,
-        lease_ms: i64,
-    ) -> StoreResult<Vec<RunRow>> {
+    pub async fn run_claim(&self, slots: &ClaimSlots) -> StoreResult<Vec<RunRow>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
@@ -115,15 +135,16 @@ impl Store {
                 "$1::text",
                 &format!(
                     "CASE WHEN {LATE} THEN 'start was later than misfire_grace_time allows' \
-                     ELSE 'claimed (attempt ' || (r.attempt + 1) || ')' END"
+                     ELSE {} END",
+                    claimed_reason("r.attempt + 1")
                 )
             ),
             columns = RUN_COLUMNS,
         );
         let runs = sqlx::query_as::<_, RunRow>(&sql)
-            .bind(instance)
-            .bind(limit)
-            .bind(lease_ms)
+            .bind(&slots.instance)
+            .bind(slots.limit)
+            .bind(slots.lease_ms)
             .fetch_all(&mut *tx)
             .await?;
         let missed: Vec<String> = runs

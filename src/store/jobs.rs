@@ -9,7 +9,8 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::notify::{self, Channel};
-use super::{conflict_on_unique, Store, StoreError, StoreResult};
+use super::runs::{RunRow, RUN_COLUMNS};
+use super::{conflict_on_unique, ClaimSlots, Store, StoreError, StoreResult};
 use crate::handlers::ERROR_HANDLER;
 
 /// Which jobs a listing covers: failure records, the others, or both.
@@ -157,34 +158,48 @@ pub(super) fn bind_definition<'q>(
 }
 
 impl Store {
-    /// Inserts a job; `Conflict` when its `job_id` is taken. Wakes the
-    /// schedulers of every replica (see [`Store::job_insert_many`]).
-    pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
-        self.job_insert_many(std::slice::from_ref(job), instance)
+    /// Inserts a job; `Conflict` when its `job_id` is taken. Returns the
+    /// job and the run claimed for `claim`, if it was due (see
+    /// [`Store::job_insert_many`]).
+    pub async fn job_insert(
+        &self,
+        job: &NewJob,
+        claim: &ClaimSlots,
+    ) -> StoreResult<(JobRow, Vec<RunRow>)> {
+        let claimed = self
+            .job_insert_many(std::slice::from_ref(job), claim)
             .await?;
-        self.job_get(&job.job_id).await
+        Ok((self.job_get(&job.job_id).await?, claimed))
     }
 
     /// Inserts jobs in one statement, all or none; `Conflict` naming the
     /// first `job_id` already taken. Wakes the schedulers of every replica.
     ///
     /// A one-shot job that is due already (its time has come, within its
-    /// misfire grace, while the service runs) gets its run queued in the
-    /// same statement, recorded as fired by `instance`: exactly what the
-    /// scheduler would do at once, without a second write to the job row
-    /// and a scheduler round trip per job.
-    pub async fn job_insert_many(&self, jobs: &[NewJob], instance: &str) -> StoreResult<()> {
+    /// misfire grace, while the service runs) gets its run in the same
+    /// statement, fired by `claim.instance`: exactly what the scheduler would
+    /// do at once, without a second write to the job row and a scheduler
+    /// round trip per job. Up to `claim.limit` of those runs (without a
+    /// `lock_key`, whose check needs the claim lock) are inserted claimed by
+    /// `claim.instance`, as [`Store::run_claim`] would claim them, and
+    /// returned to be started; the others are queued for any replica.
+    pub async fn job_insert_many(
+        &self,
+        jobs: &[NewJob],
+        claim: &ClaimSlots,
+    ) -> StoreResult<Vec<RunRow>> {
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         fn col<T>(jobs: &[NewJob], f: impl Fn(&NewJob) -> T) -> Vec<T> {
             jobs.iter().map(f).collect()
         }
         // One statement, so one round trip and atomic without a transaction:
-        // insert the jobs and the runs of those due now, tell the schedulers
-        // the earliest new fire time (a `FireHint`) and the workers that runs
-        // were queued.
-        sqlx::query(&format!(
+        // insert the jobs and the runs of those due now, and return the runs
+        // claimed. Its one-time filter (an uncorrelated sub-select, evaluated
+        // once whatever the rows) tells the schedulers the earliest new fire
+        // time (a `FireHint`) and the workers whether runs were queued.
+        sqlx::query_as::<_, RunRow>(&format!(
             "WITH input AS (SELECT u.*, \
                (u.schedule_kind = 'once' AND u.state = 'running' AND u.next_run_at <= now() \
                 AND (u.misfire_grace_ms IS NULL \
@@ -193,10 +208,13 @@ impl Store {
              FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
                $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
                $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
-               $19::jsonb[], $20::text[], $21::uuid[]) \
+               $19::jsonb[], $20::text[], $21::uuid[]) WITH ORDINALITY \
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id)), \
+               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, ord)), \
+             firing AS (SELECT u.*, (u.lock_key IS NULL \
+                 AND count(*) FILTER (WHERE u.lock_key IS NULL) OVER (ORDER BY u.ord) <= $25) AS claim \
+               FROM input u WHERE u.due_now), \
              inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
@@ -207,16 +225,30 @@ impl Store {
              FROM input u \
              RETURNING state, next_run_at), \
              fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
-               state, max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
+               state, attempt, started_at, instance, lease_expires_at, \
+               max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
              SELECT gen_random_uuid(), u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
-               'queued', u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key, {history} \
-             FROM input u WHERE u.due_now \
-             RETURNING 1) \
-             SELECT pg_notify($22, COALESCE( \
-               (SELECT (EXTRACT(EPOCH FROM min(next_run_at)) * 1000)::int8::text FROM inserted \
-                WHERE state = 'running' AND next_run_at IS NOT NULL), 'none')), \
-               (SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM fired))",
-            history = super::runs::history_entry("NULL", "'queued'", "$24::text", "'due when created'"),
+               CASE WHEN u.claim THEN 'running' ELSE 'queued' END, CASE WHEN u.claim THEN 1 ELSE 0 END, \
+               CASE WHEN u.claim THEN now() END, CASE WHEN u.claim THEN $24::text END, \
+               CASE WHEN u.claim THEN now() + $26 * interval '1 millisecond' END, \
+               u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key, \
+               CASE WHEN u.claim THEN {queued} || {claimed} ELSE {queued} END \
+             FROM firing u \
+             RETURNING {columns}) \
+             SELECT {columns} FROM fired WHERE state = 'running' \
+               AND (SELECT count(*) FROM (SELECT pg_notify($22, COALESCE( \
+                   (SELECT (EXTRACT(EPOCH FROM min(next_run_at)) * 1000)::int8::text FROM inserted \
+                    WHERE state = 'running' AND next_run_at IS NOT NULL), 'none')), \
+                 (SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM fired WHERE state = 'queued'))) \
+                 notified) = 1",
+            queued = super::runs::history_entry("NULL", "'queued'", "$24::text", "'due when created'"),
+            claimed = super::runs::history_entry(
+                "'queued'",
+                "'running'",
+                "$24::text",
+                &super::execution::claimed_reason("1")
+            ),
+            columns = RUN_COLUMNS,
         ))
         .bind(col(jobs, |j| j.job_id.clone()))
         .bind(col(jobs, |j| j.handler.clone()))
@@ -241,16 +273,17 @@ impl Store {
         .bind(col(jobs, |j| j.failed_run_id))
         .bind(Channel::JobsChanged.name())
         .bind(Channel::RunsQueued.name())
-        .bind(instance)
-        .execute(&self.pool)
+        .bind(&claim.instance)
+        .bind(claim.limit)
+        .bind(claim.lease_ms)
+        .fetch_all(&self.pool)
         .await
         .map_err(|e| {
             conflict_on_unique(e, || match jobs {
                 [one] => format!("a job with job_id {:?} already exists", one.job_id),
                 _ => "one of the job_ids already exists; nothing was created".to_string(),
             })
-        })?;
-        Ok(())
+        })
     }
 
     /// Replaces a job's definition (kwargs, schedule, policies, state) and

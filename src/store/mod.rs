@@ -21,7 +21,7 @@ use sqlx::PgPool;
 
 pub use connect::{redact_url, ConnectError};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
-pub use execution::{HeartbeatAck, RunClaim, RunOutcome, RunRetry};
+pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
 pub use instances::{InstanceRow, LockRow};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};

@@ -10,6 +10,10 @@ use crate::store::{RunClaim, RunOutcome, Store};
 /// Outcomes per transaction at most.
 const MAX_BATCH: usize = 512;
 
+/// Outcomes that may wait to be written before the workers stop claiming:
+/// a few batches, so the writer always has a full one ready.
+pub const BACKLOG: usize = 4 * MAX_BATCH;
+
 struct Pending {
     claim: RunClaim,
     outcome: RunOutcome,

@@ -16,7 +16,7 @@ pub mod retry;
 mod supervisor;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::handlers::{HandlerRegistry, RunContext};
 use crate::scheduler::backoff;
 use crate::store::notify::{self, Channel};
-use crate::store::{RunClaim, RunRow, Store};
+use crate::store::{ClaimSlots, RunClaim, RunRow, Store};
 use completer::Completer;
 use execute::{Execution, StopReason, StopSignal};
 use outcome::Write;
@@ -77,20 +77,62 @@ impl Active {
     }
 }
 
-/// One of the `concurrency` slots, given back when dropped (whatever ends
-/// the execution).
+/// One of the `concurrency` slots (counted when reserved), given back when
+/// dropped: whatever ends the execution, or when a reservation goes unused.
 struct ExecutingSlot(Arc<AtomicUsize>);
-
-impl ExecutingSlot {
-    fn take(executing: &Arc<AtomicUsize>) -> Self {
-        executing.fetch_add(1, Ordering::AcqRel);
-        ExecutingSlot(executing.clone())
-    }
-}
 
 impl Drop for ExecutingSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Worker slots reserved for runs this replica is about to claim, whether
+/// from the queue ([`Store::run_claim`]) or while inserting them
+/// ([`Store::job_insert_many`]). Slots not used are given back when it is
+/// dropped.
+pub struct Reservation {
+    pool: WorkerPool,
+    slots: Vec<ExecutingSlot>,
+}
+
+impl Reservation {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// What the store needs to claim runs into these slots.
+    pub fn claim(&self) -> ClaimSlots {
+        ClaimSlots {
+            instance: self.pool.config.instance.clone(),
+            lease_ms: self.pool.config.lease.as_millis() as i64,
+            limit: self.slots.len() as i64,
+        }
+    }
+
+    /// Starts the claimed runs that are `running`, one per slot (a claim
+    /// may also return runs it marked `missed`); returns how many started.
+    pub fn start(mut self, runs: Vec<RunRow>) -> usize {
+        let mut started = 0;
+        for run in runs {
+            if run.state != "running" {
+                tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, "run missed: started later than misfire_grace_time");
+                continue;
+            }
+            let Some(slot) = self.slots.pop() else {
+                // The store claims no more than `limit`; should it ever, the
+                // lease expires and the run is re-queued.
+                tracing::error!(run_id = %run.run_id, "claimed more runs than reserved slots");
+                continue;
+            };
+            self.pool.start(run, slot);
+            started += 1;
+        }
+        started
     }
 }
 
@@ -102,8 +144,11 @@ pub struct WorkerPool {
     /// Runs claimed and not yet recorded (executing, or their outcome
     /// waiting to be written).
     active: Arc<Mutex<HashMap<Uuid, Active>>>,
-    /// Handlers executing now: what `concurrency` bounds.
+    /// Handlers executing now, and slots reserved for runs being claimed:
+    /// what `concurrency` bounds.
     executing: Arc<AtomicUsize>,
+    /// Set when shutdown begins: no more slots are reserved.
+    closing: Arc<AtomicBool>,
     finished: Arc<Notify>,
     /// Poked by this replica's scheduler when it queued runs.
     queued: Arc<Notify>,
@@ -117,6 +162,7 @@ impl WorkerPool {
             config: Arc::new(config),
             active: Arc::default(),
             executing: Arc::default(),
+            closing: Arc::default(),
             finished: Arc::default(),
             queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
@@ -133,17 +179,47 @@ impl WorkerPool {
         self.active.lock().map(|a| a.len()).unwrap_or(0)
     }
 
-    /// How many more runs may be claimed: a slot is free once its handler
-    /// has returned, even while its outcome waits to be written (so claims
-    /// and outcome writes overlap instead of taking turns), but no more
-    /// than `concurrency` outcomes may wait, so a slow database holds
-    /// claiming back.
+    /// Slots free now (without reserving them).
     fn free_slots(&self) -> usize {
+        self.free_given(self.executing.load(Ordering::Acquire), self.active_count())
+    }
+
+    fn free_given(&self, executing: usize, active: usize) -> usize {
         let concurrency = self.config.concurrency;
-        let executing = self.executing.load(Ordering::Acquire);
         concurrency
             .saturating_sub(executing)
-            .min((2 * concurrency).saturating_sub(self.active_count()))
+            .min((concurrency + completer::BACKLOG).saturating_sub(active))
+    }
+
+    /// Runs this replica holds: claimed and not yet recorded, or about to
+    /// be claimed into a reserved slot.
+    fn held(&self) -> usize {
+        self.active_count()
+            .max(self.executing.load(Ordering::Acquire))
+    }
+
+    /// Reserves up to `up_to` slots for runs about to be claimed. A slot is
+    /// free once its handler has returned, even while its outcome waits to
+    /// be written (so claims and outcome writes overlap instead of taking
+    /// turns), but no more than `concurrency` outcomes may wait, so a slow
+    /// database holds claiming back. None while shutting down.
+    pub fn reserve(&self, up_to: usize) -> Reservation {
+        let mut taken = 0;
+        if !self.closing.load(Ordering::Acquire) {
+            let active = self.active_count();
+            let _ = self
+                .executing
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |executing| {
+                    taken = self.free_given(executing, active).min(up_to);
+                    Some(executing + taken)
+                });
+        }
+        Reservation {
+            pool: self.clone(),
+            slots: (0..taken)
+                .map(|_| ExecutingSlot(self.executing.clone()))
+                .collect(),
+        }
     }
 
     fn stop_run(&self, run_id: Uuid, reason: StopReason) {
@@ -157,29 +233,18 @@ impl WorkerPool {
     /// Claims and starts as many runs as there are free slots. Returns how
     /// many it started and whether slots were left unfilled.
     pub async fn claim_once(&self) -> crate::store::StoreResult<(usize, bool)> {
-        let free = self.free_slots();
-        if free == 0 {
+        let reservation = self.reserve(self.config.concurrency);
+        if reservation.is_empty() {
             return Ok((0, false));
         }
-        let lease_ms = self.config.lease.as_millis() as i64;
-        let runs = self
-            .store
-            .run_claim(&self.config.instance, free as i64, lease_ms)
-            .await?;
+        let free = reservation.len();
+        let runs = self.store.run_claim(&reservation.claim()).await?;
         let claimed = runs.len();
-        let mut started = 0;
-        for run in runs {
-            if run.state == "running" {
-                self.start(run);
-                started += 1;
-            } else {
-                tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, "run missed: started later than misfire_grace_time");
-            }
-        }
+        let started = reservation.start(runs);
         Ok((started, claimed < free))
     }
 
-    fn start(&self, run: RunRow) {
+    fn start(&self, run: RunRow, slot: ExecutingSlot) {
         let cancel = CancellationToken::new();
         let stop = StopSignal::default();
         let ctx = RunContext::new(run.run_id, run.job_id.clone(), run.attempt, cancel.clone());
@@ -199,7 +264,6 @@ impl WorkerPool {
                 },
             );
         }
-        let slot = ExecutingSlot::take(&self.executing);
         let pool = self.clone();
         let span = tracing::info_span!("run", run_id = %run.run_id, job_id = %run.job_id, handler = %run.handler, attempt = run.attempt);
         tokio::spawn(tracing::Instrument::instrument(
@@ -425,8 +489,9 @@ impl WorkerPool {
     /// Waits up to `shutdown_grace` for running runs, then stops the rest
     /// (they are handed back to the queue) and waits for them to be recorded.
     async fn drain(&self) {
+        self.closing.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
-        while self.active_count() > 0 && tokio::time::Instant::now() < deadline {
+        while self.held() > 0 && tokio::time::Instant::now() < deadline {
             tracing::info!(
                 running = self.active_count(),
                 "waiting for running runs before stopping"
@@ -436,7 +501,7 @@ impl WorkerPool {
         self.stop_all(StopReason::Shutdown);
         let hard_deadline =
             tokio::time::Instant::now() + self.config.cancel_grace + Duration::from_secs(5);
-        while self.active_count() > 0 && tokio::time::Instant::now() < hard_deadline {
+        while self.held() > 0 && tokio::time::Instant::now() < hard_deadline {
             let _ = tokio::time::timeout_at(hard_deadline, self.finished.notified()).await;
         }
     }

@@ -145,6 +145,9 @@ async fn a_one_shot_job_due_when_created_is_queued_by_the_creation_itself() {
     assert_eq!(runs[0]["trigger"], "schedule");
     assert_eq!(runs[0]["history"][0]["to"], "queued");
     assert_eq!(runs[0]["history"][0]["reason"], "due when created");
+    // Claimed at once, by this replica while inserting it (it had free
+    // workers) or by its claim loop (which may have held the slots then).
+    assert_eq!(runs[0]["history"][1]["to"], "running", "{runs:?}");
     let job = wait_job_state(&app, "now", "completed").await;
     assert_eq!(job["next_run_at"], Value::Null);
     let runs = wait_runs(&app, "now", "succeeded", 1, Duration::from_secs(10)).await;
@@ -152,6 +155,65 @@ async fn a_one_shot_job_due_when_created_is_queued_by_the_creation_itself() {
         history_states(&runs[0]),
         vec!["queued", "running", "succeeded"]
     );
+}
+
+/// A one-shot job due now, as the API would store it.
+fn due_now(job_id: &str, lock_key: Option<&str>) -> jobsd::store::NewJob {
+    let mut job = crate::support::failure_record(job_id, json!({"message": job_id}));
+    job.handler = "log".into();
+    job.schedule_kind = "once".into();
+    job.state = "running".into();
+    job.next_run_at = Some(job.start_at);
+    job.lock_key = lock_key.map(str::to_string);
+    job
+}
+
+#[tokio::test]
+async fn creation_claims_due_runs_into_the_slots_offered_and_queues_the_rest() {
+    let app = TestApp::start().await;
+    let jobs = [
+        due_now("a", None),
+        due_now("keyed", Some("k")),
+        due_now("b", None),
+        due_now("c", None),
+    ];
+    let slots = jobsd::store::ClaimSlots {
+        instance: "elsewhere".into(),
+        lease_ms: 60_000,
+        limit: 2,
+    };
+    let claimed = app.store.job_insert_many(&jobs, &slots).await.unwrap();
+    let mut ids: Vec<&str> = claimed.iter().map(|r| r.job_id.as_str()).collect();
+    ids.sort();
+    // The first two without a lock key (a lock key needs the claim lock).
+    assert_eq!(ids, vec!["a", "b"]);
+    for run in &claimed {
+        assert_eq!(run.state, "running");
+        assert_eq!(run.attempt, 1);
+        assert_eq!(run.instance.as_deref(), Some("elsewhere"));
+        assert!(run.lease_expires_at.is_some() && run.started_at.is_some());
+        let history = run.history.as_array().cloned().unwrap_or_default();
+        let steps: Vec<(&Value, &Value, &Value)> = history
+            .iter()
+            .map(|h| (&h["from"], &h["to"], &h["reason"]))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                (&Value::Null, &json!("queued"), &json!("due when created")),
+                (
+                    &json!("queued"),
+                    &json!("running"),
+                    &json!("claimed (attempt 1)")
+                ),
+            ]
+        );
+    }
+    // The others were queued for any replica: this one's workers run them.
+    wait_runs(&app, "keyed", "succeeded", 1, Duration::from_secs(10)).await;
+    wait_runs(&app, "c", "succeeded", 1, Duration::from_secs(10)).await;
+    // Nothing claimed elsewhere ran here.
+    assert_eq!(runs_of(&app, "a").await[0]["state"], "running");
 }
 
 #[tokio::test]
