@@ -150,6 +150,9 @@ pub struct WorkerPool {
     /// Set when shutdown begins: no more slots are reserved.
     closing: Arc<AtomicBool>,
     finished: Arc<Notify>,
+    /// Poked when a run with a `lock_key` ended here: a run queued behind it
+    /// may start now.
+    lock_released: Arc<Notify>,
     /// Poked by this replica's scheduler when it queued runs.
     queued: Arc<Notify>,
     completer: Completer,
@@ -164,6 +167,7 @@ impl WorkerPool {
             executing: Arc::default(),
             closing: Arc::default(),
             finished: Arc::default(),
+            lock_released: Arc::default(),
             queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
             store,
@@ -274,6 +278,9 @@ impl WorkerPool {
                 pool.record(&run, &claim, execution).await;
                 if let Ok(mut active) = pool.active.lock() {
                     active.remove(&run.run_id);
+                }
+                if run.lock_key.is_some() {
+                    pool.lock_released.notify_one();
                 }
                 pool.finished.notify_one();
             },
@@ -436,22 +443,26 @@ impl WorkerPool {
                 None
             }
         };
-        // While the queue holds more than we can take ("saturated"), wait
-        // until a quarter of the slots are free before claiming again, so
-        // claims stay batched instead of one per finished run.
+        // Claim only when runs may be waiting: at start; after a claim that
+        // filled every slot it had ("saturated": the queue may hold more),
+        // then once a quarter of the slots are free again, so claims stay
+        // batched instead of one per finished run; on word that runs were
+        // queued or a local lock key was released; and when the soonest
+        // queued run comes due or the poll interval passes. A handler that
+        // merely finished is no reason: the last claim found the queue empty.
         let refill = (self.config.concurrency / 4).max(1);
+        let mut runs_may_wait = true;
         let mut saturated = false;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             let mut wait = self.config.poll_interval;
-            let free = self.free_slots();
-            if !saturated || free >= refill {
+            if (runs_may_wait || saturated) && (!saturated || self.free_slots() >= refill) {
                 match self.claim_once().await {
                     Ok((_, unfilled)) => {
                         failures = 0;
                         saturated = !unfilled;
-                        let free = self.free_slots();
-                        if saturated && free >= refill {
+                        runs_may_wait = false;
+                        if saturated && self.free_slots() >= refill {
                             continue;
                         }
                         if unfilled {
@@ -469,16 +480,20 @@ impl WorkerPool {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => runs_may_wait = true,
                 _ = self.finished.notified() => {}
-                _ = self.queued.notified() => {}
-                n = notify::next(&mut listener) => {
-                    if let Some((Channel::RunCancel, payload)) = n {
+                _ = self.queued.notified() => runs_may_wait = true,
+                _ = self.lock_released.notified() => runs_may_wait = true,
+                n = notify::next(&mut listener) => match n {
+                    Some((Channel::RunCancel, payload)) => {
                         if let Ok(run_id) = payload.parse::<Uuid>() {
                             self.stop_run(run_id, StopReason::Cancelled("cancelled through the API".into()));
                         }
                     }
-                }
+                    // Runs queued, or the listener reconnected (and may have
+                    // missed notifications).
+                    _ => runs_may_wait = true,
+                },
             }
         }
         self.drain().await;
