@@ -129,7 +129,7 @@ fn spawn_background(
             poll_interval: config.poll_interval,
         },
     )
-    .wake_local_workers(workers.waker());
+    .with_local_workers(workers.clone());
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {

@@ -10,16 +10,15 @@
 
 pub mod plan;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::job_spec::schedule_of;
 use crate::store::notify::{self, Channel, FireHint};
-use crate::store::{Store, StoreResult};
+use crate::store::{ClaimSlots, Store, StoreResult};
+use crate::worker::WorkerPool;
 use plan::{plan_firing, DuePolicy};
 
 /// Scheduler settings.
@@ -36,7 +35,7 @@ pub struct SchedulerConfig {
 pub struct Scheduler {
     store: Store,
     config: SchedulerConfig,
-    local_workers: Option<Arc<Notify>>,
+    local_workers: Option<WorkerPool>,
 }
 
 impl Scheduler {
@@ -48,10 +47,12 @@ impl Scheduler {
         }
     }
 
-    /// Wakes this replica's workers directly when runs are queued (other
-    /// replicas hear of them through NOTIFY), saving a round trip of lag.
-    pub fn wake_local_workers(mut self, wake: Arc<Notify>) -> Self {
-        self.local_workers = Some(wake);
+    /// Hands due runs straight to this replica's workers: as many as they
+    /// have free slots are inserted claimed and start at once (no claim
+    /// round trip between due time and start); the rest are queued, and
+    /// the workers of every replica woken.
+    pub fn with_local_workers(mut self, workers: WorkerPool) -> Self {
+        self.local_workers = Some(workers);
         self
     }
 
@@ -95,9 +96,19 @@ impl Scheduler {
             advances.push(plan.advance);
         }
         let count = batch.jobs.len();
-        batch
-            .commit(&self.config.instance, &runs, &advances)
-            .await?;
+        let queued = runs.iter().filter(|r| r.state == "queued").count();
+        let reservation = self.local_workers.as_ref().map(|w| w.reserve(queued));
+        let claim = reservation
+            .as_ref()
+            .map_or_else(|| ClaimSlots::none(&self.config.instance), |r| r.claim());
+        let claimed = batch.commit(&runs, &advances, &claim).await?;
+        let left_queued = queued > claimed.len();
+        if let Some(reservation) = reservation {
+            reservation.start(claimed);
+        }
+        if let (true, Some(workers)) = (left_queued, &self.local_workers) {
+            workers.waker().notify_one();
+        }
         Ok(count)
     }
 

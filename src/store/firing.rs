@@ -11,7 +11,9 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::execution::{claimed_reason, ClaimSlots};
 use super::notify::Channel;
+use super::runs::{history_entry, RunRow, RUN_COLUMNS};
 use super::{Store, StoreResult};
 
 /// A job whose `next_run_at` has come, locked for this transaction.
@@ -113,43 +115,62 @@ impl Store {
 }
 
 impl DueBatch {
-    /// Inserts the runs, advances the jobs and commits; wakes the workers
-    /// of every replica when runs were queued, and says whether any were.
+    /// Inserts the runs, advances the jobs and commits. Up to `claim.limit`
+    /// of the queued runs (without a `lock_key`, whose check needs the claim
+    /// lock) are inserted claimed by `claim.instance`, as
+    /// [`Store::run_claim`] would claim them, and returned to be started;
+    /// when others are left queued, the workers of every replica are woken.
     pub async fn commit(
         mut self,
-        instance: &str,
         runs: &[FiredRun],
         advances: &[JobAdvance],
-    ) -> StoreResult<bool> {
+        claim: &ClaimSlots,
+    ) -> StoreResult<Vec<RunRow>> {
         fn col<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
             items.iter().map(f).collect()
         }
-        let queued = runs.iter().any(|r| r.state == "queued");
         // One statement (one round trip): insert the runs, advance the jobs,
-        // and notify the workers when something was queued.
-        sqlx::query(
-            "WITH inserted AS ( \
+        // and, in its one-time filter (an uncorrelated sub-select, evaluated
+        // once whatever the rows), notify the workers when runs were left
+        // queued.
+        let claimed = sqlx::query_as::<_, RunRow>(&format!(
+            "WITH firing AS ( \
+               SELECT u.*, j.handler, j.kwargs, j.max_retries, j.retry_backoff_ms, j.timeout_ms, \
+                 j.misfire_grace_ms, j.lock_key, \
+                 (u.state = 'queued' AND j.lock_key IS NULL AND count(*) FILTER \
+                    (WHERE u.state = 'queued' AND j.lock_key IS NULL) OVER (ORDER BY u.ord) <= $12) AS claim \
+               FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+                 $7::jsonb[]) WITH ORDINALITY AS u(run_id, job_id, scheduled_for, trigger, state, reason, result, ord) \
+               JOIN jobs j ON j.job_id = u.job_id \
+             ), inserted AS ( \
                INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
+                 attempt, started_at, instance, lease_expires_at, \
                  max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, \
                  finished_at, history) \
-               SELECT u.run_id, j.job_id, j.handler, j.kwargs, u.trigger, u.scheduled_for, now(), u.state, \
-                 j.max_retries, j.retry_backoff_ms, j.timeout_ms, j.misfire_grace_ms, j.lock_key, u.result, \
-                 CASE WHEN u.state = 'missed' THEN u.reason END, \
-                 CASE WHEN u.state = 'missed' THEN now() END, \
-                 jsonb_build_array(jsonb_build_object('at', now(), 'from', NULL, 'to', u.state, \
-                    'instance', $8::text, 'reason', u.reason)) \
-               FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
-                 $7::jsonb[]) AS u(run_id, job_id, scheduled_for, trigger, state, reason, result) \
-               JOIN jobs j ON j.job_id = u.job_id \
+               SELECT f.run_id, f.job_id, f.handler, f.kwargs, f.trigger, f.scheduled_for, now(), \
+                 CASE WHEN f.claim THEN 'running' ELSE f.state END, CASE WHEN f.claim THEN 1 ELSE 0 END, \
+                 CASE WHEN f.claim THEN now() END, CASE WHEN f.claim THEN $8::text END, \
+                 CASE WHEN f.claim THEN now() + $13 * interval '1 millisecond' END, \
+                 f.max_retries, f.retry_backoff_ms, f.timeout_ms, f.misfire_grace_ms, f.lock_key, f.result, \
+                 CASE WHEN f.state = 'missed' THEN f.reason END, \
+                 CASE WHEN f.state = 'missed' THEN now() END, \
+                 CASE WHEN f.claim THEN {fired} || {claimed} ELSE {fired} END \
+               FROM firing f \
                ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
+               RETURNING {columns} \
              ), advanced AS ( \
                UPDATE jobs j SET next_run_at = a.next_run_at, \
                  state = CASE WHEN a.complete THEN 'completed' ELSE j.state END \
                FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
                WHERE j.job_id = a.job_id \
              ) \
-             SELECT pg_notify($12, '') WHERE $13",
-        )
+             SELECT {columns} FROM inserted WHERE state = 'running' \
+               AND (SELECT count(*) FROM (SELECT pg_notify($14, '') \
+                 WHERE EXISTS (SELECT 1 FROM inserted WHERE state = 'queued')) notified) >= 0",
+            fired = history_entry("NULL", "f.state", "$8::text", "f.reason"),
+            claimed = history_entry("'queued'", "'running'", "$8::text", &claimed_reason("1")),
+            columns = RUN_COLUMNS,
+        ))
         .bind(col(runs, |_| Uuid::new_v4()))
         .bind(col(runs, |r| r.job_id.clone()))
         .bind(col(runs, |r| r.scheduled_for))
@@ -157,15 +178,16 @@ impl DueBatch {
         .bind(col(runs, |r| r.state.clone()))
         .bind(col(runs, |r| r.reason.clone()))
         .bind(col(runs, |r| r.result.clone()))
-        .bind(instance)
+        .bind(&claim.instance)
         .bind(col(advances, |a| a.job_id.clone()))
         .bind(col(advances, |a| a.next_run_at))
         .bind(col(advances, |a| a.complete))
+        .bind(claim.limit)
+        .bind(claim.lease_ms)
         .bind(Channel::RunsQueued.name())
-        .bind(queued)
-        .execute(&mut *self.tx)
+        .fetch_all(&mut *self.tx)
         .await?;
         self.tx.commit().await?;
-        Ok(queued)
+        Ok(claimed)
     }
 }
