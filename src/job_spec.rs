@@ -138,7 +138,7 @@ impl JobSpec {
         let mut problems = Vec::new();
 
         let job_id = match &self.job_id {
-            None => Uuid::new_v4().to_string(),
+            None => Uuid::now_v7().to_string(),
             Some(id) => {
                 if let Err(message) = check_job_id(id) {
                     problems.push(FieldError::new("job_id", message));

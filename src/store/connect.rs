@@ -69,9 +69,12 @@ impl Store {
                 )
             })?
             .log_statements(tracing::log::LevelFilter::Trace);
+        // Connections are opened ahead (in the background, half the pool)
+        // so a burst right after start-up does not wait for them.
         let pool_options = || {
             PgPoolOptions::new()
                 .max_connections(max_connections)
+                .min_connections(max_connections / 2)
                 .acquire_timeout(timeout)
         };
         match pool_options().connect_with(options.clone()).await {

@@ -171,7 +171,7 @@ impl DueBatch {
             claimed = history_entry("'queued'", "'running'", "$8::text", &claimed_reason("1")),
             columns = RUN_COLUMNS,
         ))
-        .bind(col(runs, |_| Uuid::new_v4()))
+        .bind(col(runs, |_| Uuid::now_v7()))
         .bind(col(runs, |r| r.job_id.clone()))
         .bind(col(runs, |r| r.scheduled_for))
         .bind(col(runs, |r| r.trigger.clone()))

@@ -208,10 +208,10 @@ impl Store {
              FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
                $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
                $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
-               $19::jsonb[], $20::text[], $21::uuid[]) WITH ORDINALITY \
+               $19::jsonb[], $20::text[], $21::uuid[], $27::uuid[]) WITH ORDINALITY \
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, ord)), \
+               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, ord)), \
              firing AS (SELECT u.*, (u.lock_key IS NULL \
                  AND count(*) FILTER (WHERE u.lock_key IS NULL) OVER (ORDER BY u.ord) <= $25) AS claim \
                FROM input u WHERE u.due_now), \
@@ -227,7 +227,7 @@ impl Store {
              fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
                state, attempt, started_at, instance, lease_expires_at, \
                max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
-             SELECT gen_random_uuid(), u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
+             SELECT u.run_id, u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
                CASE WHEN u.claim THEN 'running' ELSE 'queued' END, CASE WHEN u.claim THEN 1 ELSE 0 END, \
                CASE WHEN u.claim THEN now() END, CASE WHEN u.claim THEN $24::text END, \
                CASE WHEN u.claim THEN now() + $26 * interval '1 millisecond' END, \
@@ -276,6 +276,9 @@ impl Store {
         .bind(&claim.instance)
         .bind(claim.limit)
         .bind(claim.lease_ms)
+        // The id of each job's run, should it fire now (time-ordered, so
+        // inserts land at the end of the index).
+        .bind(col(jobs, |_| Uuid::now_v7()))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| {

@@ -169,7 +169,7 @@ impl Store {
                 run.job_id
             )));
         }
-        let run_id = Uuid::new_v4();
+        let run_id = Uuid::now_v7();
         let sql = format!(
             "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
              max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \

@@ -36,7 +36,9 @@ async fn create_with_handler_path_like_curl() {
     assert_eq!(job["periodically"], "7 days, 0:00:00");
     assert_eq!(job["state"], "running");
     assert_eq!(job["source"], "api");
-    assert!(uuid::Uuid::parse_str(job["job_id"].as_str().unwrap()).is_ok());
+    // A generated id is a UUIDv7: time-ordered, so index inserts append.
+    let generated = uuid::Uuid::parse_str(job["job_id"].as_str().unwrap()).unwrap();
+    assert_eq!(generated.get_version_num(), 7, "{generated}");
     // First run one interval after creation (APScheduler's rule).
     let next = time(&job["next_run_at"]);
     assert!(
