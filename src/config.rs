@@ -64,8 +64,10 @@ pub struct ServeConfig {
     pub instance: Option<String>,
 
     /// Runs executed at once by this replica. Handlers are async, so idle
-    /// slots cost nothing; lower it when handlers are CPU- or process-heavy.
-    #[arg(long, env = "JOBSD_WORKERS", default_value_t = 256)]
+    /// slots cost nothing (the default is Temporal's for activities); lower
+    /// it when handlers are CPU- or process-heavy, or when what they call
+    /// cannot take that many at once.
+    #[arg(long, env = "JOBSD_WORKERS", default_value_t = 1000)]
     pub workers: usize,
 
     /// Log format.
