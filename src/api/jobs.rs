@@ -140,8 +140,13 @@ async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<Jo
     let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
     let reservation = app.workers.reserve(1);
-    let (row, claimed) = app.store.job_insert(&job, &reservation.claim()).await?;
+    let claimed = app
+        .store
+        .job_insert_many(std::slice::from_ref(&job), &reservation.claim())
+        .await?;
+    // Start a run claimed for this replica before reading the job back.
     reservation.start(claimed);
+    let row = app.store.job_get(&job.job_id).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
     Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
 }

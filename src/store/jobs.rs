@@ -158,18 +158,13 @@ pub(super) fn bind_definition<'q>(
 }
 
 impl Store {
-    /// Inserts a job; `Conflict` when its `job_id` is taken. Returns the
-    /// job and the run claimed for `claim`, if it was due (see
-    /// [`Store::job_insert_many`]).
-    pub async fn job_insert(
-        &self,
-        job: &NewJob,
-        claim: &ClaimSlots,
-    ) -> StoreResult<(JobRow, Vec<RunRow>)> {
-        let claimed = self
-            .job_insert_many(std::slice::from_ref(job), claim)
+    /// Inserts a job; `Conflict` when its `job_id` is taken. If it is due,
+    /// its run is queued for any replica, fired by `instance` (see
+    /// [`Store::job_insert_many`], which can also claim it).
+    pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
+        self.job_insert_many(std::slice::from_ref(job), &ClaimSlots::none(instance))
             .await?;
-        Ok((self.job_get(&job.job_id).await?, claimed))
+        self.job_get(&job.job_id).await
     }
 
     /// Inserts jobs in one statement, all or none; `Conflict` naming the

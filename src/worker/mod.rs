@@ -1,7 +1,9 @@
 //! Workers: claim queued runs, execute them, record what happened.
 //!
 //! A bounded pool per replica claims runs with `SKIP LOCKED` (the store
-//! enforces `max_instances` and `lock_key` across replicas), runs each
+//! enforces `max_instances` and `lock_key` across replicas), or takes the
+//! runs its own scheduler and API claimed for it while inserting them
+//! (a [`Reservation`] of its free slots, either way), runs each
 //! handler under [`execute::execute`], renews leases by heartbeat, and
 //! records the outcome fenced by (run, attempt, instance). A failed attempt
 //! is retried with backoff while `max_retries` allows; the last failure
@@ -205,8 +207,9 @@ impl WorkerPool {
     /// Reserves up to `up_to` slots for runs about to be claimed. A slot is
     /// free once its handler has returned, even while its outcome waits to
     /// be written (so claims and outcome writes overlap instead of taking
-    /// turns), but no more than `concurrency` outcomes may wait, so a slow
-    /// database holds claiming back. None while shutting down.
+    /// turns), but no more than a few outcome batches may wait
+    /// ([`completer::BACKLOG`]), so a slow database holds claiming back.
+    /// None while shutting down.
     pub fn reserve(&self, up_to: usize) -> Reservation {
         let mut taken = 0;
         if !self.closing.load(Ordering::Acquire) {
@@ -481,7 +484,8 @@ impl WorkerPool {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => runs_may_wait = true,
-                _ = self.finished.notified() => {}
+                // A freed slot matters only while the queue holds more.
+                _ = self.finished.notified(), if saturated => {}
                 _ = self.queued.notified() => runs_may_wait = true,
                 _ = self.lock_released.notified() => runs_may_wait = true,
                 n = notify::next(&mut listener) => match n {

@@ -913,10 +913,7 @@ async fn a_file_takes_over_an_api_job_but_never_a_failure_record() {
         .await;
     assert_eq!(status, 201);
     let record = crate::support::failure_record("failure-1", json!({"exc_str": "boom"}));
-    app.store
-        .job_insert(&record, &jobsd::store::ClaimSlots::none("test"))
-        .await
-        .unwrap();
+    app.store.job_insert(&record, "test").await.unwrap();
 
     let dir = JobsDir::new();
     dir.write(

@@ -444,10 +444,7 @@ async fn clean_failed_removes_only_failure_records() {
         "failure-1",
         json!({"exc_str": "boom", "failed_job_id": "keep"}),
     );
-    app.store
-        .job_insert(&record, &jobsd::store::ClaimSlots::none("test"))
-        .await
-        .unwrap();
+    app.store.job_insert(&record, "test").await.unwrap();
 
     let (_, failed) = app.get("/api/v1/jobs?job_type=failed").await;
     assert_eq!(failed["jobs_count"], 1);
