@@ -23,6 +23,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub jobs: usize,
 
+    /// drain: rounds on one replica, one after another, each with `--jobs`
+    /// new jobs; the figures are the median round's (every round is listed).
+    #[arg(long, default_value_t = 3)]
+    pub drain_rounds: usize,
+
     /// How the scenarios create their jobs: `POST /api/v1/jobs/bulk`, or
     /// concurrent single `POST /api/v1/jobs` (`--concurrency` in flight).
     #[arg(long, value_enum, default_value = "bulk")]

@@ -31,6 +31,7 @@ pub struct HistoryEntry {
 /// The parts of a run the benchmark reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Run {
+    pub run_id: String,
     pub job_id: String,
     pub state: String,
     pub scheduled_for: DateTime<Utc>,

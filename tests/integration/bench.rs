@@ -44,7 +44,8 @@ async fn assert_dropped(stderr: &str, scenario: &str) {
 
 #[tokio::test]
 async fn bench_drain_prints_its_figures_beside_the_targets() {
-    let (ok, stdout, stderr) = bench(&["--scenario", "drain", "--jobs", "50"]).await;
+    let (ok, stdout, stderr) =
+        bench(&["--scenario", "drain", "--jobs", "50", "--drain-rounds", "2"]).await;
     assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
     let line = stdout
         .lines()
@@ -54,6 +55,8 @@ async fn bench_drain_prints_its_figures_beside_the_targets() {
         line.contains("runs/s") && line.contains("≥ 20,000 runs/s"),
         "{line}"
     );
+    assert!(line.contains("median of 2 round(s) of 50 jobs"), "{line}");
+    assert!(stderr.contains("round 2 of 2"), "{stderr}");
     assert!(stdout.contains("| drain | workers alone |"), "{stdout}");
     assert!(stdout.contains("PostgreSQL "), "machine facts: {stdout}");
     assert_dropped(&stderr, "drain").await;
