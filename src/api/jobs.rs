@@ -15,7 +15,7 @@ use super::job_view::{Deleted, JobEnvelope, JobList, JobView, LastRun};
 use super::AppState;
 use crate::handlers::ERROR_HANDLER;
 use crate::job_spec::{carry_over_timing, schedule_of, FieldError, JobSpec, ValidationContext};
-use crate::store::{JobFilter, JobType};
+use crate::store::{JobFilter, JobType, NewJob};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -136,16 +136,23 @@ async fn validation_context<'a>(
     })
 }
 
+/// Inserts jobs; the runs of those already due that this replica's free
+/// workers can take are claimed in the same statement and start here at
+/// once (see `Store::job_insert_many`).
+async fn insert_and_start(app: &AppState, jobs: &[NewJob]) -> ApiResult<()> {
+    let reservation = app.workers.reserve(jobs.len());
+    let claimed = app
+        .store
+        .job_insert_many(jobs, &reservation.claim())
+        .await?;
+    reservation.start(claimed);
+    Ok(())
+}
+
 async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
     let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
-    let reservation = app.workers.reserve(1);
-    let claimed = app
-        .store
-        .job_insert_many(std::slice::from_ref(&job), &reservation.claim())
-        .await?;
-    // Start a run claimed for this replica before reading the job back.
-    reservation.start(claimed);
+    insert_and_start(app, std::slice::from_ref(&job)).await?;
     let row = app.store.job_get(&job.job_id).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
     Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
@@ -223,12 +230,7 @@ async fn create_jobs_bulk(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    let reservation = app.workers.reserve(jobs.len());
-    let claimed = app
-        .store
-        .job_insert_many(&jobs, &reservation.claim())
-        .await?;
-    reservation.start(claimed);
+    insert_and_start(&app, &jobs).await?;
     tracing::info!(count = jobs.len(), "jobs created in bulk");
     Ok((
         StatusCode::CREATED,

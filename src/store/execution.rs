@@ -50,6 +50,36 @@ pub(crate) fn claimed_reason(attempt: &str) -> String {
     format!("'claimed (attempt ' || ({attempt}) || ')'")
 }
 
+/// Whether a run being inserted is claimed at once (SQL): it is `eligible`
+/// (has no `lock_key`, whose check needs the claim lock) and among the
+/// first `limit` eligible ones in `order`.
+pub(crate) fn claimed_on_insert(eligible: &str, order: &str, limit: &str) -> String {
+    format!(
+        "({eligible} AND count(*) FILTER (WHERE {eligible}) OVER (ORDER BY {order}) <= {limit})"
+    )
+}
+
+/// The values of `state, attempt, started_at, instance, lease_expires_at,
+/// history` for a run inserted by a writer that may claim it (SQL): when
+/// `claim` holds, it is `running`, claimed by `instance` for `lease_ms`,
+/// exactly as [`Store::run_claim`] would leave it; otherwise it is `state`.
+/// `history` is its first entry, written either way.
+pub(crate) fn inserted_claim_values(
+    claim: &str,
+    state: &str,
+    instance: &str,
+    lease_ms: &str,
+    history: &str,
+) -> String {
+    format!(
+        "CASE WHEN {claim} THEN 'running' ELSE {state} END, CASE WHEN {claim} THEN 1 ELSE 0 END, \
+         CASE WHEN {claim} THEN now() END, CASE WHEN {claim} THEN {instance} END, \
+         CASE WHEN {claim} THEN now() + {lease_ms} * interval '1 millisecond' END, \
+         CASE WHEN {claim} THEN {history} || {claimed} ELSE {history} END",
+        claimed = history_entry("'queued'", "'running'", instance, &claimed_reason("1")),
+    )
+}
+
 /// Fences a write to the run this worker claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunClaim {

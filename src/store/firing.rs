@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::execution::{claimed_reason, ClaimSlots};
+use super::execution::{claimed_on_insert, inserted_claim_values, ClaimSlots};
 use super::notify::Channel;
 use super::runs::{history_entry, RunRow, RUN_COLUMNS};
 use super::{Store, StoreResult};
@@ -136,25 +136,20 @@ impl DueBatch {
         let claimed = sqlx::query_as::<_, RunRow>(&format!(
             "WITH firing AS ( \
                SELECT u.*, j.handler, j.kwargs, j.max_retries, j.retry_backoff_ms, j.timeout_ms, \
-                 j.misfire_grace_ms, j.lock_key, \
-                 (u.state = 'queued' AND j.lock_key IS NULL AND count(*) FILTER \
-                    (WHERE u.state = 'queued' AND j.lock_key IS NULL) OVER (ORDER BY u.ord) <= $12) AS claim \
+                 j.misfire_grace_ms, j.lock_key, {claim} AS claim \
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
                  $7::jsonb[]) WITH ORDINALITY AS u(run_id, job_id, scheduled_for, trigger, state, reason, result, ord) \
                JOIN jobs j ON j.job_id = u.job_id \
              ), inserted AS ( \
                INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
-                 attempt, started_at, instance, lease_expires_at, \
+                 attempt, started_at, instance, lease_expires_at, history, \
                  max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, \
-                 finished_at, history) \
+                 finished_at) \
                SELECT f.run_id, f.job_id, f.handler, f.kwargs, f.trigger, f.scheduled_for, now(), \
-                 CASE WHEN f.claim THEN 'running' ELSE f.state END, CASE WHEN f.claim THEN 1 ELSE 0 END, \
-                 CASE WHEN f.claim THEN now() END, CASE WHEN f.claim THEN $8::text END, \
-                 CASE WHEN f.claim THEN now() + $13 * interval '1 millisecond' END, \
+                 {claimed_values}, \
                  f.max_retries, f.retry_backoff_ms, f.timeout_ms, f.misfire_grace_ms, f.lock_key, f.result, \
                  CASE WHEN f.state = 'missed' THEN f.reason END, \
-                 CASE WHEN f.state = 'missed' THEN now() END, \
-                 CASE WHEN f.claim THEN {fired} || {claimed} ELSE {fired} END \
+                 CASE WHEN f.state = 'missed' THEN now() END \
                FROM firing f \
                ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
                RETURNING {columns} \
@@ -167,8 +162,14 @@ impl DueBatch {
              SELECT {columns} FROM inserted WHERE state = 'running' \
                AND (SELECT count(*) FROM (SELECT pg_notify($14, '') \
                  WHERE EXISTS (SELECT 1 FROM inserted WHERE state = 'queued')) notified) >= 0",
-            fired = history_entry("NULL", "f.state", "$8::text", "f.reason"),
-            claimed = history_entry("'queued'", "'running'", "$8::text", &claimed_reason("1")),
+            claim = claimed_on_insert("u.state = 'queued' AND j.lock_key IS NULL", "u.ord", "$12"),
+            claimed_values = inserted_claim_values(
+                "f.claim",
+                "f.state",
+                "$8::text",
+                "$13",
+                &history_entry("NULL", "f.state", "$8::text", "f.reason")
+            ),
             columns = RUN_COLUMNS,
         ))
         .bind(col(runs, |_| Uuid::now_v7()))

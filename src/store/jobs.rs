@@ -8,8 +8,9 @@ use sqlx::query::Query;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::execution::{claimed_on_insert, inserted_claim_values};
 use super::notify::{self, Channel};
-use super::runs::{RunRow, RUN_COLUMNS};
+use super::runs::{history_entry, RunRow, RUN_COLUMNS};
 use super::{conflict_on_unique, ClaimSlots, Store, StoreError, StoreResult};
 use crate::handlers::ERROR_HANDLER;
 
@@ -207,9 +208,7 @@ impl Store {
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
                retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, ord)), \
-             firing AS (SELECT u.*, (u.lock_key IS NULL \
-                 AND count(*) FILTER (WHERE u.lock_key IS NULL) OVER (ORDER BY u.ord) <= $25) AS claim \
-               FROM input u WHERE u.due_now), \
+             firing AS (SELECT u.*, {claim} AS claim FROM input u WHERE u.due_now), \
              inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
@@ -220,14 +219,11 @@ impl Store {
              FROM input u \
              RETURNING state, next_run_at), \
              fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
-               state, attempt, started_at, instance, lease_expires_at, \
-               max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
+               state, attempt, started_at, instance, lease_expires_at, history, \
+               max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key) \
              SELECT u.run_id, u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
-               CASE WHEN u.claim THEN 'running' ELSE 'queued' END, CASE WHEN u.claim THEN 1 ELSE 0 END, \
-               CASE WHEN u.claim THEN now() END, CASE WHEN u.claim THEN $24::text END, \
-               CASE WHEN u.claim THEN now() + $26 * interval '1 millisecond' END, \
-               u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key, \
-               CASE WHEN u.claim THEN {queued} || {claimed} ELSE {queued} END \
+               {claimed_values}, \
+               u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
              FROM firing u \
              RETURNING {columns}) \
              SELECT {columns} FROM fired WHERE state = 'running' \
@@ -236,12 +232,13 @@ impl Store {
                     WHERE state = 'running' AND next_run_at IS NOT NULL), 'none')), \
                  (SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM fired WHERE state = 'queued'))) \
                  notified) = 1",
-            queued = super::runs::history_entry("NULL", "'queued'", "$24::text", "'due when created'"),
-            claimed = super::runs::history_entry(
+            claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$25"),
+            claimed_values = inserted_claim_values(
+                "u.claim",
                 "'queued'",
-                "'running'",
                 "$24::text",
-                &super::execution::claimed_reason("1")
+                "$26",
+                &history_entry("NULL", "'queued'", "$24::text", "'due when created'")
             ),
             columns = RUN_COLUMNS,
         ))
