@@ -55,6 +55,8 @@ pub async fn start(
     registry: HandlerRegistry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    crate::worker::check_lease_settings(config.lease, config.cancel_grace)
+        .map_err(anyhow::Error::msg)?;
     let instance = config.instance_name();
     let store = open_store(&config.database).await?;
     let registry = Arc::new(registry);

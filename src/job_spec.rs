@@ -418,6 +418,37 @@ pub fn carry_over_timing(old: &JobRow, new: &mut NewJob) {
     }
 }
 
+/// A one-shot job fires once: after it has fired, no change of its state
+/// (a resume, or a PATCH) gives it a fire time again, unless its schedule
+/// itself changes. Its run ending then completes it.
+pub fn keep_fired_one_shot_done(old: &JobRow, new: &mut NewJob) {
+    if old.has_fired && new.schedule_kind == "once" && same_schedule(old, new) {
+        new.next_run_at = None;
+    }
+}
+
+/// Where a job set running from `row` (as read) fires next: its stored time
+/// if it was running already; from `now` if it was paused (times missed
+/// while paused are not back-filled); never again for a one-shot job that
+/// has fired.
+pub fn next_run_on_resume(row: &JobRow, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if row.state == "running" {
+        return row.next_run_at;
+    }
+    if row.schedule_kind == "once" && row.has_fired {
+        return None;
+    }
+    schedule_of(
+        &row.schedule_kind,
+        row.interval_ms,
+        row.cron.as_deref(),
+        &row.timezone,
+        row.start_at,
+    )
+    .and_then(|s| s.first_at_or_after(now))
+    .map(|t| t.max(now))
+}
+
 fn check_job_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(format!("must be 1 to {MAX_ID_LEN} characters"));

@@ -73,6 +73,9 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Stale => ApiError::Conflict(
+                "the job kept changing while this request applied its change; try again".into(),
+            ),
             StoreError::Database(e) => ApiError::Internal(e.to_string()),
         }
     }

@@ -14,8 +14,11 @@ use super::extract::{JsonBody, QueryParams};
 use super::job_view::{Deleted, JobEnvelope, JobList, JobView, LastRun};
 use super::AppState;
 use crate::handlers::ERROR_HANDLER;
-use crate::job_spec::{carry_over_timing, schedule_of, FieldError, JobSpec, ValidationContext};
-use crate::store::{JobFilter, JobType, NewJob};
+use crate::job_spec::{
+    carry_over_timing, keep_fired_one_shot_done, next_run_on_resume, FieldError, JobSpec,
+    ValidationContext,
+};
+use crate::store::{JobFilter, JobType, NewJob, StoreError};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -139,21 +142,35 @@ async fn validation_context<'a>(
 /// Inserts jobs; the runs of those already due that this replica's free
 /// workers can take are claimed in the same statement and start here at
 /// once (see `Store::job_insert_many`).
-async fn insert_and_start(app: &AppState, jobs: &[NewJob]) -> ApiResult<()> {
-    let reservation = app.workers.reserve(jobs.len());
-    let claimed = app
-        .store
-        .job_insert_many(jobs, &reservation.claim())
-        .await?;
-    reservation.start(claimed);
+///
+/// The insert and the start run in a task of their own, not in the
+/// request's future: a client that disconnects mid-request drops that
+/// future, and runs committed `running` on this replica would then never
+/// start (until their lease expired).
+async fn insert_and_start(app: &AppState, jobs: Vec<NewJob>) -> ApiResult<()> {
+    let (store, workers) = (app.store.clone(), app.workers.clone());
+    tokio::spawn(async move {
+        let reservation = workers.reserve(jobs.len());
+        let claimed = store.job_insert_many(&jobs, &reservation.claim()).await?;
+        reservation.start(claimed);
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("creating jobs: {e}")))??;
     Ok(())
 }
+
+/// How often a change conditional on what it read is re-applied after
+/// another write came first (firing advances `next_run_at`, so a busy job
+/// may need a second try) before the client is told to try again.
+const REAPPLY_TRIES: usize = 8;
 
 async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
     let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
-    insert_and_start(app, std::slice::from_ref(&job)).await?;
-    let row = app.store.job_get(&job.job_id).await?;
+    let job_id = job.job_id.clone();
+    insert_and_start(app, vec![job]).await?;
+    let row = app.store.job_get(&job_id).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
     Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
 }
@@ -230,13 +247,14 @@ async fn create_jobs_bulk(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    insert_and_start(&app, &jobs).await?;
-    tracing::info!(count = jobs.len(), "jobs created in bulk");
+    let job_ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    insert_and_start(&app, jobs).await?;
+    tracing::info!(count = job_ids.len(), "jobs created in bulk");
     Ok((
         StatusCode::CREATED,
         Json(BulkCreated {
-            created: jobs.len(),
-            job_ids: jobs.into_iter().map(|j| j.job_id).collect(),
+            created: job_ids.len(),
+            job_ids,
         }),
     ))
 }
@@ -352,37 +370,38 @@ async fn set_job_state(
             )))
         }
     };
-    let row = app
-        .store
-        .job_get(&job_id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
-    if row.handler == ERROR_HANDLER && state == "running" {
-        return Err(ApiError::Conflict(format!(
-            "{job_id:?} is a failure record and never runs; POST /api/v1/jobs/{job_id}/run re-runs the failed job"
-        )));
-    }
-    let next_run_at = if state == "paused" {
-        None
-    } else if row.state == "running" {
-        row.next_run_at
-    } else {
-        let now = app.store.now().await?;
-        schedule_of(
-            &row.schedule_kind,
-            row.interval_ms,
-            row.cron.as_deref(),
-            &row.timezone,
-            row.start_at,
-        )
-        .and_then(|s| s.first_at_or_after(now))
-        .map(|t| t.max(now))
+    let mut tries = 0;
+    let row = loop {
+        tries += 1;
+        let row = app
+            .store
+            .job_get(&job_id)
+            .await
+            .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+        if row.handler == ERROR_HANDLER && state == "running" {
+            return Err(ApiError::Conflict(format!(
+                "{job_id:?} is a failure record and never runs; POST /api/v1/jobs/{job_id}/run re-runs the failed job"
+            )));
+        }
+        if row.state == "completed" {
+            return Err(ApiError::Conflict(format!(
+                "job {job_id:?} is a completed one-shot job; create a new job or trigger it with POST /api/v1/jobs/{job_id}/run"
+            )));
+        }
+        let next_run_at = if state == "paused" {
+            None
+        } else {
+            next_run_on_resume(&row, app.store.now().await?)
+        };
+        match app
+            .store
+            .job_set_state(&job_id, state, next_run_at, row.row_version)
+            .await
+        {
+            Err(StoreError::Stale) if tries < REAPPLY_TRIES => continue,
+            written => break written.map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?,
+        }
     };
-    let row = app
-        .store
-        .job_set_state(&job_id, state, next_run_at)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
     tracing::info!(job_id = %job_id, state, "job state set");
     Ok(Json(JobEnvelope { job: row.into() }))
 }
@@ -408,29 +427,35 @@ async fn patch_job(
             "job_id: cannot be changed; create a new job instead",
         ));
     }
-    let row = app
-        .store
-        .job_get(&job_id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
-    if row.handler == ERROR_HANDLER {
-        return Err(ApiError::Conflict(format!(
-            "{job_id:?} is a failure record and cannot be changed"
-        )));
-    }
-    let spec = JobSpec::from_row(&row)
-        .merged_with(&patch)
-        .map_err(|e| ApiError::invalid(vec![e]))?;
-    let ctx = validation_context(&app, &row.source).await?;
-    let mut job = spec.validate(&ctx).map_err(ApiError::invalid)?;
-    if !patch.contains_key("state") || row.state == job.state {
-        carry_over_timing(&row, &mut job);
-    }
-    let row = app
-        .store
-        .job_replace(&job)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    // Re-read and re-apply the change when another write (a firing, a
+    // concurrent PATCH) came between the read and the write.
+    let mut tries = 0;
+    let row = loop {
+        tries += 1;
+        let row = app
+            .store
+            .job_get(&job_id)
+            .await
+            .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+        if row.handler == ERROR_HANDLER {
+            return Err(ApiError::Conflict(format!(
+                "{job_id:?} is a failure record and cannot be changed"
+            )));
+        }
+        let spec = JobSpec::from_row(&row)
+            .merged_with(&patch)
+            .map_err(|e| ApiError::invalid(vec![e]))?;
+        let ctx = validation_context(&app, &row.source).await?;
+        let mut job = spec.validate(&ctx).map_err(ApiError::invalid)?;
+        if !patch.contains_key("state") || row.state == job.state {
+            carry_over_timing(&row, &mut job);
+        }
+        keep_fired_one_shot_done(&row, &mut job);
+        match app.store.job_replace(&job, row.row_version).await {
+            Err(StoreError::Stale) if tries < REAPPLY_TRIES => continue,
+            written => break written.map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?,
+        }
+    };
     Ok(Json(JobEnvelope { job: row.into() }))
 }
 

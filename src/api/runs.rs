@@ -67,6 +67,7 @@ const RUN_STATES: &[&str] = &[
     "timed_out",
     "missed",
     "dead",
+    "waiting",
 ];
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 1000;

@@ -26,7 +26,15 @@ const JOB_ID: &str = "bench-failover";
 pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let lease = ctx.args.lease;
     let lease_flag = format!("{}ms", lease.as_millis());
-    let extra = ["--lease", lease_flag.as_str()];
+    // A replica must be able to stop its handlers within its lease (see
+    // `worker::check_lease_settings`): a quarter of the lease is the grace.
+    let grace_flag = format!("{}ms", lease.as_millis() / 4);
+    let extra = [
+        "--lease",
+        lease_flag.as_str(),
+        "--cancel-grace",
+        grace_flag.as_str(),
+    ];
     let a = ctx.spawn("bench-a", &extra).await?;
     let b = ctx.spawn("bench-b", &extra).await?;
     let api = Api::new(&a.base)?;

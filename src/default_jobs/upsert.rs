@@ -399,6 +399,8 @@ mod tests {
                 last_run_finished_at: None,
                 run_counts: None,
                 has_queued_run: false,
+                has_fired: false,
+                row_version: 0,
             },
             file_state: file_state.map(str::to_string),
         }

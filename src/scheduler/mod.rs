@@ -16,7 +16,7 @@ use chrono::Duration as ChronoDuration;
 use tokio_util::sync::CancellationToken;
 
 use crate::job_spec::schedule_of;
-use crate::store::notify::{self, Channel, FireHint};
+use crate::store::notify::{self, FireHint};
 use crate::store::{ClaimSlots, Store, StoreResult};
 use crate::worker::WorkerPool;
 use plan::{plan_firing, DuePolicy};
@@ -83,7 +83,9 @@ impl Scheduler {
             let policy = DuePolicy {
                 misfire_grace: job.misfire_grace_ms.map(ChronoDuration::milliseconds),
                 coalesce: job.coalesce,
-                free_slots: (i64::from(job.max_instances) - job.active_runs).max(0) as usize,
+                free_slots: (i64::from(job.max_instances) - job.active_runs - job.waiting_runs)
+                    .max(0) as usize,
+                may_wait: job.running_runs > 0 && job.waiting_runs == 0,
             };
             let plan = plan_firing(&job.job_id, &schedule, job.next_run_at, job.db_now, &policy);
             for run in &plan.runs {
@@ -114,7 +116,7 @@ impl Scheduler {
 
     /// Runs until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = match self.store.listen(&[Channel::JobsChanged]).await {
+        let mut listener = match self.store.listen().await {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler: cannot listen for notifications; polling");
@@ -157,9 +159,8 @@ impl Scheduler {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep_until(deadline) => break,
-                    n = notify::next(&mut listener) => {
-                        let hint = n.map_or(FireHint::Recheck, |(_, payload)| FireHint::parse(&payload));
-                        if wakes(hint, planned) {
+                    notice = notify::next(&mut listener) => {
+                        if wakes(notice.jobs, planned) {
                             break;
                         }
                     }
@@ -170,13 +171,13 @@ impl Scheduler {
     }
 }
 
-/// Whether a `JobsChanged` notification calls for a look before the
-/// planned time: not when nothing new fires, nor when the new time is not
+/// Whether a notification calls for a look before the planned time: not
+/// when no job changed (or nothing new fires), nor when the new time is not
 /// earlier than the one already planned.
-fn wakes(hint: FireHint, planned: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+fn wakes(hint: Option<FireHint>, planned: Option<chrono::DateTime<chrono::Utc>>) -> bool {
     match (hint, planned) {
-        (FireHint::Nothing, _) => false,
-        (FireHint::EarliestAt(ms), Some(at)) => ms < at.timestamp_millis(),
+        (None, _) => false,
+        (Some(FireHint::EarliestAt(ms)), Some(at)) => ms < at.timestamp_millis(),
         _ => true,
     }
 }
@@ -195,21 +196,18 @@ mod tests {
     fn only_earlier_or_unknown_changes_wake_the_scheduler() {
         let at: chrono::DateTime<chrono::Utc> = "2030-01-01T00:00:10Z".parse().unwrap();
         let ms = at.timestamp_millis();
-        assert!(!wakes(FireHint::Nothing, Some(at)));
-        assert!(!wakes(FireHint::Nothing, None));
+        assert!(!wakes(None, Some(at)));
+        assert!(!wakes(None, None));
         assert!(
-            !wakes(FireHint::EarliestAt(ms), Some(at)),
+            !wakes(Some(FireHint::EarliestAt(ms)), Some(at)),
             "same time: already planned"
         );
-        assert!(!wakes(FireHint::EarliestAt(ms + 1), Some(at)));
-        assert!(wakes(FireHint::EarliestAt(ms - 1), Some(at)));
-        assert!(wakes(FireHint::EarliestAt(ms), None), "nothing was planned");
-        assert!(wakes(FireHint::Recheck, Some(at)));
-        assert_eq!(FireHint::parse(""), FireHint::Recheck);
-        assert_eq!(FireHint::parse("none"), FireHint::Nothing);
-        assert_eq!(
-            FireHint::parse("1893456010000"),
-            FireHint::EarliestAt(1_893_456_010_000)
+        assert!(!wakes(Some(FireHint::EarliestAt(ms + 1)), Some(at)));
+        assert!(wakes(Some(FireHint::EarliestAt(ms - 1)), Some(at)));
+        assert!(
+            wakes(Some(FireHint::EarliestAt(ms)), None),
+            "nothing was planned"
         );
+        assert!(wakes(Some(FireHint::Recheck), Some(at)));
     }
 }

@@ -9,9 +9,14 @@
 //!   the grace into one run (for the newest of them), and the missed ones
 //!   into one `missed` run carrying their count; without it each time gets
 //!   its own run.
-//! - A job never has more than `max_instances` runs queued or running: a
-//!   due time that finds them all taken is recorded as `missed` (skipped),
-//!   so a job slower than its interval does not pile up a queue.
+//! - A job never has more than `max_instances` runs queued or executing: a
+//!   due time that finds every slot taken is recorded as `missed` (skipped),
+//!   so a job slower than its interval does not pile up a queue. When the
+//!   slots are held by running runs, one due time is stored `waiting`
+//!   instead, since a running run's handler may have returned already with
+//!   its outcome not yet written: the store decides it when that run ends
+//!   (queued if the handler had returned by the waiting run's time, skipped
+//!   otherwise), so a fast job is never skipped for a write in flight.
 //! - `next_run_at` moves to the first time after `now`, keeping the phase.
 //! - At most [`MAX_BACKLOG`] past times are looked at; beyond that (a tiny
 //!   interval after a long outage) the rest count as missed in one record.
@@ -31,8 +36,11 @@ pub struct DuePolicy {
     pub misfire_grace: Option<Duration>,
     pub coalesce: bool,
     /// Runs that may still be queued now: `max_instances` minus the runs
-    /// already queued or running.
+    /// already queued, running or waiting.
     pub free_slots: usize,
+    /// Whether a due time that finds no free slot may wait for one: some
+    /// slot is held by a running run, and no run waits already.
+    pub may_wait: bool,
 }
 
 /// The runs and the advance for one due job.
@@ -132,6 +140,14 @@ pub fn plan_firing(
         reason: "skipped: max_instances runs of this job are already queued or running".to_string(),
         result: Some(json!({"skipped": "max_instances"})),
     };
+    let waiting = |t: DateTime<Utc>| FiredRun {
+        job_id: job_id.to_string(),
+        scheduled_for: t,
+        trigger: trigger.to_string(),
+        state: "waiting".to_string(),
+        reason: "waiting: every max_instances slot is held by a running run".to_string(),
+        result: None,
+    };
     let to_run: Vec<(DateTime<Utc>, String)> = if policy.coalesce {
         match on_time.last() {
             Some(last) if on_time.len() > 1 => vec![(
@@ -147,10 +163,12 @@ pub fn plan_firing(
     } else {
         on_time.iter().map(|t| (*t, "due".to_string())).collect()
     };
-    let queued_any = !to_run.is_empty() && policy.free_slots > 0;
+    let queued_any = !to_run.is_empty() && (policy.free_slots > 0 || policy.may_wait);
     for (i, (t, reason)) in to_run.into_iter().enumerate() {
         if i < policy.free_slots {
             runs.push(queued(t, reason));
+        } else if i == policy.free_slots && policy.may_wait {
+            runs.push(waiting(t));
         } else {
             runs.push(skipped(t));
         }
@@ -195,6 +213,7 @@ mod tests {
             misfire_grace: Some(Duration::seconds(10)),
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -215,6 +234,7 @@ mod tests {
             misfire_grace: Some(Duration::seconds(10)),
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         // Down from 00:05 to 00:09:30: 00:05..00:09 all missed.
         let plan = plan_firing(
@@ -235,6 +255,7 @@ mod tests {
             misfire_grace: Some(Duration::minutes(2)),
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -261,6 +282,7 @@ mod tests {
             misfire_grace: Some(Duration::minutes(2)),
             coalesce: false,
             free_slots: 5,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -287,6 +309,7 @@ mod tests {
             misfire_grace: None,
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -307,6 +330,7 @@ mod tests {
             misfire_grace: Some(Duration::seconds(1)),
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -332,6 +356,7 @@ mod tests {
             misfire_grace: Some(Duration::seconds(10)),
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -356,6 +381,7 @@ mod tests {
             misfire_grace: None,
             coalesce: true,
             free_slots: 0,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -372,6 +398,7 @@ mod tests {
             misfire_grace: None,
             coalesce: false,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -398,6 +425,7 @@ mod tests {
             misfire_grace: None,
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -420,6 +448,7 @@ mod tests {
             misfire_grace: Some(Duration::seconds(5)),
             coalesce: true,
             free_slots: 1,
+            may_wait: false,
         };
         let plan = plan_firing(
             "j",
@@ -430,5 +459,37 @@ mod tests {
         );
         assert_eq!(states(&plan), vec![("missed", t("2030-01-01T00:00:00Z"))]);
         assert!(plan.advance.complete);
+    }
+
+    #[test]
+    fn a_full_job_waits_once_for_a_running_slot_then_skips() {
+        let at = t("2030-01-01T00:05:00Z");
+        let now = t("2030-01-01T00:05:00.100Z");
+        let full = |may_wait| DuePolicy {
+            misfire_grace: None,
+            coalesce: false,
+            free_slots: 0,
+            may_wait,
+        };
+        // A running run holds the slot: the time waits for it.
+        let plan = plan_firing("j", &every_minute(), at, now, &full(true));
+        assert_eq!(states(&plan), vec![("waiting", at)]);
+        // A run waits already (or the slot is held by a queued run): skipped.
+        let plan = plan_firing("j", &every_minute(), at, now, &full(false));
+        assert_eq!(states(&plan), vec![("missed", at)]);
+        assert_eq!(
+            plan.runs[0].result.as_ref().unwrap()["skipped"],
+            "max_instances"
+        );
+        // Several due times without coalescing: the first waits, the rest skip.
+        let later = t("2030-01-01T00:07:00.100Z");
+        let plan = plan_firing("j", &every_minute(), at, later, &full(true));
+        assert_eq!(
+            plan.runs
+                .iter()
+                .map(|r| r.state.as_str())
+                .collect::<Vec<_>>(),
+            vec!["waiting", "missed", "missed"]
+        );
     }
 }

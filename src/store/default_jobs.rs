@@ -14,10 +14,11 @@
 //!   (`file_state IS NOT NULL`) and clears that mark, so each job is paused
 //!   once when its file goes, never again on later scans or restarts.
 //!
-//! Every written or released job sends [`Channel::JobsChanged`].
+//! Every transaction that writes or releases jobs sends one notice to the
+//! schedulers.
 
 use super::jobs::SELECT_JOB;
-use super::notify::{self, Channel};
+use super::notify::{self, FireHint, Notice};
 use super::{JobRow, NewJob, Store, StoreResult};
 
 /// First key of the advisory locks taken per job id (`'jobs'` in ASCII).
@@ -145,7 +146,6 @@ impl Store {
         .bind(&file_state)
         .execute(&mut *tx)
         .await?;
-        notify::send(&mut *tx, Channel::JobsChanged, job_id).await?;
         let released: Vec<String> = sqlx::query_scalar(&format!(
             "{RELEASE} AND source = $1 AND job_id <> $2 RETURNING job_id"
         ))
@@ -153,9 +153,7 @@ impl Store {
         .bind(job_id)
         .fetch_all(&mut *tx)
         .await?;
-        for id in &released {
-            notify::send(&mut *tx, Channel::JobsChanged, id).await?;
-        }
+        notify::send(&mut *tx, &Notice::jobs(FireHint::Recheck)).await?;
         tx.commit().await?;
         Ok(FileUpsertResult {
             outcome: if existing.is_some() {
@@ -184,8 +182,8 @@ impl Store {
         .bind(present)
         .fetch_all(&mut *tx)
         .await?;
-        for id in &released {
-            notify::send(&mut *tx, Channel::JobsChanged, id).await?;
+        if !released.is_empty() {
+            notify::send(&mut *tx, &Notice::jobs(FireHint::Recheck)).await?;
         }
         tx.commit().await?;
         Ok(released)

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::notify::{self, Channel};
+use super::notify::{self, Notice};
 use super::runs::{history_entry, RunRow, RUN_COLUMNS};
 use super::{Store, StoreResult};
 use crate::handlers::ERROR_HANDLER;
@@ -24,6 +24,14 @@ const CLAIM_LOCK: i64 = 0x6a6f_6273_645f_636c; // "jobsd_cl"
 /// start only; retries and manual runs are never late).
 const LATE: &str = "(r.started_at IS NULL AND r.misfire_grace_ms IS NOT NULL \
     AND now() > r.scheduled_for + r.misfire_grace_ms * interval '1 millisecond')";
+
+/// Whether the queued run `r` is free of its `lock_key`: it has none, or no
+/// running run holds it. Blocked runs are left out of the claim's window
+/// (so they cannot starve claimable runs behind them) and of the next-due
+/// wait (so they cost nothing while they wait; the holder's end wakes the
+/// workers).
+const UNBLOCKED: &str = "(r.lock_key IS NULL OR NOT EXISTS \
+    (SELECT 1 FROM runs y WHERE y.lock_key = r.lock_key AND y.state = 'running'))";
 
 /// Who claims runs, for how long, and how many at most (the worker slots
 /// reserved for them).
@@ -97,6 +105,10 @@ pub struct RunOutcome {
     pub error: Option<String>,
     pub traceback: Option<String>,
     pub reason: String,
+    /// How long ago the handler returned (set as the outcome is written):
+    /// `finished_at` is that instant, by database time, and a run waiting
+    /// for this one's slot is decided by it.
+    pub ended_ago_ms: i64,
 }
 
 /// A failed attempt to try again after `delay_ms`.
@@ -108,10 +120,11 @@ pub struct RunRetry {
     pub reason: String,
 }
 
-/// The latest state of a running run, as its heartbeat sees it.
+/// The latest state of a running attempt, as its heartbeat sees it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HeartbeatAck {
     pub run_id: Uuid,
+    pub attempt: i32,
     pub cancel_requested: bool,
 }
 
@@ -135,14 +148,13 @@ impl Store {
         let sql = format!(
             "WITH due AS ( \
                 SELECT r.run_id, r.lock_key, r.run_after FROM runs r \
-                WHERE r.state = 'queued' AND r.run_after <= now() \
+                WHERE r.state = 'queued' AND r.run_after <= now() AND {unblocked} \
                 ORDER BY r.run_after LIMIT $2 * 2 + 16 \
              ), free_of_lock AS ( \
                 SELECT d.run_id, d.run_after FROM due d WHERE d.lock_key IS NULL \
                 UNION ALL \
                 SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.run_id, d.run_after FROM due d \
-                  WHERE d.lock_key IS NOT NULL AND NOT EXISTS \
-                    (SELECT 1 FROM runs y WHERE y.lock_key = d.lock_key AND y.state = 'running') \
+                  WHERE d.lock_key IS NOT NULL \
                   ORDER BY d.lock_key, d.run_after, d.run_id) first_per_key \
              ), picked AS ( \
                 SELECT run_id FROM free_of_lock ORDER BY run_after LIMIT $2 \
@@ -159,6 +171,7 @@ impl Store {
              WHERE r.run_id = ANY(ARRAY(SELECT run_id FROM picked)) AND r.state = 'queued' \
              RETURNING {columns}",
             late = LATE,
+            unblocked = UNBLOCKED,
             history = history_entry(
                 "'queued'",
                 &format!("CASE WHEN {LATE} THEN 'missed' ELSE 'running' END"),
@@ -187,42 +200,48 @@ impl Store {
         Ok(runs)
     }
 
-    /// The soonest `run_after` of a queued run, as a wait from now.
+    /// The soonest `run_after` of a queued run that its lock key does not
+    /// block, as a wait from now.
     pub async fn run_next_queued_in(&self) -> StoreResult<Option<std::time::Duration>> {
-        let ms: Option<f64> = sqlx::query_scalar(
-            "SELECT (EXTRACT(EPOCH FROM (min(run_after) - now())) * 1000)::float8 \
-             FROM runs WHERE state = 'queued'",
-        )
-        .fetch_one(&self.pool)
+        let ms: Option<f64> = sqlx::query_scalar(&format!(
+            "SELECT (EXTRACT(EPOCH FROM (r.run_after - now())) * 1000)::float8 \
+             FROM runs r WHERE r.state = 'queued' AND {UNBLOCKED} ORDER BY r.run_after LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
         .await?;
-        // NULL (None) when there is no row; a time already past waits zero.
+        // None when there is no row; a time already past waits zero.
         Ok(ms.map(|ms| std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64)))
     }
 
-    /// Renews the leases of this instance's running runs and stores their
-    /// latest progress. Returns the runs still held (a run missing from the
-    /// answer was lost: its lease was taken over or an operator ended it).
+    /// Renews the leases of this instance's running attempts (each fenced by
+    /// run, attempt and instance) and stores their latest progress. Returns
+    /// the attempts still held (one missing from the answer was lost: its
+    /// lease was taken over, an operator ended it, or it was re-claimed as a
+    /// newer attempt).
     pub async fn run_heartbeat(
         &self,
         instance: &str,
         lease_ms: i64,
-        runs: &[(Uuid, Option<Value>)],
+        runs: &[(RunClaim, Option<Value>)],
     ) -> StoreResult<Vec<HeartbeatAck>> {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<Uuid> = runs.iter().map(|(c, _)| c.run_id).collect();
+        let attempts: Vec<i32> = runs.iter().map(|(c, _)| c.attempt).collect();
         let progress: Vec<Option<Value>> = runs.iter().map(|(_, p)| p.clone()).collect();
         Ok(sqlx::query_as::<_, HeartbeatAck>(
             "UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
              progress = COALESCE(u.progress, r.progress) \
-             FROM UNNEST($3::uuid[], $4::jsonb[]) AS u(run_id, progress) \
-             WHERE r.run_id = u.run_id AND r.state = 'running' AND r.instance = $1 \
-             RETURNING r.run_id, r.cancel_requested",
+             FROM UNNEST($3::uuid[], $4::int4[], $5::jsonb[]) AS u(run_id, attempt, progress) \
+             WHERE r.run_id = ANY($3) AND r.run_id = u.run_id AND r.attempt = u.attempt \
+               AND r.state = 'running' AND r.instance = $1 \
+             RETURNING r.run_id, r.attempt, r.cancel_requested",
         )
         .bind(instance)
         .bind(lease_ms)
         .bind(&ids)
+        .bind(&attempts)
         .bind(&progress)
         .fetch_all(&self.pool)
         .await?)
@@ -238,8 +257,14 @@ impl Store {
         Ok(written.contains(&claim.run_id))
     }
 
-    /// [`Store::run_finish`] for many runs in one transaction; returns the
+    /// [`Store::run_finish`] for many runs in one statement; returns the
     /// runs whose outcome was written (the others' claims were stale).
+    ///
+    /// Runs waiting for a slot of these runs' jobs are decided in the same
+    /// statement ([`release_waiting_sql`]). When runs were queued by that,
+    /// or a lock key was released, the workers of every replica are told
+    /// (one notification, after the commit). Runs of a job deleted while
+    /// they ran are removed once their outcome is in.
     pub async fn run_finish_many(
         &self,
         finished: &[(RunClaim, RunOutcome)],
@@ -251,32 +276,43 @@ impl Store {
             f.iter().map(|(c, o)| g(c, o)).collect()
         }
         // One statement, so one round trip and one commit: write the
-        // outcomes, the failure records of failed runs, and complete the
-        // one-shot jobs that have nothing left to run. The sub-statements see
-        // the runs as they were, so the finished runs are excluded by hand.
+        // outcomes, the failure records of failed runs, decide waiting runs
+        // and complete the one-shot jobs that have nothing left to run. The
+        // sub-statements see the runs as they were, so the finished runs are
+        // excluded by hand. Runs are found by primary key only (`run_id =
+        // ANY`), whatever the statistics say of their states.
         let sql = format!(
-            "WITH finished AS (UPDATE runs r SET state = u.state, finished_at = now(), result = u.result, \
-               error = u.error, traceback = u.traceback, lease_expires_at = NULL, history = r.history || {history} \
+            "WITH finished AS (UPDATE runs r SET state = u.state, \
+               finished_at = GREATEST(r.started_at, now() - u.ended_ago_ms * interval '1 millisecond'), \
+               result = u.result, error = u.error, traceback = u.traceback, lease_expires_at = NULL, \
+               history = r.history || {history} \
              FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::jsonb[], $6::text[], \
-               $7::text[], $8::text[]) \
-               AS u(run_id, attempt, instance, state, result, error, traceback, reason) \
-             WHERE r.run_id = u.run_id AND r.state = 'running' AND r.attempt = u.attempt \
-               AND r.instance = u.instance \
-             RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback), \
+               $7::text[], $8::text[], $10::int8[]) \
+               AS u(run_id, attempt, instance, state, result, error, traceback, reason, ended_ago_ms) \
+             WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND {fence} \
+               AND r.attempt = u.attempt AND r.instance = u.instance \
+             RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback, \
+               r.lock_key, r.finished_at), \
              failure_records AS ({failure_records}), \
+             released AS ({released}), \
              completed AS ({completed}) \
-             SELECT run_id FROM finished",
+             SELECT f.run_id, f.lock_key IS NOT NULL AS held_lock, \
+               NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = f.job_id) AS orphan, \
+               (SELECT count(*) FROM released WHERE state = 'queued') AS released \
+             FROM finished f",
             history = history_entry("'running'", "u.state", "u.instance", "u.reason"),
+            fence = RUNNING,
             failure_records = failure_records_sql(
                 "finished r WHERE r.state IN ('failed', 'timed_out')",
                 "$9"
             ),
+            released = release_waiting_sql("SELECT job_id, finished_at AS ended_at FROM finished"),
             completed = complete_one_shot_jobs_sql(
                 "SELECT job_id FROM finished",
                 "SELECT run_id FROM finished"
             ),
         );
-        let written: Vec<Uuid> = sqlx::query_scalar(&sql)
+        let rows: Vec<(Uuid, bool, bool, i64)> = sqlx::query_as(&sql)
             .bind(col(finished, |c, _| c.run_id))
             .bind(col(finished, |c, _| c.attempt))
             .bind(col(finished, |c, _| c.instance.clone()))
@@ -286,9 +322,18 @@ impl Store {
             .bind(col(finished, |_, o| o.traceback.clone()))
             .bind(col(finished, |_, o| o.reason.clone()))
             .bind(ERROR_HANDLER)
+            .bind(col(finished, |_, o| o.ended_ago_ms.max(0)))
             .fetch_all(&self.pool)
             .await?;
-        Ok(written)
+        let orphans: Vec<Uuid> = rows.iter().filter(|r| r.2).map(|r| r.0).collect();
+        if !orphans.is_empty() {
+            run_delete_orphans(&self.pool, &orphans).await?;
+        }
+        let runs_queued = rows.iter().any(|r| r.1 || r.3 > 0);
+        if runs_queued {
+            self.notify(&Notice::runs_queued()).await?;
+        }
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Queues a failed attempt again after its backoff. Returns false when
@@ -297,7 +342,7 @@ impl Store {
         let sql = format!(
             "UPDATE runs SET state = 'queued', run_after = now() + $4 * interval '1 millisecond', \
              error = $5, traceback = $6, lease_expires_at = NULL, history = history || {} \
-             WHERE run_id = $1 AND state = 'running' AND attempt = $2 AND instance = $3",
+             WHERE run_id = $1 AND {RUNNING_BARE} AND attempt = $2 AND instance = $3",
             history_entry("'running'", "'queued'", "$3::text", "$7::text")
         );
         let mut tx = self.pool.begin().await?;
@@ -311,7 +356,7 @@ impl Store {
             .bind(&retry.reason)
             .execute(&mut *tx)
             .await?;
-        notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        notify::send(&mut *tx, &Notice::runs_queued()).await?;
         tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
@@ -329,7 +374,8 @@ impl Store {
             "UPDATE runs r SET state = 'queued', run_after = now(), attempt = r.attempt - 1, \
              lease_expires_at = NULL, history = r.history || {} \
              FROM UNNEST($1::uuid[], $2::int4[]) AS u(run_id, attempt) \
-             WHERE r.run_id = u.run_id AND r.attempt = u.attempt AND r.state = 'running' AND r.instance = $3",
+             WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND r.attempt = u.attempt AND {RUNNING} \
+               AND r.instance = $3",
             history_entry("'running'", "'queued'", "$3::text", "$4::text")
         );
         let mut tx = self.pool.begin().await?;
@@ -340,62 +386,178 @@ impl Store {
             .bind(reason)
             .execute(&mut *tx)
             .await?;
-        notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        notify::send(&mut *tx, &Notice::runs_queued()).await?;
         tx.commit().await?;
         Ok(updated.rows_affected())
     }
 
     /// Finds running runs whose lease expired (their instance died or lost
     /// the database), records `dead` in their history, and queues them again
-    /// while retries remain; otherwise they fail with a failure record.
-    /// Safe to run on every replica at once (rows are locked and skipped).
+    /// while retries remain; otherwise they fail with a failure record. A
+    /// run whose cancel was requested is `cancelled` instead: a cancel is
+    /// never lost to a rescue. Safe to run on every replica at once (rows
+    /// are locked and skipped).
     pub async fn run_rescue_expired(&self, limit: i64, rescuer: &str) -> StoreResult<Vec<RunRow>> {
         let mut tx = self.pool.begin().await?;
+        let next = "CASE WHEN r.cancel_requested THEN 'cancelled' \
+            WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END";
         let sql = format!(
             "WITH expired AS ( \
                 SELECT run_id FROM runs WHERE state = 'running' AND lease_expires_at < now() \
                 ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED \
              ) \
              UPDATE runs r SET \
-                state = CASE WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END, \
-                run_after = now(), lease_expires_at = NULL, \
-                finished_at = CASE WHEN r.attempt <= r.max_retries THEN NULL ELSE now() END, \
-                error = 'lease expired: instance ' || COALESCE(r.instance, '?') || ' stopped heartbeating', \
-                history = r.history || {} || {} \
-             FROM expired e WHERE r.run_id = e.run_id RETURNING {}",
-            history_entry("'running'", "'dead'", "$2::text", "'lease expired on ' || COALESCE(r.instance, '?')"),
-            history_entry(
+                state = {next}, run_after = now(), lease_expires_at = NULL, \
+                finished_at = CASE WHEN {next} = 'queued' THEN NULL ELSE now() END, \
+                error = CASE WHEN r.cancel_requested THEN 'cancelled; its instance ' || COALESCE(r.instance, '?') \
+                  || ' stopped heartbeating before it had stopped the run' \
+                  ELSE 'lease expired: instance ' || COALESCE(r.instance, '?') || ' stopped heartbeating' END, \
+                history = r.history || {dead} || {then} \
+             FROM expired e WHERE r.run_id = e.run_id AND r.run_id = ANY(ARRAY(SELECT run_id FROM expired)) \
+             RETURNING {columns}",
+            dead = history_entry("'running'", "'dead'", "$2::text", "'lease expired on ' || COALESCE(r.instance, '?')"),
+            then = history_entry(
                 "'dead'",
-                "CASE WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END",
+                next,
                 "$2::text",
-                "CASE WHEN r.attempt <= r.max_retries THEN 're-queued after a lost lease' \
+                "CASE WHEN r.cancel_requested THEN 'cancel requested before the lease was lost' \
+                 WHEN r.attempt <= r.max_retries THEN 're-queued after a lost lease' \
                  ELSE 'no retries left after a lost lease' END"
             ),
-            RUN_COLUMNS.replace("run_id,", "r.run_id,")
+            columns = RUN_COLUMNS.replace("run_id,", "r.run_id,")
         );
         let rows = sqlx::query_as::<_, RunRow>(&sql)
             .bind(limit)
             .bind(rescuer)
             .fetch_all(&mut *tx)
             .await?;
-        let failed_ids: Vec<Uuid> = rows
+        let ended: Vec<&RunRow> = rows.iter().filter(|r| r.state != "queued").collect();
+        let failed_ids: Vec<Uuid> = ended
             .iter()
             .filter(|r| r.state == "failed")
             .map(|r| r.run_id)
             .collect();
         insert_failure_records(&mut tx, &failed_ids).await?;
-        let failed: Vec<String> = rows
-            .iter()
-            .filter(|r| r.state == "failed")
-            .map(|r| r.job_id.clone())
-            .collect();
-        complete_one_shot_jobs(&mut tx, &failed).await?;
-        if rows.iter().any(|r| r.state == "queued") {
-            notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        let ended_jobs: Vec<String> = ended.iter().map(|r| r.job_id.clone()).collect();
+        let released = release_waiting(&mut tx, &ended_jobs).await?;
+        complete_one_shot_jobs(&mut tx, &ended_jobs).await?;
+        let ended_ids: Vec<Uuid> = ended.iter().map(|r| r.run_id).collect();
+        run_delete_orphans(&mut *tx, &ended_ids).await?;
+        let queued = released
+            || rows
+                .iter()
+                .any(|r| r.state == "queued" || r.lock_key.is_some());
+        if queued {
+            notify::send(&mut *tx, &Notice::runs_queued()).await?;
         }
         tx.commit().await?;
         Ok(rows)
     }
+
+    /// Decides runs left `waiting` by a path that did not (a replica of an
+    /// older version ended the run they waited for): a waiting run whose job
+    /// has no running run left is recorded as skipped. Returns how many.
+    pub async fn run_settle_waiting(&self, limit: i64) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let jobs: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT w.job_id FROM runs w WHERE w.state = 'waiting' \
+             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = w.job_id AND r.state = 'running') \
+             LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let released = release_waiting(&mut tx, &jobs).await?;
+        if released {
+            notify::send(&mut *tx, &Notice::runs_queued()).await?;
+        }
+        tx.commit().await?;
+        Ok(jobs.len() as u64)
+    }
+}
+
+/// The fence of a write to a running run `r`: it must still be running.
+/// Written so that no partial index on `state` can serve as the access path
+/// (`IS TRUE` hides the predicate from index matching): such writes find
+/// their runs by primary key, and an index whose statistics say "no running
+/// runs" would otherwise be scanned, with a join filter, for every row.
+const RUNNING: &str = "(r.state = 'running') IS TRUE";
+/// [`RUNNING`] for a statement without the `r` alias.
+const RUNNING_BARE: &str = "(state = 'running') IS TRUE";
+
+/// SQL deciding the `waiting` runs of the jobs in `ended` (a query of
+/// `job_id, ended_at`: runs of those jobs that stopped executing at
+/// `ended_at`). The rule: a run waits only because every slot of its job
+/// was held by a running run when it came due; if the first of those to end
+/// had returned by the waiting run's scheduled time, the slot was in truth
+/// free then (only its outcome was not written yet), and the run is queued
+/// now; otherwise a run was still executing at that time, and the time is
+/// skipped (`missed`), as `max_instances` asks. Returns the decided runs'
+/// `state`.
+pub(crate) fn release_waiting_sql(ended: &str) -> String {
+    let queue = "e.ended_at <= w.scheduled_for";
+    format!(
+        "UPDATE runs w SET state = CASE WHEN {queue} THEN 'queued' ELSE 'missed' END, \
+           run_after = now(), finished_at = CASE WHEN {queue} THEN NULL ELSE now() END, \
+           error = CASE WHEN {queue} THEN NULL ELSE '{SKIPPED}' END, \
+           result = CASE WHEN {queue} THEN NULL ELSE '{{\"skipped\": \"max_instances\"}}'::jsonb END, \
+           history = w.history || {history} \
+         FROM (SELECT DISTINCT ON (s.job_id) s.job_id, s.ended_at FROM ({ended}) s \
+           ORDER BY s.job_id, s.ended_at) e \
+         WHERE w.job_id = e.job_id AND w.state = 'waiting' \
+         RETURNING w.state",
+        history = history_entry(
+            "'waiting'",
+            &format!("CASE WHEN {queue} THEN 'queued' ELSE 'missed' END"),
+            "NULL",
+            &format!(
+                "CASE WHEN {queue} THEN 'the run holding its slot had ended by its time' \
+                 ELSE '{SKIPPED}' END"
+            )
+        ),
+    )
+}
+
+/// Why a scheduled time was skipped for `max_instances`.
+pub(crate) const SKIPPED: &str =
+    "skipped: max_instances runs of this job were queued or executing at its time";
+
+/// Decides the waiting runs of `job_ids`, whose running run ends now (see
+/// [`release_waiting_sql`]). Returns whether any was queued.
+pub(crate) async fn release_waiting(
+    tx: &mut Transaction<'static, Postgres>,
+    job_ids: &[String],
+) -> StoreResult<bool> {
+    if job_ids.is_empty() {
+        return Ok(false);
+    }
+    let states: Vec<String> = sqlx::query_scalar(&release_waiting_sql(
+        "SELECT unnest($1::text[]) AS job_id, now() AS ended_at",
+    ))
+    .bind(job_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(states.iter().any(|s| s == "queued"))
+}
+
+/// Deletes the ended runs among `run_ids` whose job no longer exists (it
+/// was deleted while they ran: they were kept until their handler stopped,
+/// holding their lock key).
+async fn run_delete_orphans<'e, E>(executor: E, run_ids: &[Uuid]) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    if run_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM runs r WHERE r.run_id = ANY($1) AND r.state NOT IN ('queued', 'running') \
+         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = r.job_id)",
+    )
+    .bind(run_ids)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// An `INSERT` of the failure records (the original service's inert
@@ -416,16 +578,21 @@ fn failure_records_sql(runs_source: &str, handler_param: &str) -> String {
     )
 }
 
-/// An `UPDATE` that completes the one-shot jobs among `job_ids` (a query)
-/// that have no future time and no run queued or running, not counting the
-/// runs in `ending_runs` (a query; those this statement ends).
+/// An `UPDATE` that completes the one-shot jobs among `job_ids` (a query):
+/// those that have fired (a scheduled run exists), have no future time and
+/// no run queued, running or waiting, not counting the runs in
+/// `ending_runs` (a query; those this statement ends). Whether the job was
+/// paused meanwhile does not matter: a one-shot job whose run has ended is
+/// done, and resuming it cannot fire it again.
 fn complete_one_shot_jobs_sql(job_ids: &str, ending_runs: &str) -> String {
     format!(
         "UPDATE jobs j SET state = 'completed', updated_at = now() \
-         WHERE j.job_id IN ({job_ids}) AND j.schedule_kind = 'once' AND j.state = 'running' \
+         WHERE j.job_id = ANY(ARRAY({job_ids})) AND j.schedule_kind = 'once' AND j.state <> 'completed' \
            AND j.next_run_at IS NULL \
+           AND EXISTS (SELECT 1 FROM runs f WHERE f.job_id = j.job_id AND f.trigger <> 'manual') \
            AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = j.job_id \
-             AND r.state IN ('queued', 'running') AND r.run_id NOT IN ({ending_runs}))"
+             AND r.state IN ('queued', 'running', 'waiting') \
+             AND r.run_id <> ALL(ARRAY({ending_runs})))"
     )
 }
 

@@ -12,8 +12,8 @@ use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::execution::{claimed_on_insert, inserted_claim_values, ClaimSlots};
-use super::notify::Channel;
-use super::runs::{history_entry, RunRow, RUN_COLUMNS};
+use super::notify::{self, Notice};
+use super::runs::{history_entry, run_counts_active, RunRow, RUN_COLUMNS};
 use super::{Store, StoreResult};
 
 /// A job whose `next_run_at` has come, locked for this transaction.
@@ -30,19 +30,24 @@ pub struct DueJob {
     pub max_instances: i32,
     /// Runs of this job queued or running now.
     pub active_runs: i64,
+    /// Of those, the running ones.
+    pub running_runs: i64,
+    /// Runs of this job waiting for a slot.
+    pub waiting_runs: i64,
     pub next_run_at: DateTime<Utc>,
     /// Database time of the claim.
     pub db_now: DateTime<Utc>,
 }
 
-/// A run the scheduler creates: `queued`, or `missed` (recorded, never run).
+/// A run the scheduler creates: `queued`, `waiting` (for a slot held by a
+/// running run), or `missed` (recorded, never run).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FiredRun {
     pub job_id: String,
     pub scheduled_for: DateTime<Utc>,
     /// `schedule` or `catch-up`.
     pub trigger: String,
-    /// `queued` or `missed`.
+    /// `queued`, `waiting` or `missed`.
     pub state: String,
     pub reason: String,
     /// For missed runs: how many times were missed, and when.
@@ -74,23 +79,40 @@ pub struct DueBatch {
 }
 
 impl Store {
-    /// Locks up to `limit` due jobs (skipping those another replica holds).
-    /// Returns none while the service is paused.
+    /// Locks up to `limit` due jobs (skipping those another replica holds),
+    /// then counts their runs. Returns none while the service is paused.
+    ///
+    /// The counts are read by a second statement, after the row locks are
+    /// held: every writer that adds a run to a job (firing, manual triggers,
+    /// operator re-queues) holds that job's row lock, so a fresh snapshot
+    /// taken under the lock sees all of them, and `max_instances` is exact
+    /// across replicas. (Counted in the locking statement, its snapshot
+    /// would predate the lock and could miss a trigger committed between.)
     pub async fn due_jobs_claim(&self, limit: i64) -> StoreResult<DueBatch> {
         let mut tx = self.pool.begin().await?;
-        let jobs = sqlx::query_as::<_, DueJob>(
+        let mut jobs = sqlx::query_as::<_, DueJob>(
             "SELECT j.job_id, j.schedule_kind, j.interval_ms, j.cron, j.timezone, j.start_at, \
-             j.misfire_grace_ms, j.coalesce, j.max_instances, \
-             (SELECT count(*) FROM runs r WHERE r.job_id = j.job_id AND r.state IN ('queued', 'running')) \
-               AS active_runs, \
+             j.misfire_grace_ms, j.coalesce, j.max_instances, 0::int8 AS active_runs, \
+             0::int8 AS running_runs, 0::int8 AS waiting_runs, \
              j.next_run_at, now() AS db_now FROM jobs j \
-             WHERE state = 'running' AND next_run_at <= now() \
+             WHERE next_run_at <= now() \
                AND NOT (SELECT paused FROM service_state WHERE id = 1) \
              ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
+        if !jobs.is_empty() {
+            let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+            let counts = run_counts_active(&mut tx, &ids).await?;
+            for job in &mut jobs {
+                if let Some(c) = counts.iter().find(|c| c.job_id == job.job_id) {
+                    job.active_runs = c.active;
+                    job.running_runs = c.running;
+                    job.waiting_runs = c.waiting;
+                }
+            }
+        }
         Ok(DueBatch { tx, jobs })
     }
 
@@ -129,11 +151,10 @@ impl DueBatch {
         fn col<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
             items.iter().map(f).collect()
         }
-        // One statement (one round trip): insert the runs, advance the jobs,
-        // and, in its one-time filter (an uncorrelated sub-select, evaluated
-        // once whatever the rows), notify the workers when runs were left
-        // queued.
-        let claimed = sqlx::query_as::<_, RunRow>(&format!(
+        // One statement (one round trip): insert the runs and advance the
+        // jobs; the runs inserted claimed are returned, and the queued ones
+        // counted, so the workers of every replica can be told.
+        let inserted = sqlx::query_as::<_, RunRow>(&format!(
             "WITH firing AS ( \
                SELECT u.*, j.handler, j.kwargs, j.max_retries, j.retry_backoff_ms, j.timeout_ms, \
                  j.misfire_grace_ms, j.lock_key, {claim} AS claim \
@@ -159,9 +180,7 @@ impl DueBatch {
                FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
                WHERE j.job_id = a.job_id \
              ) \
-             SELECT {columns} FROM inserted WHERE state = 'running' \
-               AND (SELECT count(*) FROM (SELECT pg_notify($14, '') \
-                 WHERE EXISTS (SELECT 1 FROM inserted WHERE state = 'queued')) notified) >= 0",
+             SELECT {columns} FROM inserted WHERE state IN ('running', 'queued')",
             claim = claimed_on_insert("u.state = 'queued' AND j.lock_key IS NULL", "u.ord", "$12"),
             claimed_values = inserted_claim_values(
                 "f.claim",
@@ -185,9 +204,13 @@ impl DueBatch {
         .bind(col(advances, |a| a.complete))
         .bind(claim.limit)
         .bind(claim.lease_ms)
-        .bind(Channel::RunsQueued.name())
         .fetch_all(&mut *self.tx)
         .await?;
+        let (claimed, queued): (Vec<RunRow>, Vec<RunRow>) =
+            inserted.into_iter().partition(|r| r.state == "running");
+        if !queued.is_empty() {
+            notify::send(&mut *self.tx, &Notice::runs_queued()).await?;
+        }
         self.tx.commit().await?;
         Ok(claimed)
     }

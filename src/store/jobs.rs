@@ -9,7 +9,7 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::execution::{claimed_on_insert, inserted_claim_values};
-use super::notify::{self, Channel};
+use super::notify::{self, FireHint, Notice};
 use super::runs::{history_entry, RunRow, RUN_COLUMNS};
 use super::{conflict_on_unique, ClaimSlots, Store, StoreError, StoreResult};
 use crate::handlers::ERROR_HANDLER;
@@ -96,6 +96,12 @@ pub struct JobRow {
     /// Runs by state, e.g. `{"succeeded": 3, "failed": 1}`.
     pub run_counts: Option<Value>,
     pub has_queued_run: bool,
+    /// A scheduled (not manual) run exists: a one-shot job has fired.
+    pub has_fired: bool,
+    /// The row's version as read (its `xmin`: every write of the row, by
+    /// any replica of any version, changes it). Writes that depend on what
+    /// was read are conditional on it ([`Store::job_replace`]).
+    pub row_version: i64,
 }
 
 pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
@@ -106,7 +112,9 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      (SELECT jsonb_object_agg(c.state, c.n) FROM \
         (SELECT r.state, count(*) AS n FROM runs r WHERE r.job_id = j.job_id GROUP BY r.state) c) AS run_counts, \
-     EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run \
+     EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run, \
+     EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired, \
+     j.xmin::text::int8 AS row_version \
      FROM jobs j LEFT JOIN LATERAL (SELECT r.run_id, r.state, r.scheduled_for, r.started_at, r.finished_at \
         FROM runs r WHERE r.job_id = j.job_id ORDER BY r.created_at DESC, r.scheduled_for DESC, r.run_id DESC LIMIT 1) lr ON true";
 
@@ -191,11 +199,11 @@ impl Store {
             jobs.iter().map(f).collect()
         }
         // One statement, so one round trip and atomic without a transaction:
-        // insert the jobs and the runs of those due now, and return the runs
-        // claimed. Its one-time filter (an uncorrelated sub-select, evaluated
-        // once whatever the rows) tells the schedulers the earliest new fire
-        // time (a `FireHint`) and the workers whether runs were queued.
-        sqlx::query_as::<_, RunRow>(&format!(
+        // insert the jobs and the runs of those due now, and return those
+        // runs. The schedulers (the earliest new fire time of the jobs that
+        // did not fire, as a `FireHint`) and the workers (runs were left
+        // queued) are told after the commit, in one notification.
+        let fired = sqlx::query_as::<_, RunRow>(&format!(
             "WITH input AS (SELECT u.*, \
                (u.schedule_kind = 'once' AND u.state = 'running' AND u.next_run_at <= now() \
                 AND (u.misfire_grace_ms IS NULL \
@@ -204,7 +212,7 @@ impl Store {
              FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
                $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
                $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
-               $19::jsonb[], $20::text[], $21::uuid[], $27::uuid[]) WITH ORDINALITY \
+               $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[]) WITH ORDINALITY \
              AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
                misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
                retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, ord)), \
@@ -226,18 +234,13 @@ impl Store {
                u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
              FROM firing u \
              RETURNING {columns}) \
-             SELECT {columns} FROM fired WHERE state = 'running' \
-               AND (SELECT count(*) FROM (SELECT pg_notify($22, COALESCE( \
-                   (SELECT (EXTRACT(EPOCH FROM min(next_run_at)) * 1000)::int8::text FROM inserted \
-                    WHERE state = 'running' AND next_run_at IS NOT NULL), 'none')), \
-                 (SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM fired WHERE state = 'queued'))) \
-                 notified) = 1",
-            claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$25"),
+             SELECT {columns} FROM fired",
+            claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$23"),
             claimed_values = inserted_claim_values(
                 "u.claim",
                 "'queued'",
-                "$24::text",
-                "$26",
+                "$22::text",
+                "$24",
                 &history_entry("NULL", "'queued'", "$24::text", "'due when created'")
             ),
             columns = RUN_COLUMNS,
@@ -263,8 +266,6 @@ impl Store {
         .bind(col(jobs, |j| Value::from(j.tags.clone())))
         .bind(col(jobs, |j| j.source.clone()))
         .bind(col(jobs, |j| j.failed_run_id))
-        .bind(Channel::JobsChanged.name())
-        .bind(Channel::RunsQueued.name())
         .bind(&claim.instance)
         .bind(claim.limit)
         .bind(claim.lease_ms)
@@ -278,30 +279,69 @@ impl Store {
                 [one] => format!("a job with job_id {:?} already exists", one.job_id),
                 _ => "one of the job_ids already exists; nothing was created".to_string(),
             })
+        })?;
+        let fired_ids: std::collections::HashSet<&str> =
+            fired.iter().map(|r| r.job_id.as_str()).collect();
+        let earliest = jobs
+            .iter()
+            .filter(|j| j.state == "running" && !fired_ids.contains(j.job_id.as_str()))
+            .filter_map(|j| j.next_run_at)
+            .min();
+        let (claimed, queued): (Vec<RunRow>, Vec<RunRow>) =
+            fired.into_iter().partition(|r| r.state == "running");
+        self.notify(&Notice {
+            jobs: earliest.map(|t| FireHint::EarliestAt(t.timestamp_millis())),
+            runs_queued: !queued.is_empty(),
+            cancel: Vec::new(),
         })
+        .await?;
+        Ok(claimed)
     }
 
     /// Replaces a job's definition (kwargs, schedule, policies, state) and
-    /// its next fire time. Runs and timestamps are kept.
-    pub async fn job_replace(&self, job: &NewJob) -> StoreResult<JobRow> {
-        let mut tx = self.pool.begin().await?;
+    /// its next fire time, if the row is still at `version` (as read):
+    /// `Stale` when another write came first (the caller re-reads and
+    /// re-applies its change), so a change never re-fires, loses or doubles
+    /// a scheduled time. Runs and timestamps are kept.
+    pub async fn job_replace(&self, job: &NewJob, version: i64) -> StoreResult<JobRow> {
         let updated = bind_definition(sqlx::query(
             "UPDATE jobs SET handler = $2, kwargs = $3, schedule_kind = $4, interval_ms = $5, cron = $6, \
              timezone = $7, start_at = $8, misfire_grace_ms = $9, coalesce = $10, max_instances = $11, \
              lock_key = $12, timeout_ms = $13, max_retries = $14, retry_backoff_ms = $15, state = $16, \
              next_run_at = $17, description = $18, tags = $19, source = $20, updated_at = now() \
-             WHERE job_id = $1",
+             WHERE job_id = $1 AND xmin = $21::int8::text::xid",
             ),
             job,
         )
-        .execute(&mut *tx)
+        .bind(version)
+        .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+            return Err(self.job_missing_or_stale(&job.job_id).await);
         }
-        notify::send(&mut *tx, Channel::JobsChanged, &job.job_id).await?;
-        tx.commit().await?;
+        self.notify(&Notice {
+            jobs: job
+                .next_run_at
+                .filter(|_| job.state == "running")
+                .map(|t| FireHint::EarliestAt(t.timestamp_millis())),
+            ..Notice::default()
+        })
+        .await?;
         self.job_get(&job.job_id).await
+    }
+
+    /// Why a conditional write changed nothing: the job is gone, or it was
+    /// written since it was read.
+    async fn job_missing_or_stale(&self, job_id: &str) -> StoreError {
+        match sqlx::query_scalar::<_, i32>("SELECT 1 FROM jobs WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(Some(_)) => StoreError::Stale,
+            Ok(None) => StoreError::NotFound,
+            Err(e) => StoreError::Database(e),
+        }
     }
 
     pub async fn job_get(&self, job_id: &str) -> StoreResult<JobRow> {
@@ -328,40 +368,37 @@ impl Store {
         Ok((jobs, total))
     }
 
-    /// Pauses or resumes a job. `next_run_at` is what the caller computed
-    /// (from now, on resume; kept, on pause). A completed one-shot job is
-    /// left alone: `Conflict`.
+    /// Pauses or resumes a job, if the row is still at `version` (as read;
+    /// `Stale` otherwise, see [`Store::job_replace`]). `next_run_at` is what
+    /// the caller computed from the row it read (from now, on resume; none,
+    /// on pause). A completed one-shot job is left alone: `Conflict`.
     pub async fn job_set_state(
         &self,
         job_id: &str,
         state: &str,
         next_run_at: Option<DateTime<Utc>>,
+        version: i64,
     ) -> StoreResult<JobRow> {
-        let mut tx = self.pool.begin().await?;
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT state FROM jobs WHERE job_id = $1 FOR UPDATE")
-                .bind(job_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match current.as_deref() {
-            None => return Err(StoreError::NotFound),
-            Some("completed") => {
-                return Err(StoreError::Conflict(format!(
-                    "job {job_id:?} is a completed one-shot job; create a new job or trigger it with POST /api/v1/jobs/{job_id}/run"
-                )))
-            }
-            Some(_) => {}
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = $2, next_run_at = $3, updated_at = now() WHERE job_id = $1",
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = $2, next_run_at = $3, updated_at = now() \
+             WHERE job_id = $1 AND xmin = $4::int8::text::xid AND state <> 'completed'",
         )
         .bind(job_id)
         .bind(state)
         .bind(next_run_at)
-        .execute(&mut *tx)
+        .bind(version)
+        .execute(&self.pool)
         .await?;
-        notify::send(&mut *tx, Channel::JobsChanged, job_id).await?;
-        tx.commit().await?;
+        if updated.rows_affected() == 0 {
+            return Err(self.job_missing_or_stale(job_id).await);
+        }
+        self.notify(&Notice {
+            jobs: next_run_at
+                .filter(|_| state == "running")
+                .map(|t| FireHint::EarliestAt(t.timestamp_millis())),
+            ..Notice::default()
+        })
+        .await?;
         self.job_get(job_id).await
     }
 
@@ -385,7 +422,9 @@ impl Store {
     /// writer that inserts a run holds its job's row lock, so once the job
     /// rows are deleted (waiting for those writers), a second statement, with
     /// a fresh snapshot, sees every run they committed, and no new run can
-    /// follow.
+    /// follow. Running runs are not deleted but cancelled: they keep their
+    /// `lock_key` held until their handler has stopped, and are deleted when
+    /// their outcome is written (or by the rescue, should their replica die).
     async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
         let job_ids: Vec<String> = sqlx::query_scalar(&format!(
@@ -395,10 +434,25 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         if !job_ids.is_empty() {
-            sqlx::query("DELETE FROM runs WHERE job_id = ANY($1)")
+            sqlx::query("DELETE FROM runs WHERE job_id = ANY($1) AND state <> 'running'")
                 .bind(&job_ids)
                 .execute(&mut *tx)
                 .await?;
+            let running: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE runs SET cancel_requested = true WHERE job_id = ANY($1) AND state = 'running' \
+                 RETURNING run_id",
+            )
+            .bind(&job_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            notify::send(
+                &mut *tx,
+                &Notice {
+                    cancel: running,
+                    ..Notice::default()
+                },
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(job_ids.len() as u64)

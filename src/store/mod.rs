@@ -35,6 +35,10 @@ pub enum StoreError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// A conditional write found the row changed since it was read: re-read
+    /// and apply the change again.
+    #[error("the row was changed since it was read")]
+    Stale,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

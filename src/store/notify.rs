@@ -1,102 +1,202 @@
-//! LISTEN/NOTIFY channels that wake schedulers and workers on every replica
-//! at once; each loop still polls on a bounded interval in case a
-//! notification is lost (e.g. while a connection was being re-established).
+//! Wake-ups for the schedulers and workers of every replica, through one
+//! LISTEN/NOTIFY channel; each loop still polls on a bounded interval in
+//! case a notification is lost (e.g. while a connection was re-opened).
+//!
+//! A transaction sends at most one notification, with every wake-up it
+//! carries in one [`Notice`]: PostgreSQL serializes the commits of
+//! transactions that notify, so one per transaction is the most it should
+//! cost. The payload is a typed, unambiguous encoding ([`Notice::encode`]);
+//! no job id is ever read as a hint.
 
 use sqlx::postgres::PgListener;
 use sqlx::{Executor, Postgres};
+use uuid::Uuid;
 
 use super::{Store, StoreResult};
 
-/// What a `JobsChanged` notification tells the schedulers, so a burst of
-/// job creations does not make every replica query the database each time.
+/// The one channel jobsd notifies on.
+pub const CHANNEL: &str = "jobsd_wake";
+
+/// What a change tells the schedulers, so a burst of job creations does not
+/// make every replica query the database each time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FireHint {
-    /// Something changed: look again (payload `""`).
+    /// Something changed that may fire at any time: look again.
     Recheck,
-    /// Nothing new will fire (e.g. only paused jobs were created): `"none"`.
-    Nothing,
     /// The earliest new fire time, in milliseconds since the epoch.
     EarliestAt(i64),
 }
 
-impl FireHint {
-    pub fn parse(payload: &str) -> FireHint {
-        match payload {
-            "none" => FireHint::Nothing,
-            other => other
-                .parse()
-                .map_or(FireHint::Recheck, FireHint::EarliestAt),
+/// One notification: what changed, for whom.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notice {
+    /// For the schedulers: jobs (or the service switch) changed.
+    pub jobs: Option<FireHint>,
+    /// For the workers: runs were queued, or a lock key was released.
+    pub runs_queued: bool,
+    /// For the workers: runs to stop where they run.
+    pub cancel: Vec<Uuid>,
+}
+
+impl Notice {
+    pub fn jobs(hint: FireHint) -> Notice {
+        Notice {
+            jobs: Some(hint),
+            ..Notice::default()
+        }
+    }
+
+    pub fn runs_queued() -> Notice {
+        Notice {
+            runs_queued: true,
+            ..Notice::default()
+        }
+    }
+
+    pub fn cancel(run_id: Uuid) -> Notice {
+        Notice {
+            cancel: vec![run_id],
+            ..Notice::default()
+        }
+    }
+
+    /// Whether it wakes anybody (an empty notice is not sent).
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_none() && !self.runs_queued && self.cancel.is_empty()
+    }
+
+    /// Space-separated tokens: `jobs`, `jobs@<ms>`, `queued`, `cancel=<uuid>`.
+    pub fn encode(&self) -> String {
+        let mut tokens = Vec::new();
+        match self.jobs {
+            Some(FireHint::Recheck) => tokens.push("jobs".to_string()),
+            Some(FireHint::EarliestAt(ms)) => tokens.push(format!("jobs@{ms}")),
+            None => {}
+        }
+        if self.runs_queued {
+            tokens.push("queued".to_string());
+        }
+        tokens.extend(self.cancel.iter().map(|id| format!("cancel={id}")));
+        tokens.join(" ")
+    }
+
+    /// The inverse of [`Notice::encode`]. A token it does not know (from a
+    /// newer replica, say) makes it wake everybody, which is always safe.
+    pub fn parse(payload: &str) -> Notice {
+        let mut notice = Notice::default();
+        for token in payload.split_ascii_whitespace() {
+            if token == "jobs" {
+                notice.jobs = Some(FireHint::Recheck);
+            } else if let Some(ms) = token.strip_prefix("jobs@") {
+                let hint = ms.parse().map_or(FireHint::Recheck, FireHint::EarliestAt);
+                notice.jobs = Some(match (notice.jobs, hint) {
+                    (Some(FireHint::EarliestAt(a)), FireHint::EarliestAt(b)) => {
+                        FireHint::EarliestAt(a.min(b))
+                    }
+                    (Some(FireHint::Recheck), _) => FireHint::Recheck,
+                    (_, hint) => hint,
+                });
+            } else if token == "queued" {
+                notice.runs_queued = true;
+            } else if let Some(id) = token.strip_prefix("cancel=").and_then(|s| s.parse().ok()) {
+                notice.cancel.push(id);
+            } else {
+                return Notice::everything();
+            }
+        }
+        notice
+    }
+
+    /// What a listener assumes when it may have missed notifications.
+    pub fn everything() -> Notice {
+        Notice {
+            jobs: Some(FireHint::Recheck),
+            runs_queued: true,
+            cancel: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// Jobs were created, changed, paused or resumed, or the service was
-    /// paused or resumed. The payload is a [`FireHint`].
-    JobsChanged,
-    /// Runs were queued: workers should claim.
-    RunsQueued,
-    /// A run is to be cancelled: the payload is its id.
-    RunCancel,
-}
-
-impl Channel {
-    pub fn name(self) -> &'static str {
-        match self {
-            Channel::JobsChanged => "jobsd_jobs_changed",
-            Channel::RunsQueued => "jobsd_runs_queued",
-            Channel::RunCancel => "jobsd_run_cancel",
-        }
-    }
-}
-
-/// Sends a notification within the caller's transaction (delivered on commit).
-pub async fn send<'e, E>(executor: E, channel: Channel, payload: &str) -> StoreResult<()>
+/// Sends `notice` within the caller's transaction (delivered on commit), as
+/// its own statement; an empty notice sends nothing.
+pub async fn send<'e, E>(executor: E, notice: &Notice) -> StoreResult<()>
 where
     E: Executor<'e, Database = Postgres>,
 {
+    if notice.is_empty() {
+        return Ok(());
+    }
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel.name())
-        .bind(payload)
+        .bind(CHANNEL)
+        .bind(notice.encode())
         .execute(executor)
         .await?;
     Ok(())
 }
 
 impl Store {
-    /// A listener subscribed to `channels`. It reconnects by itself after a
-    /// lost connection (notifications sent meanwhile are lost; callers poll).
-    pub async fn listen(&self, channels: &[Channel]) -> StoreResult<PgListener> {
+    /// A listener on the channel. It reconnects by itself after a lost
+    /// connection (notifications sent meanwhile are lost; callers poll).
+    pub async fn listen(&self) -> StoreResult<PgListener> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        let names: Vec<&str> = channels.iter().map(|c| c.name()).collect();
-        listener.listen_all(names).await?;
+        listener.listen(CHANNEL).await?;
         Ok(listener)
+    }
+
+    /// Sends `notice` on its own (after a commit whose changes it announces).
+    pub async fn notify(&self, notice: &Notice) -> StoreResult<()> {
+        send(&self.pool, notice).await
     }
 }
 
-/// The next notification as (channel, payload). Without a listener it
-/// never returns (callers poll on a timer beside it); after a listener
-/// error it pauses briefly and returns `None`.
-pub async fn next(listener: &mut Option<PgListener>) -> Option<(Channel, String)> {
+/// The next notification. Without a listener it never returns (callers
+/// poll on a timer beside it); after a listener error it pauses briefly and
+/// returns [`Notice::everything`], since notifications may have been lost.
+pub async fn next(listener: &mut Option<PgListener>) -> Notice {
     let Some(l) = listener.as_mut() else {
         return std::future::pending().await;
     };
     match l.recv().await {
-        Ok(n) => {
-            let channel = [
-                Channel::JobsChanged,
-                Channel::RunsQueued,
-                Channel::RunCancel,
-            ]
-            .into_iter()
-            .find(|c| c.name() == n.channel())?;
-            Some((channel, n.payload().to_string()))
-        }
+        Ok(n) if n.channel() == CHANNEL => Notice::parse(n.payload()),
+        Ok(_) => Notice::default(),
         Err(e) => {
             tracing::warn!(error = %e, "notification listener failed; polling until it reconnects");
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            None
+            Notice::everything()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip_and_job_ids_are_never_hints() {
+        let id = Uuid::now_v7();
+        let all = Notice {
+            jobs: Some(FireHint::EarliestAt(1_893_456_010_000)),
+            runs_queued: true,
+            cancel: vec![id],
+        };
+        assert_eq!(Notice::parse(&all.encode()), all);
+        for notice in [
+            Notice::jobs(FireHint::Recheck),
+            Notice::runs_queued(),
+            Notice::cancel(id),
+            Notice::default(),
+        ] {
+            assert_eq!(Notice::parse(&notice.encode()), notice);
+        }
+        // What the old encoding read wrongly: a job named "none" or "12345"
+        // is no payload of this one; anything unknown wakes everybody.
+        assert_eq!(Notice::parse("none"), Notice::everything());
+        assert_eq!(Notice::parse("12345"), Notice::everything());
+        assert_eq!(Notice::parse("jobs@junk").jobs, Some(FireHint::Recheck));
+        assert_eq!(
+            Notice::parse("jobs@20 jobs@10").jobs,
+            Some(FireHint::EarliestAt(10))
+        );
+        assert!(Notice::default().is_empty());
     }
 }

@@ -10,12 +10,12 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{FromRow, Postgres, QueryBuilder};
+use sqlx::{FromRow, Postgres, QueryBuilder, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::execution::complete_one_shot_jobs;
-use super::notify::{self, Channel};
+use super::execution::{complete_one_shot_jobs, release_waiting};
+use super::notify::{self, Notice};
 use super::{Store, StoreError, StoreResult};
 
 /// A run as stored, and as the API returns it.
@@ -67,6 +67,49 @@ pub(crate) fn history_entry(from: &str, to: &str, instance: &str, reason: &str) 
     format!(
         "jsonb_build_array(jsonb_build_object('at', now(), 'from', {from}, 'to', {to}, 'instance', {instance}, 'reason', {reason}))"
     )
+}
+
+/// A job's runs that hold or wait for one of its `max_instances` slots.
+#[derive(Debug, Clone, FromRow)]
+pub(crate) struct ActiveCounts {
+    pub job_id: String,
+    /// Queued or running.
+    pub active: i64,
+    pub running: i64,
+    pub waiting: i64,
+}
+
+impl ActiveCounts {
+    /// Runs that take a slot: queued, running, or waiting for one.
+    pub fn taken(&self) -> i64 {
+        self.active + self.waiting
+    }
+}
+
+/// Counts the queued, running and waiting runs of `job_ids`. Exact when the
+/// caller holds the jobs' row locks and this statement's snapshot was taken
+/// after they were acquired (see [`Store::due_jobs_claim`]).
+pub(crate) async fn run_counts_active(
+    tx: &mut Transaction<'static, Postgres>,
+    job_ids: &[String],
+) -> StoreResult<Vec<ActiveCounts>> {
+    Ok(sqlx::query_as::<_, ActiveCounts>(
+        "SELECT job_id, count(*) FILTER (WHERE state IN ('queued', 'running')) AS active, \
+         count(*) FILTER (WHERE state = 'running') AS running, \
+         count(*) FILTER (WHERE state = 'waiting') AS waiting \
+         FROM runs WHERE job_id = ANY($1) AND state IN ('queued', 'running', 'waiting') \
+         GROUP BY job_id",
+    )
+    .bind(job_ids)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// The conflict answered when a job's slots are all taken.
+fn slots_taken(job_id: &str, taken: i64, max_instances: i32) -> StoreError {
+    StoreError::Conflict(format!(
+        "job {job_id:?} already has {taken} run(s) queued, running or waiting; its max_instances is {max_instances}"
+    ))
 }
 
 /// Filters and page of a run listing.
@@ -157,17 +200,13 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let max_instances = max_instances.ok_or(StoreError::NotFound)?;
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM runs WHERE job_id = $1 AND state IN ('queued', 'running')",
-        )
-        .bind(&run.job_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if active >= i64::from(max_instances) {
-            return Err(StoreError::Conflict(format!(
-                "job {:?} already has {active} run(s) queued or running; its max_instances is {max_instances}",
-                run.job_id
-            )));
+        // A fresh statement after the lock: exact (see `run_counts_active`).
+        let taken = run_counts_active(&mut tx, std::slice::from_ref(&run.job_id))
+            .await?
+            .first()
+            .map_or(0, ActiveCounts::taken);
+        if taken >= i64::from(max_instances) {
+            return Err(slots_taken(&run.job_id, taken, max_instances));
         }
         let run_id = Uuid::now_v7();
         let sql = format!(
@@ -186,7 +225,7 @@ impl Store {
             .bind(&run.reason)
             .fetch_one(&mut *tx)
             .await?;
-        notify::send(&mut *tx, Channel::RunsQueued, "").await?;
+        notify::send(&mut *tx, &Notice::runs_queued()).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -203,15 +242,16 @@ impl Store {
                 .await?;
         let (state, job_id) = current.ok_or(StoreError::NotFound)?;
         match state.as_str() {
-            "queued" => {
+            "queued" | "waiting" => {
                 let sql = format!(
                     "UPDATE runs SET state = 'cancelled', finished_at = now(), error = $2, \
-                     history = history || {} WHERE run_id = $1 AND state = 'queued'",
-                    history_entry("'queued'", "'cancelled'", "NULL", "$2")
+                     history = history || {} WHERE run_id = $1 AND state = $3",
+                    history_entry("$3", "'cancelled'", "NULL", "$2")
                 );
                 sqlx::query(&sql)
                     .bind(run_id)
                     .bind(reason)
+                    .bind(&state)
                     .execute(&mut *tx)
                     .await?;
                 complete_one_shot_jobs(&mut tx, &[job_id]).await?;
@@ -221,7 +261,7 @@ impl Store {
                     .bind(run_id)
                     .execute(&mut *tx)
                     .await?;
-                notify::send(&mut *tx, Channel::RunCancel, &run_id.to_string()).await?;
+                notify::send(&mut *tx, &Notice::cancel(run_id)).await?;
             }
             done => {
                 return Err(StoreError::Conflict(format!(
@@ -255,20 +295,26 @@ impl Store {
             )));
         }
         let requeue = state == "queued";
-        if requeue && !matches!(current.as_str(), "queued" | "running") {
-            // Keep the invariant the claim relies on: at most max_instances
-            // runs of a job queued or running.
-            let (active, max): (i64, i32) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM runs WHERE job_id = $1 AND state IN ('queued', 'running')), \
-                 (SELECT max_instances FROM jobs WHERE job_id = $1 FOR UPDATE)",
-            )
-            .bind(&job_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            if active >= i64::from(max) {
-                return Err(StoreError::Conflict(format!(
-                    "job {job_id:?} already has {active} run(s) queued or running; its max_instances is {max}"
-                )));
+        if requeue && !matches!(current.as_str(), "queued" | "running" | "waiting") {
+            // Keep the invariant firing relies on: at most max_instances
+            // runs of a job take a slot. Lock the job first, then count in a
+            // fresh statement, so a concurrent trigger cannot slip between.
+            let max: Option<i32> =
+                sqlx::query_scalar("SELECT max_instances FROM jobs WHERE job_id = $1 FOR UPDATE")
+                    .bind(&job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let max = max.ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "job {job_id:?} no longer exists; its run cannot be queued again"
+                ))
+            })?;
+            let taken = run_counts_active(&mut tx, std::slice::from_ref(&job_id))
+                .await?
+                .first()
+                .map_or(0, ActiveCounts::taken);
+            if taken >= i64::from(max) {
+                return Err(slots_taken(&job_id, taken, max));
             }
         }
         let sql = format!(
@@ -288,14 +334,24 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if current == "running" {
-            // Tell its instance to stop the handler.
-            notify::send(&mut *tx, Channel::RunCancel, &run_id.to_string()).await?;
+            // A run waiting for this one's slot: its time came while this
+            // one was still executing (it is ending only now).
+            release_waiting(&mut tx, std::slice::from_ref(&job_id)).await?;
         }
-        if requeue {
-            notify::send(&mut *tx, Channel::RunsQueued, "").await?;
-        } else {
+        if !requeue {
             complete_one_shot_jobs(&mut tx, &[job_id]).await?;
         }
+        let notice = Notice {
+            // Tell its instance to stop the handler.
+            cancel: if current == "running" {
+                vec![run_id]
+            } else {
+                Vec::new()
+            },
+            runs_queued: requeue,
+            jobs: None,
+        };
+        notify::send(&mut *tx, &notice).await?;
         tx.commit().await?;
         self.run_get(run_id).await
     }

@@ -1,6 +1,6 @@
 //! The `service_state` table: service-wide switches.
 
-use super::notify::{self, Channel};
+use super::notify::{self, FireHint, Notice};
 use super::{Store, StoreResult};
 
 impl Store {
@@ -24,7 +24,7 @@ impl Store {
         .bind(paused)
         .execute(&mut *tx)
         .await?;
-        notify::send(&mut *tx, Channel::JobsChanged, "").await?;
+        notify::send(&mut *tx, &Notice::jobs(FireHint::Recheck)).await?;
         tx.commit().await?;
         Ok(())
     }

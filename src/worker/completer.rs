@@ -4,6 +4,7 @@
 //! an idle one writes each at once. Every outcome keeps its own fence.
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::store::{RunClaim, RunOutcome, Store};
 
@@ -17,6 +18,8 @@ pub const BACKLOG: usize = 4 * MAX_BATCH;
 struct Pending {
     claim: RunClaim,
     outcome: RunOutcome,
+    /// When the handler returned.
+    ended: Instant,
     written: oneshot::Sender<Result<bool, String>>,
 }
 
@@ -36,12 +39,18 @@ impl Completer {
 
     /// Records an outcome; true when written, false when the claim was
     /// stale, an error text when the database failed.
-    pub async fn finish(&self, claim: RunClaim, outcome: RunOutcome) -> Result<bool, String> {
+    pub async fn finish(
+        &self,
+        claim: RunClaim,
+        outcome: RunOutcome,
+        ended: Instant,
+    ) -> Result<bool, String> {
         let (written, answer) = oneshot::channel();
         self.queue
             .send(Pending {
                 claim,
                 outcome,
+                ended,
                 written,
             })
             .await
@@ -57,7 +66,11 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Pending>) {
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let finished: Vec<(RunClaim, RunOutcome)> = batch
             .iter()
-            .map(|p| (p.claim.clone(), p.outcome.clone()))
+            .map(|p| {
+                let mut outcome = p.outcome.clone();
+                outcome.ended_ago_ms = p.ended.elapsed().as_millis() as i64;
+                (p.claim.clone(), outcome)
+            })
             .collect();
         let result = store.run_finish_many(&finished).await;
         for pending in batch.drain(..) {

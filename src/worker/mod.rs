@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::handlers::{HandlerRegistry, RunContext};
 use crate::scheduler::backoff;
-use crate::store::notify::{self, Channel};
+use crate::store::notify;
 use crate::store::{ClaimSlots, RunClaim, RunRow, Store};
 use completer::Completer;
 use execute::{Execution, StopReason, StopSignal};
@@ -62,6 +62,45 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Larger results are stored as a preview.
     pub max_result_bytes: usize,
+}
+
+/// How often a replica renews the leases of its running runs.
+pub fn renewal_interval(lease: Duration) -> Duration {
+    lease / 3
+}
+
+/// How long a replica goes without a successful renewal before it stops
+/// its handlers: `lease − cancel_grace − one renewal interval`. Stopping
+/// takes up to `cancel_grace`, and the missing renewal is noticed at most
+/// one interval late, so every handler has stopped before the last lease
+/// it renewed can expire (and before another replica can take the run).
+pub fn self_fence_after(lease: Duration, cancel_grace: Duration) -> Duration {
+    lease
+        .saturating_sub(cancel_grace)
+        .saturating_sub(renewal_interval(lease))
+}
+
+/// Checks the lease settings at start-up: the time a replica may go
+/// without renewing before it fences itself ([`self_fence_after`]) must be
+/// at least a third of the lease, or one slow renewal would stop every run.
+pub fn check_lease_settings(lease: Duration, cancel_grace: Duration) -> Result<(), String> {
+    if lease < Duration::from_millis(300) {
+        return Err(format!(
+            "--lease {lease:?} is too short; use at least 300ms"
+        ));
+    }
+    let margin = self_fence_after(lease, cancel_grace);
+    if margin < lease / 3 {
+        return Err(format!(
+            "--cancel-grace {cancel_grace:?} is too long for --lease {lease:?}: a replica that \
+             cannot renew its leases must stop its handlers (cancel grace included) before they \
+             expire, which leaves {margin:?} of tolerance for a lost renewal, less than a third \
+             of the lease; keep --cancel-grace at most a third of --lease (here {:?}) or \
+             lengthen --lease",
+            lease / 3
+        ));
+    }
+    Ok(())
 }
 
 /// A run this replica is executing.
@@ -143,9 +182,11 @@ pub struct WorkerPool {
     store: Store,
     registry: Arc<HandlerRegistry>,
     config: Arc<WorkerConfig>,
-    /// Runs claimed and not yet recorded (executing, or their outcome
-    /// waiting to be written).
-    active: Arc<Mutex<HashMap<Uuid, Active>>>,
+    /// Attempts claimed and not yet recorded (executing, or their outcome
+    /// waiting to be written), by (run, attempt): an attempt winding down
+    /// and a newer attempt of the same run, re-claimed here, are two
+    /// entries, and each removes only its own.
+    active: Arc<Mutex<HashMap<(Uuid, i32), Active>>>,
     /// Handlers executing now, and slots reserved for runs being claimed:
     /// what `concurrency` bounds.
     executing: Arc<AtomicUsize>,
@@ -229,9 +270,20 @@ impl WorkerPool {
         }
     }
 
+    /// Stops every attempt of `run_id` executing here (a cancel names the
+    /// run, whichever its attempt).
     fn stop_run(&self, run_id: Uuid, reason: StopReason) {
         if let Ok(active) = self.active.lock() {
-            if let Some(run) = active.get(&run_id) {
+            for run in active.values().filter(|a| a.claim.run_id == run_id) {
+                run.stop(reason.clone());
+            }
+        }
+    }
+
+    /// Stops one attempt.
+    fn stop_attempt(&self, key: (Uuid, i32), reason: StopReason) {
+        if let Ok(active) = self.active.lock() {
+            if let Some(run) = active.get(&key) {
                 run.stop(reason);
             }
         }
@@ -260,9 +312,10 @@ impl WorkerPool {
             attempt: run.attempt,
             instance: self.config.instance.clone(),
         };
+        let key = (run.run_id, run.attempt);
         if let Ok(mut active) = self.active.lock() {
             active.insert(
-                run.run_id,
+                key,
                 Active {
                     claim: claim.clone(),
                     cancel,
@@ -276,11 +329,12 @@ impl WorkerPool {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let execution = pool.execute(&run, ctx, &stop).await;
+                let ended = tokio::time::Instant::now();
                 drop(slot);
                 pool.finished.notify_one();
-                pool.record(&run, &claim, execution).await;
+                pool.record(&run, &claim, execution, ended).await;
                 if let Ok(mut active) = pool.active.lock() {
-                    active.remove(&run.run_id);
+                    active.remove(&key);
                 }
                 if run.lock_key.is_some() {
                     pool.lock_released.notify_one();
@@ -320,7 +374,13 @@ impl WorkerPool {
     /// Stores the outcome; retries the write a few times if the database
     /// hiccups (after that the lease expires and the supervisor re-queues
     /// the run: at-least-once).
-    async fn record(&self, run: &RunRow, claim: &RunClaim, execution: Execution) {
+    async fn record(
+        &self,
+        run: &RunRow,
+        claim: &RunClaim,
+        execution: Execution,
+        ended: tokio::time::Instant,
+    ) {
         match &execution {
             Execution::Failed { error, .. } => tracing::warn!(error = %error, "run attempt failed"),
             Execution::TimedOut(_) => tracing::warn!("run attempt timed out"),
@@ -339,7 +399,7 @@ impl WorkerPool {
             let written = match &write {
                 Write::Finish(o) => self
                     .completer
-                    .finish(claim.clone(), o.clone())
+                    .finish(claim.clone(), o.clone(), ended)
                     .await
                     .map_err(StoreFailure::Completer),
                 Write::Retry(r) => self
@@ -369,13 +429,13 @@ impl WorkerPool {
         }
     }
 
-    /// Renews the leases of the active runs; stops those this instance no
-    /// longer holds and those with a pending cancel request.
+    /// Renews the leases of the active attempts; stops those this instance
+    /// no longer holds and those with a pending cancel request.
     pub async fn heartbeat_once(&self) -> crate::store::StoreResult<()> {
-        let held: Vec<(Uuid, Option<Value>)> = match self.active.lock() {
+        let held: Vec<(RunClaim, Option<Value>)> = match self.active.lock() {
             Ok(active) => active
                 .values()
-                .map(|a| (a.claim.run_id, a.progress.borrow().clone()))
+                .map(|a| (a.claim.clone(), a.progress.borrow().clone()))
                 .collect(),
             Err(_) => return Ok(()),
         };
@@ -387,11 +447,12 @@ impl WorkerPool {
             .store
             .run_heartbeat(&self.config.instance, lease_ms, &held)
             .await?;
-        for (run_id, _) in &held {
-            match acks.iter().find(|a| a.run_id == *run_id) {
-                None => self.stop_run(*run_id, StopReason::LeaseLost),
-                Some(ack) if ack.cancel_requested => self.stop_run(
-                    *run_id,
+        for (claim, _) in &held {
+            let key = (claim.run_id, claim.attempt);
+            match acks.iter().find(|a| (a.run_id, a.attempt) == key) {
+                None => self.stop_attempt(key, StopReason::LeaseLost),
+                Some(ack) if ack.cancel_requested => self.stop_attempt(
+                    key,
                     StopReason::Cancelled("cancelled through the API".into()),
                 ),
                 Some(_) => {}
@@ -400,25 +461,40 @@ impl WorkerPool {
         Ok(())
     }
 
-    /// Heartbeats every third of the lease. When renewals keep failing for
-    /// a whole lease, the leases are presumed taken over: every active run
-    /// is stopped (its outcome would be refused anyway).
+    /// Heartbeats every [`renewal_interval`]. A replica that cannot renew
+    /// (it lost the database) fences itself: once a renewal has been
+    /// missing for [`self_fence_after`], every active handler is stopped, so
+    /// that each has stopped, its cancel grace included, before its lease
+    /// can expire and another replica take the run over. A renewal attempt
+    /// is bounded by the interval, so a hanging database cannot delay that.
     async fn heartbeat_loop(self, stop: CancellationToken) {
-        let every = self.config.lease / 3;
-        let mut last_renewed = tokio::time::Instant::now();
+        let every = renewal_interval(self.config.lease);
+        let fence_after = self_fence_after(self.config.lease, self.config.cancel_grace);
+        // When the last renewal that succeeded was sent: the lease it set
+        // runs from the database's `now()`, which is no earlier.
+        let mut renewed_at = tokio::time::Instant::now();
+        let mut fenced = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            match self.heartbeat_once().await {
-                Ok(()) => last_renewed = tokio::time::Instant::now(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                    if last_renewed.elapsed() >= self.config.lease {
-                        self.stop_all(StopReason::LeaseLost);
-                    }
+            let sent = tokio::time::Instant::now();
+            match tokio::time::timeout(every, self.heartbeat_once()).await {
+                Ok(Ok(())) => {
+                    renewed_at = sent;
+                    fenced = false;
                 }
+                Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+                Err(_) => tracing::warn!("heartbeat timed out"),
+            }
+            if !fenced && renewed_at.elapsed() >= fence_after {
+                tracing::error!(
+                    unrenewed_for = ?renewed_at.elapsed(),
+                    "leases could not be renewed; stopping every run here before they expire"
+                );
+                self.stop_all(StopReason::LeaseLost);
+                fenced = true;
             }
         }
     }
@@ -435,11 +511,7 @@ impl WorkerPool {
     pub async fn run(self, shutdown: CancellationToken) {
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(heartbeat_stop.clone()));
-        let mut listener = match self
-            .store
-            .listen(&[Channel::RunsQueued, Channel::RunCancel])
-            .await
-        {
+        let mut listener = match self.store.listen().await {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "workers: cannot listen for notifications; polling");
@@ -453,13 +525,34 @@ impl WorkerPool {
         // queued or a local lock key was released; and when the soonest
         // queued run comes due or the poll interval passes. A handler that
         // merely finished is no reason: the last claim found the queue empty.
+        //
+        // Batching never leaves a slot idle for long: while saturated, a
+        // claim also happens once the poll interval has passed since the
+        // last one, whatever number of slots is free.
         let refill = (self.config.concurrency / 4).max(1);
         let mut runs_may_wait = true;
         let mut saturated = false;
         let mut failures = 0u32;
+        let mut last_claim = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             let mut wait = self.config.poll_interval;
-            if (runs_may_wait || saturated) && (!saturated || self.free_slots() >= refill) {
+            let free = self.free_slots();
+            let overdue = last_claim.elapsed() >= self.config.poll_interval;
+            let claim_now = if saturated {
+                free >= refill || (free > 0 && overdue)
+            } else {
+                runs_may_wait
+            };
+            if saturated && !claim_now {
+                // Wake at the poll bound to fill whatever is free by then.
+                wait = self
+                    .config
+                    .poll_interval
+                    .saturating_sub(last_claim.elapsed())
+                    .max(Duration::from_millis(1));
+            }
+            if claim_now {
+                last_claim = tokio::time::Instant::now();
                 match self.claim_once().await {
                     Ok((_, unfilled)) => {
                         failures = 0;
@@ -488,16 +581,14 @@ impl WorkerPool {
                 _ = self.finished.notified(), if saturated => {}
                 _ = self.queued.notified() => runs_may_wait = true,
                 _ = self.lock_released.notified() => runs_may_wait = true,
-                n = notify::next(&mut listener) => match n {
-                    Some((Channel::RunCancel, payload)) => {
-                        if let Ok(run_id) = payload.parse::<Uuid>() {
-                            self.stop_run(run_id, StopReason::Cancelled("cancelled through the API".into()));
-                        }
+                notice = notify::next(&mut listener) => {
+                    for run_id in notice.cancel {
+                        self.stop_run(run_id, StopReason::Cancelled("cancelled through the API".into()));
                     }
-                    // Runs queued, or the listener reconnected (and may have
-                    // missed notifications).
-                    _ => runs_may_wait = true,
-                },
+                    // Runs queued, a lock key released, or the listener
+                    // reconnected (and may have missed notifications).
+                    runs_may_wait |= notice.runs_queued;
+                }
             }
         }
         self.drain().await;
@@ -523,5 +614,31 @@ impl WorkerPool {
         while self.held() > 0 && tokio::time::Instant::now() < hard_deadline {
             let _ = tokio::time::timeout_at(hard_deadline, self.finished.notified()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_stops_its_handlers_before_its_leases_can_expire() {
+        let (lease, grace) = (Duration::from_secs(30), Duration::from_secs(5));
+        let fence = self_fence_after(lease, grace);
+        assert_eq!(fence, Duration::from_secs(15));
+        // Noticed at most one renewal late, stopped within the grace: done
+        // by the time the last renewed lease runs out.
+        assert!(fence + renewal_interval(lease) + grace <= lease);
+        assert!(check_lease_settings(lease, grace).is_ok());
+        assert!(check_lease_settings(Duration::from_secs(2), Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn settings_that_leave_no_tolerance_are_refused() {
+        let err = check_lease_settings(Duration::from_secs(10), Duration::from_secs(5))
+            .expect_err("a grace of half the lease leaves too little");
+        assert!(err.contains("--cancel-grace"), "{err}");
+        assert!(check_lease_settings(Duration::from_secs(2), Duration::from_secs(5)).is_err());
+        assert!(check_lease_settings(Duration::from_millis(100), Duration::ZERO).is_err());
     }
 }

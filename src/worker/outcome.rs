@@ -34,6 +34,8 @@ fn finish(
         error,
         traceback,
         reason,
+        // Set by the completer when it writes the outcome.
+        ended_ago_ms: 0,
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jobsd::default_jobs::{Loader, ScanReport};
 use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
-use jobsd::store::notify::Channel;
+use jobsd::store::notify::{FireHint, Notice, CHANNEL};
 use jobsd::store::{FileUpsert, Store};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -939,7 +939,7 @@ async fn a_file_takes_over_an_api_job_but_never_a_failure_record() {
 #[tokio::test]
 async fn an_upsert_notifies_every_replica() {
     let app = TestApp::start().await;
-    let mut listener = app.store.listen(&[Channel::JobsChanged]).await.unwrap();
+    let mut listener = app.store.listen().await.unwrap();
     let dir = JobsDir::new();
     dir.write("n.yaml", "job_id: n\nhandler: log\nmessage: x\n");
     scan(&app.store, &dir).await;
@@ -947,8 +947,13 @@ async fn an_upsert_notifies_every_replica() {
         .await
         .expect("a notification in time")
         .unwrap();
-    assert_eq!(note.channel(), Channel::JobsChanged.name());
-    assert_eq!(note.payload(), "n");
+    assert_eq!(note.channel(), CHANNEL);
+    assert_eq!(
+        Notice::parse(note.payload()).jobs,
+        Some(FireHint::Recheck),
+        "{}",
+        note.payload()
+    );
 }
 
 /// The repo's `default_jobs/`: valid, one example per built-in handler, each

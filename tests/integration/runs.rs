@@ -565,7 +565,7 @@ async fn command_handler_runs_a_real_process_when_enabled() {
 
 #[tokio::test]
 async fn progress_reported_by_a_handler_is_stored_while_it_runs() {
-    let app = TestApp::start_with(&["--lease", "1500ms"]).await;
+    let app = TestApp::start_with(&["--lease", "1500ms", "--cancel-grace", "300ms"]).await;
     paused_job(&app, "napper", "sleep", json!({"seconds": 5}), json!({})).await;
     let (_, body, _) = trigger(&app, "napper").await;
     let run_id = body["run"]["run_id"].as_str().unwrap().to_string();
@@ -586,7 +586,14 @@ async fn progress_reported_by_a_handler_is_stored_while_it_runs() {
 /// new owner's.
 #[tokio::test]
 async fn a_worker_that_loses_its_lease_stops_its_handler() {
-    let app = TestApp::start_with(&["--enable-command-handler", "--lease", "1500ms"]).await;
+    let app = TestApp::start_with(&[
+        "--enable-command-handler",
+        "--lease",
+        "1500ms",
+        "--cancel-grace",
+        "300ms",
+    ])
+    .await;
     let file = std::env::temp_dir().join(format!("jobsd-lease-{}", uuid::Uuid::new_v4()));
     let script = format!(
         "while true; do echo x >> '{}'; sleep 0.05; done",
