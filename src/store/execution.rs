@@ -145,45 +145,7 @@ impl Store {
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
-        let sql = format!(
-            "WITH due AS ( \
-                SELECT r.run_id, r.lock_key, r.run_after FROM runs r \
-                WHERE r.state = 'queued' AND r.run_after <= now() AND {unblocked} \
-                ORDER BY r.run_after LIMIT $2 * 2 + 16 \
-             ), free_of_lock AS ( \
-                SELECT d.run_id, d.run_after FROM due d WHERE d.lock_key IS NULL \
-                UNION ALL \
-                SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.run_id, d.run_after FROM due d \
-                  WHERE d.lock_key IS NOT NULL \
-                  ORDER BY d.lock_key, d.run_after, d.run_id) first_per_key \
-             ), picked AS ( \
-                SELECT run_id FROM free_of_lock ORDER BY run_after LIMIT $2 \
-             ) \
-             UPDATE runs r SET \
-                state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
-                attempt = CASE WHEN {late} THEN r.attempt ELSE r.attempt + 1 END, \
-                started_at = CASE WHEN {late} THEN r.started_at ELSE now() END, \
-                finished_at = CASE WHEN {late} THEN now() END, \
-                error = CASE WHEN {late} THEN 'missed: not started within misfire_grace_time' ELSE r.error END, \
-                instance = $1, \
-                lease_expires_at = CASE WHEN {late} THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
-                history = r.history || {history} \
-             WHERE r.run_id = ANY(ARRAY(SELECT run_id FROM picked)) AND r.state = 'queued' \
-             RETURNING {columns}",
-            late = LATE,
-            unblocked = UNBLOCKED,
-            history = history_entry(
-                "'queued'",
-                &format!("CASE WHEN {LATE} THEN 'missed' ELSE 'running' END"),
-                "$1::text",
-                &format!(
-                    "CASE WHEN {LATE} THEN 'start was later than misfire_grace_time allows' \
-                     ELSE {} END",
-                    claimed_reason("r.attempt + 1")
-                )
-            ),
-            columns = RUN_COLUMNS,
-        );
+        let sql = run_claim_sql();
         let runs = sqlx::query_as::<_, RunRow>(&sql)
             .bind(&slots.instance)
             .bind(slots.limit)
@@ -203,12 +165,9 @@ impl Store {
     /// The soonest `run_after` of a queued run that its lock key does not
     /// block, as a wait from now.
     pub async fn run_next_queued_in(&self) -> StoreResult<Option<std::time::Duration>> {
-        let ms: Option<f64> = sqlx::query_scalar(&format!(
-            "SELECT (EXTRACT(EPOCH FROM (r.run_after - now())) * 1000)::float8 \
-             FROM runs r WHERE r.state = 'queued' AND {UNBLOCKED} ORDER BY r.run_after LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await?;
+        let ms: Option<f64> = sqlx::query_scalar(&run_next_queued_sql())
+            .fetch_optional(&self.pool)
+            .await?;
         // None when there is no row; a time already past waits zero.
         Ok(ms.map(|ms| std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64)))
     }
@@ -228,23 +187,23 @@ impl Store {
             return Ok(Vec::new());
         }
         let ids: Vec<Uuid> = runs.iter().map(|(c, _)| c.run_id).collect();
-        let attempts: Vec<i32> = runs.iter().map(|(c, _)| c.attempt).collect();
-        let progress: Vec<Option<Value>> = runs.iter().map(|(_, p)| p.clone()).collect();
-        Ok(sqlx::query_as::<_, HeartbeatAck>(
-            "UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
-             progress = COALESCE(u.progress, r.progress) \
-             FROM UNNEST($3::uuid[], $4::int4[], $5::jsonb[]) AS u(run_id, attempt, progress) \
-             WHERE r.run_id = ANY($3) AND r.run_id = u.run_id AND r.attempt = u.attempt \
-               AND r.state = 'running' AND r.instance = $1 \
-             RETURNING r.run_id, r.attempt, r.cancel_requested",
-        )
-        .bind(instance)
-        .bind(lease_ms)
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&progress)
-        .fetch_all(&self.pool)
-        .await?)
+        let held: serde_json::Map<String, Value> = runs
+            .iter()
+            .map(|(c, progress)| {
+                let mut entry = serde_json::json!({"a": c.attempt});
+                if let Some(p) = progress {
+                    entry["p"] = p.clone();
+                }
+                (c.run_id.to_string(), entry)
+            })
+            .collect();
+        Ok(sqlx::query_as::<_, HeartbeatAck>(&run_heartbeat_sql())
+            .bind(instance)
+            .bind(lease_ms)
+            .bind(Value::Object(held))
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Records the end of an attempt. A `failed` or `timed_out` run also gets
@@ -272,57 +231,22 @@ impl Store {
         if finished.is_empty() {
             return Ok(Vec::new());
         }
-        fn col<T>(f: &[(RunClaim, RunOutcome)], g: impl Fn(&RunClaim, &RunOutcome) -> T) -> Vec<T> {
-            f.iter().map(|(c, o)| g(c, o)).collect()
-        }
-        // One statement, so one round trip and one commit: write the
-        // outcomes, the failure records of failed runs, decide waiting runs
-        // and complete the one-shot jobs that have nothing left to run. The
-        // sub-statements see the runs as they were, so the finished runs are
-        // excluded by hand. Runs are found by primary key only (`run_id =
-        // ANY`), whatever the statistics say of their states.
-        let sql = format!(
-            "WITH finished AS (UPDATE runs r SET state = u.state, \
-               finished_at = GREATEST(r.started_at, now() - u.ended_ago_ms * interval '1 millisecond'), \
-               result = u.result, error = u.error, traceback = u.traceback, lease_expires_at = NULL, \
-               history = r.history || {history} \
-             FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::jsonb[], $6::text[], \
-               $7::text[], $8::text[], $10::int8[]) \
-               AS u(run_id, attempt, instance, state, result, error, traceback, reason, ended_ago_ms) \
-             WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND {fence} \
-               AND r.attempt = u.attempt AND r.instance = u.instance \
-             RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback, \
-               r.lock_key, r.finished_at), \
-             failure_records AS ({failure_records}), \
-             released AS ({released}), \
-             completed AS ({completed}) \
-             SELECT f.run_id, f.lock_key IS NOT NULL AS held_lock, \
-               NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = f.job_id) AS orphan, \
-               (SELECT count(*) FROM released WHERE state = 'queued') AS released \
-             FROM finished f",
-            history = history_entry("'running'", "u.state", "u.instance", "u.reason"),
-            fence = RUNNING,
-            failure_records = failure_records_sql(
-                "finished r WHERE r.state IN ('failed', 'timed_out')",
-                "$9"
-            ),
-            released = release_waiting_sql("SELECT job_id, finished_at AS ended_at FROM finished"),
-            completed = complete_one_shot_jobs_sql(
-                "SELECT job_id FROM finished",
-                "SELECT run_id FROM finished"
-            ),
-        );
-        let rows: Vec<(Uuid, bool, bool, i64)> = sqlx::query_as(&sql)
-            .bind(col(finished, |c, _| c.run_id))
-            .bind(col(finished, |c, _| c.attempt))
-            .bind(col(finished, |c, _| c.instance.clone()))
-            .bind(col(finished, |_, o| o.state.clone()))
-            .bind(col(finished, |_, o| o.result.clone()))
-            .bind(col(finished, |_, o| o.error.clone()))
-            .bind(col(finished, |_, o| o.traceback.clone()))
-            .bind(col(finished, |_, o| o.reason.clone()))
+        let outcomes: serde_json::Map<String, Value> = finished
+            .iter()
+            .map(|(c, o)| {
+                let outcome = serde_json::json!({
+                    "attempt": c.attempt, "instance": c.instance, "state": o.state,
+                    "result": o.result, "error": o.error, "traceback": o.traceback,
+                    "reason": o.reason, "ago": o.ended_ago_ms.max(0),
+                });
+                (c.run_id.to_string(), outcome)
+            })
+            .collect();
+        let ids: Vec<Uuid> = finished.iter().map(|(c, _)| c.run_id).collect();
+        let rows: Vec<(Uuid, bool, bool, i64)> = sqlx::query_as(&run_finish_many_sql())
+            .bind(Value::Object(outcomes))
+            .bind(&ids)
             .bind(ERROR_HANDLER)
-            .bind(col(finished, |_, o| o.ended_ago_ms.max(0)))
             .fetch_all(&self.pool)
             .await?;
         let orphans: Vec<Uuid> = rows.iter().filter(|r| r.2).map(|r| r.0).collect();
@@ -339,12 +263,7 @@ impl Store {
     /// Queues a failed attempt again after its backoff. Returns false when
     /// the claim is stale.
     pub async fn run_retry(&self, claim: &RunClaim, retry: &RunRetry) -> StoreResult<bool> {
-        let sql = format!(
-            "UPDATE runs SET state = 'queued', run_after = now() + $4 * interval '1 millisecond', \
-             error = $5, traceback = $6, lease_expires_at = NULL, history = history || {} \
-             WHERE run_id = $1 AND {RUNNING_BARE} AND attempt = $2 AND instance = $3",
-            history_entry("'running'", "'queued'", "$3::text", "$7::text")
-        );
+        let sql = run_retry_sql();
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(&sql)
             .bind(claim.run_id)
@@ -368,20 +287,16 @@ impl Store {
             return Ok(0);
         }
         let ids: Vec<Uuid> = claims.iter().map(|c| c.run_id).collect();
-        let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+        let attempts: serde_json::Map<String, Value> = claims
+            .iter()
+            .map(|c| (c.run_id.to_string(), Value::from(c.attempt)))
+            .collect();
         let instance = &claims[0].instance;
-        let sql = format!(
-            "UPDATE runs r SET state = 'queued', run_after = now(), attempt = r.attempt - 1, \
-             lease_expires_at = NULL, history = r.history || {} \
-             FROM UNNEST($1::uuid[], $2::int4[]) AS u(run_id, attempt) \
-             WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND r.attempt = u.attempt AND {RUNNING} \
-               AND r.instance = $3",
-            history_entry("'running'", "'queued'", "$3::text", "$4::text")
-        );
+        let sql = run_hand_back_sql();
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(&sql)
             .bind(&ids)
-            .bind(&attempts)
+            .bind(Value::Object(attempts))
             .bind(instance)
             .bind(reason)
             .execute(&mut *tx)
@@ -399,33 +314,7 @@ impl Store {
     /// are locked and skipped).
     pub async fn run_rescue_expired(&self, limit: i64, rescuer: &str) -> StoreResult<Vec<RunRow>> {
         let mut tx = self.pool.begin().await?;
-        let next = "CASE WHEN r.cancel_requested THEN 'cancelled' \
-            WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END";
-        let sql = format!(
-            "WITH expired AS ( \
-                SELECT run_id FROM runs WHERE state = 'running' AND lease_expires_at < now() \
-                ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED \
-             ) \
-             UPDATE runs r SET \
-                state = {next}, run_after = now(), lease_expires_at = NULL, \
-                finished_at = CASE WHEN {next} = 'queued' THEN NULL ELSE now() END, \
-                error = CASE WHEN r.cancel_requested THEN 'cancelled; its instance ' || COALESCE(r.instance, '?') \
-                  || ' stopped heartbeating before it had stopped the run' \
-                  ELSE 'lease expired: instance ' || COALESCE(r.instance, '?') || ' stopped heartbeating' END, \
-                history = r.history || {dead} || {then} \
-             FROM expired e WHERE r.run_id = e.run_id AND r.run_id = ANY(ARRAY(SELECT run_id FROM expired)) \
-             RETURNING {columns}",
-            dead = history_entry("'running'", "'dead'", "$2::text", "'lease expired on ' || COALESCE(r.instance, '?')"),
-            then = history_entry(
-                "'dead'",
-                next,
-                "$2::text",
-                "CASE WHEN r.cancel_requested THEN 'cancel requested before the lease was lost' \
-                 WHEN r.attempt <= r.max_retries THEN 're-queued after a lost lease' \
-                 ELSE 'no retries left after a lost lease' END"
-            ),
-            columns = RUN_COLUMNS.replace("run_id,", "r.run_id,")
-        );
+        let sql = run_rescue_expired_sql();
         let rows = sqlx::query_as::<_, RunRow>(&sql)
             .bind(limit)
             .bind(rescuer)
@@ -476,6 +365,168 @@ impl Store {
     }
 }
 
+/// The claim statement of [`Store::run_claim`]: `$1` instance, `$2` limit,
+/// `$3` lease in ms.
+pub(crate) fn run_claim_sql() -> String {
+    format!(
+        "WITH due AS ( \
+            SELECT r.run_id, r.lock_key, r.run_after FROM runs r \
+            WHERE r.state = 'queued' AND r.run_after <= now() AND {unblocked} \
+            ORDER BY r.run_after LIMIT $2 * 2 + 16 \
+         ), free_of_lock AS ( \
+            SELECT d.run_id, d.run_after FROM due d WHERE d.lock_key IS NULL \
+            UNION ALL \
+            SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.run_id, d.run_after FROM due d \
+              WHERE d.lock_key IS NOT NULL \
+              ORDER BY d.lock_key, d.run_after, d.run_id) first_per_key \
+         ), picked AS ( \
+            SELECT run_id FROM free_of_lock ORDER BY run_after LIMIT $2 \
+         ) \
+         UPDATE runs r SET \
+            state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
+            attempt = CASE WHEN {late} THEN r.attempt ELSE r.attempt + 1 END, \
+            started_at = CASE WHEN {late} THEN r.started_at ELSE now() END, \
+            finished_at = CASE WHEN {late} THEN now() END, \
+            error = CASE WHEN {late} THEN 'missed: not started within misfire_grace_time' ELSE r.error END, \
+            instance = $1, \
+            lease_expires_at = CASE WHEN {late} THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
+            history = r.history || {history} \
+         WHERE r.run_id = ANY(ARRAY(SELECT run_id FROM picked)) AND r.state = 'queued' \
+         RETURNING {columns}",
+        late = LATE,
+        unblocked = UNBLOCKED,
+        history = history_entry(
+            "'queued'",
+            &format!("CASE WHEN {LATE} THEN 'missed' ELSE 'running' END"),
+            "$1::text",
+            &format!(
+                "CASE WHEN {LATE} THEN 'start was later than misfire_grace_time allows' \
+                 ELSE {} END",
+                claimed_reason("r.attempt + 1")
+            )
+        ),
+        columns = RUN_COLUMNS,
+    )
+}
+
+/// The statement of [`Store::run_finish_many`] (its parameters are bound
+/// there).
+pub(crate) fn run_finish_many_sql() -> String {
+    // `$1` maps each run id to its outcome (a jsonb object: key lookups
+    // are binary searches), so the update reads nothing but `runs`, by
+    // primary key: no join that a stale estimate could turn quadratic.
+    let o = "($1::jsonb -> r.run_id::text)";
+    format!(
+        "WITH finished AS (UPDATE runs r SET state = {o} ->> 'state', \
+           finished_at = GREATEST(r.started_at, now() - ({o} ->> 'ago')::int8 * interval '1 millisecond'), \
+           result = NULLIF({o} -> 'result', 'null'::jsonb), error = {o} ->> 'error', \
+           traceback = {o} ->> 'traceback', lease_expires_at = NULL, \
+           history = r.history || {history} \
+         WHERE r.run_id = ANY($2) AND {fence} \
+           AND r.attempt = ({o} ->> 'attempt')::int4 AND r.instance = {o} ->> 'instance' \
+         RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback, \
+           r.lock_key, r.finished_at), \
+         failure_records AS ({failure_records}), \
+         released AS ({released}), \
+         completed AS ({completed}) \
+         SELECT f.run_id, f.lock_key IS NOT NULL AS held_lock, \
+           NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = f.job_id) AS orphan, \
+           (SELECT count(*) FROM released WHERE state = 'queued') AS released \
+         FROM finished f",
+        history = history_entry(
+            "'running'",
+            &format!("{o} ->> 'state'"),
+            &format!("{o} ->> 'instance'"),
+            &format!("{o} ->> 'reason'")
+        ),
+        fence = RUNNING,
+        failure_records = failure_records_sql(
+            "finished r WHERE r.state IN ('failed', 'timed_out')",
+            "$3"
+        ),
+        released = release_waiting_sql("SELECT job_id, finished_at AS ended_at FROM finished"),
+        completed = complete_one_shot_jobs_sql(
+            "SELECT job_id FROM finished",
+            "SELECT run_id FROM finished"
+        ),
+    )
+}
+
+/// The statement of [`Store::run_retry`].
+pub(crate) fn run_retry_sql() -> String {
+    format!(
+        "UPDATE runs SET state = 'queued', run_after = now() + $4 * interval '1 millisecond', \
+         error = $5, traceback = $6, lease_expires_at = NULL, history = history || {} \
+         WHERE run_id = $1 AND {RUNNING_BARE} AND attempt = $2 AND instance = $3",
+        history_entry("'running'", "'queued'", "$3::text", "$7::text")
+    )
+}
+
+/// The statement of [`Store::run_hand_back`].
+pub(crate) fn run_hand_back_sql() -> String {
+    // `$2` maps run ids to attempts (see `run_finish_many_sql`).
+    format!(
+        "UPDATE runs r SET state = 'queued', run_after = now(), attempt = r.attempt - 1, \
+         lease_expires_at = NULL, history = r.history || {} \
+         WHERE r.run_id = ANY($1) AND r.attempt = ($2::jsonb ->> r.run_id::text)::int4 \
+           AND {RUNNING} AND r.instance = $3",
+        history_entry("'running'", "'queued'", "$3::text", "$4::text")
+    )
+}
+
+/// The statement of [`Store::run_rescue_expired`]: `$1` limit, `$2` rescuer.
+pub(crate) fn run_rescue_expired_sql() -> String {
+    let next = "CASE WHEN r.cancel_requested THEN 'cancelled' \
+        WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END";
+    format!(
+        "WITH expired AS ( \
+            SELECT run_id FROM runs WHERE state = 'running' AND lease_expires_at < now() \
+            ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED \
+         ) \
+         UPDATE runs r SET \
+            state = {next}, run_after = now(), lease_expires_at = NULL, \
+            finished_at = CASE WHEN {next} = 'queued' THEN NULL ELSE now() END, \
+            error = CASE WHEN r.cancel_requested THEN 'cancelled; its instance ' || COALESCE(r.instance, '?') \
+              || ' stopped heartbeating before it had stopped the run' \
+              ELSE 'lease expired: instance ' || COALESCE(r.instance, '?') || ' stopped heartbeating' END, \
+            history = r.history || {dead} || {then} \
+         FROM expired e WHERE r.run_id = e.run_id AND r.run_id = ANY(ARRAY(SELECT run_id FROM expired)) \
+         RETURNING {columns}",
+        dead = history_entry("'running'", "'dead'", "$2::text", "'lease expired on ' || COALESCE(r.instance, '?')"),
+        then = history_entry(
+            "'dead'",
+            next,
+            "$2::text",
+            "CASE WHEN r.cancel_requested THEN 'cancel requested before the lease was lost' \
+             WHEN r.attempt <= r.max_retries THEN 're-queued after a lost lease' \
+             ELSE 'no retries left after a lost lease' END"
+        ),
+        columns = RUN_COLUMNS.replace("run_id,", "r.run_id,")
+    )
+}
+
+/// The statement of [`Store::run_heartbeat`].
+pub(crate) fn run_heartbeat_sql() -> String {
+    // `$3` maps run ids to `{"a": attempt, "p": progress}` (see
+    // `run_finish_many_sql` for why a map and not a join).
+    let h = "($3::jsonb -> r.run_id::text)";
+    format!(
+        "UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
+         progress = COALESCE({h} -> 'p', r.progress) \
+         WHERE r.run_id = ANY($4) AND r.attempt = ({h} ->> 'a')::int4 \
+           AND {RUNNING} AND r.instance = $1 \
+         RETURNING r.run_id, r.attempt, r.cancel_requested"
+    )
+}
+
+/// The statement of [`Store::run_next_queued_in`].
+pub(crate) fn run_next_queued_sql() -> String {
+    format!(
+        "SELECT (EXTRACT(EPOCH FROM (r.run_after - now())) * 1000)::float8 \
+         FROM runs r WHERE r.state = 'queued' AND {UNBLOCKED} ORDER BY r.run_after LIMIT 1"
+    )
+}
+
 /// The fence of a write to a running run `r`: it must still be running.
 /// Written so that no partial index on `state` can serve as the access path
 /// (`IS TRUE` hides the predicate from index matching): such writes find
@@ -495,16 +546,18 @@ const RUNNING_BARE: &str = "(state = 'running') IS TRUE";
 /// skipped (`missed`), as `max_instances` asks. Returns the decided runs'
 /// `state`.
 pub(crate) fn release_waiting_sql(ended: &str) -> String {
-    let queue = "e.ended_at <= w.scheduled_for";
+    // The waiting runs are found through their index by job id; each
+    // looks up when its job's run ended.
+    let queue =
+        "(SELECT min(e.ended_at) FROM ended_runs e WHERE e.job_id = w.job_id) <= w.scheduled_for";
     format!(
-        "UPDATE runs w SET state = CASE WHEN {queue} THEN 'queued' ELSE 'missed' END, \
+        "WITH ended_runs AS MATERIALIZED ({ended}) \
+         UPDATE runs w SET state = CASE WHEN {queue} THEN 'queued' ELSE 'missed' END, \
            run_after = now(), finished_at = CASE WHEN {queue} THEN NULL ELSE now() END, \
            error = CASE WHEN {queue} THEN NULL ELSE '{SKIPPED}' END, \
            result = CASE WHEN {queue} THEN NULL ELSE '{{\"skipped\": \"max_instances\"}}'::jsonb END, \
            history = w.history || {history} \
-         FROM (SELECT DISTINCT ON (s.job_id) s.job_id, s.ended_at FROM ({ended}) s \
-           ORDER BY s.job_id, s.ended_at) e \
-         WHERE w.job_id = e.job_id AND w.state = 'waiting' \
+         WHERE w.job_id = ANY(ARRAY(SELECT job_id FROM ended_runs)) AND w.state = 'waiting' \
          RETURNING w.state",
         history = history_entry(
             "'waiting'",

@@ -203,83 +203,42 @@ impl Store {
         // runs. The schedulers (the earliest new fire time of the jobs that
         // did not fire, as a `FireHint`) and the workers (runs were left
         // queued) are told after the commit, in one notification.
-        let fired = sqlx::query_as::<_, RunRow>(&format!(
-            "WITH input AS (SELECT u.*, \
-               (u.schedule_kind = 'once' AND u.state = 'running' AND u.next_run_at <= now() \
-                AND (u.misfire_grace_ms IS NULL \
-                     OR now() <= u.next_run_at + u.misfire_grace_ms * interval '1 millisecond') \
-                AND NOT (SELECT paused FROM service_state WHERE id = 1)) AS due_now \
-             FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
-               $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
-               $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
-               $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[]) WITH ORDINALITY \
-             AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
-               misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-               retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, ord)), \
-             firing AS (SELECT u.*, {claim} AS claim FROM input u WHERE u.due_now), \
-             inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
-             start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-             retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
-             SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
-             u.start_at, u.misfire_grace_ms, u.coalesce, u.max_instances, u.lock_key, u.timeout_ms, \
-             u.max_retries, u.retry_backoff_ms, u.state, CASE WHEN u.due_now THEN NULL ELSE u.next_run_at END, \
-             u.description, ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id \
-             FROM input u \
-             RETURNING state, next_run_at), \
-             fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
-               state, attempt, started_at, instance, lease_expires_at, history, \
-               max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key) \
-             SELECT u.run_id, u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
-               {claimed_values}, \
-               u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
-             FROM firing u \
-             RETURNING {columns}) \
-             SELECT {columns} FROM fired",
-            claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$23"),
-            claimed_values = inserted_claim_values(
-                "u.claim",
-                "'queued'",
-                "$22::text",
-                "$24",
-                &history_entry("NULL", "'queued'", "$24::text", "'due when created'")
-            ),
-            columns = RUN_COLUMNS,
-        ))
-        .bind(col(jobs, |j| j.job_id.clone()))
-        .bind(col(jobs, |j| j.handler.clone()))
-        .bind(col(jobs, |j| j.kwargs.clone()))
-        .bind(col(jobs, |j| j.schedule_kind.clone()))
-        .bind(col(jobs, |j| j.interval_ms))
-        .bind(col(jobs, |j| j.cron.clone()))
-        .bind(col(jobs, |j| j.timezone.clone()))
-        .bind(col(jobs, |j| j.start_at))
-        .bind(col(jobs, |j| j.misfire_grace_ms))
-        .bind(col(jobs, |j| j.coalesce))
-        .bind(col(jobs, |j| j.max_instances))
-        .bind(col(jobs, |j| j.lock_key.clone()))
-        .bind(col(jobs, |j| j.timeout_ms))
-        .bind(col(jobs, |j| j.max_retries))
-        .bind(col(jobs, |j| j.retry_backoff_ms))
-        .bind(col(jobs, |j| j.state.clone()))
-        .bind(col(jobs, |j| j.next_run_at))
-        .bind(col(jobs, |j| j.description.clone()))
-        .bind(col(jobs, |j| Value::from(j.tags.clone())))
-        .bind(col(jobs, |j| j.source.clone()))
-        .bind(col(jobs, |j| j.failed_run_id))
-        .bind(&claim.instance)
-        .bind(claim.limit)
-        .bind(claim.lease_ms)
-        // The id of each job's run, should it fire now (time-ordered, so
-        // inserts land at the end of the index).
-        .bind(col(jobs, |_| Uuid::now_v7()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| {
-            conflict_on_unique(e, || match jobs {
-                [one] => format!("a job with job_id {:?} already exists", one.job_id),
-                _ => "one of the job_ids already exists; nothing was created".to_string(),
-            })
-        })?;
+        let fired = sqlx::query_as::<_, RunRow>(&job_insert_many_sql())
+            .bind(col(jobs, |j| j.job_id.clone()))
+            .bind(col(jobs, |j| j.handler.clone()))
+            .bind(col(jobs, |j| j.kwargs.clone()))
+            .bind(col(jobs, |j| j.schedule_kind.clone()))
+            .bind(col(jobs, |j| j.interval_ms))
+            .bind(col(jobs, |j| j.cron.clone()))
+            .bind(col(jobs, |j| j.timezone.clone()))
+            .bind(col(jobs, |j| j.start_at))
+            .bind(col(jobs, |j| j.misfire_grace_ms))
+            .bind(col(jobs, |j| j.coalesce))
+            .bind(col(jobs, |j| j.max_instances))
+            .bind(col(jobs, |j| j.lock_key.clone()))
+            .bind(col(jobs, |j| j.timeout_ms))
+            .bind(col(jobs, |j| j.max_retries))
+            .bind(col(jobs, |j| j.retry_backoff_ms))
+            .bind(col(jobs, |j| j.state.clone()))
+            .bind(col(jobs, |j| j.next_run_at))
+            .bind(col(jobs, |j| j.description.clone()))
+            .bind(col(jobs, |j| Value::from(j.tags.clone())))
+            .bind(col(jobs, |j| j.source.clone()))
+            .bind(col(jobs, |j| j.failed_run_id))
+            .bind(&claim.instance)
+            .bind(claim.limit)
+            .bind(claim.lease_ms)
+            // The id of each job's run, should it fire now (time-ordered, so
+            // inserts land at the end of the index).
+            .bind(col(jobs, |_| Uuid::now_v7()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                conflict_on_unique(e, || match jobs {
+                    [one] => format!("a job with job_id {:?} already exists", one.job_id),
+                    _ => "one of the job_ids already exists; nothing was created".to_string(),
+                })
+            })?;
         let fired_ids: std::collections::HashSet<&str> =
             fired.iter().map(|r| r.job_id.as_str()).collect();
         let earliest = jobs
@@ -457,4 +416,51 @@ impl Store {
         tx.commit().await?;
         Ok(job_ids.len() as u64)
     }
+}
+
+/// The statement of [`Store::job_insert_many`] (its parameters are bound
+/// there).
+pub(crate) fn job_insert_many_sql() -> String {
+    format!(
+        "WITH input AS (SELECT u.*, \
+           (u.schedule_kind = 'once' AND u.state = 'running' AND u.next_run_at <= now() \
+            AND (u.misfire_grace_ms IS NULL \
+                 OR now() <= u.next_run_at + u.misfire_grace_ms * interval '1 millisecond') \
+            AND NOT (SELECT paused FROM service_state WHERE id = 1)) AS due_now \
+         FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
+           $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
+           $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
+           $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[]) WITH ORDINALITY \
+         AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
+           misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
+           retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, ord)), \
+         firing AS (SELECT u.*, {claim} AS claim FROM input u WHERE u.due_now), \
+         inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
+         start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
+         retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id) \
+         SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
+         u.start_at, u.misfire_grace_ms, u.coalesce, u.max_instances, u.lock_key, u.timeout_ms, \
+         u.max_retries, u.retry_backoff_ms, u.state, CASE WHEN u.due_now THEN NULL ELSE u.next_run_at END, \
+         u.description, ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id \
+         FROM input u \
+         RETURNING state, next_run_at), \
+         fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
+           state, attempt, started_at, instance, lease_expires_at, history, \
+           max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key) \
+         SELECT u.run_id, u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
+           {claimed_values}, \
+           u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
+         FROM firing u \
+         RETURNING {columns}) \
+         SELECT {columns} FROM fired",
+        claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$23"),
+        claimed_values = inserted_claim_values(
+            "u.claim",
+            "'queued'",
+            "$22::text",
+            "$24",
+            &history_entry("NULL", "'queued'", "$24::text", "'due when created'")
+        ),
+        columns = RUN_COLUMNS,
+    )
 }

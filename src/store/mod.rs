@@ -11,6 +11,7 @@ mod connect;
 pub mod default_jobs;
 pub mod execution;
 pub mod firing;
+pub mod hot;
 pub mod instances;
 pub mod jobs;
 pub mod notify;

@@ -93,17 +93,21 @@ pub(crate) async fn run_counts_active(
     tx: &mut Transaction<'static, Postgres>,
     job_ids: &[String],
 ) -> StoreResult<Vec<ActiveCounts>> {
-    Ok(sqlx::query_as::<_, ActiveCounts>(
-        "SELECT job_id, count(*) FILTER (WHERE state IN ('queued', 'running')) AS active, \
-         count(*) FILTER (WHERE state = 'running') AS running, \
-         count(*) FILTER (WHERE state = 'waiting') AS waiting \
-         FROM runs WHERE job_id = ANY($1) AND state IN ('queued', 'running', 'waiting') \
-         GROUP BY job_id",
-    )
-    .bind(job_ids)
-    .fetch_all(&mut **tx)
-    .await?)
+    Ok(sqlx::query_as::<_, ActiveCounts>(RUN_COUNTS_ACTIVE_SQL)
+        .bind(job_ids)
+        .fetch_all(&mut **tx)
+        .await?)
 }
+
+/// The statement of [`run_counts_active`]: `$1` job ids.
+pub(crate) const RUN_COUNTS_ACTIVE_SQL: &str =
+    // Two branches, each matching one partial index by job id.
+    "SELECT job_id, count(*) FILTER (WHERE state IN ('queued', 'running')) AS active, \
+     count(*) FILTER (WHERE state = 'running') AS running, \
+     count(*) FILTER (WHERE state = 'waiting') AS waiting \
+     FROM (SELECT job_id, state FROM runs WHERE job_id = ANY($1) AND state IN ('queued', 'running') \
+       UNION ALL SELECT job_id, state FROM runs WHERE job_id = ANY($1) AND state = 'waiting') a \
+     GROUP BY job_id";
 
 /// The conflict answered when a job's slots are all taken.
 fn slots_taken(job_id: &str, taken: i64, max_instances: i32) -> StoreError {

@@ -5,6 +5,7 @@ mod bad_input;
 mod bench;
 mod default_jobs;
 mod jobs_api;
+mod plans;
 mod replicas;
 mod runs;
 mod scheduling;

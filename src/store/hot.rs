@@ -1,0 +1,191 @@
+//! The hot statements, with example arguments, for the plan test
+//! (`tests/integration/plans.rs`): it `PREPARE`s each one and checks that
+//! its custom and generic plans reach `runs` and `jobs` through indexes
+//! only, whatever the statistics say.
+//!
+//! The SQL is the very text the store executes (each statement's builder
+//! is shared with its method); only the arguments are made up here, as SQL
+//! literals, from rows the test has loaded.
+
+use uuid::Uuid;
+
+use super::execution::{
+    release_waiting_sql, run_claim_sql, run_finish_many_sql, run_hand_back_sql, run_heartbeat_sql,
+    run_next_queued_sql, run_rescue_expired_sql, run_retry_sql,
+};
+use super::firing::{fire_commit_sql, DUE_JOBS_LOCK_SQL, DUE_JOBS_NEXT_SQL, FIRING_SETTINGS};
+use super::runs::RUN_COUNTS_ACTIVE_SQL;
+
+/// Rows of a loaded database to aim the statements at.
+#[derive(Debug, Clone)]
+pub struct PlanFixture {
+    /// The instance holding the running runs.
+    pub instance: String,
+    /// Running runs (attempt 1), as many as a batch of outcomes.
+    pub running: Vec<Uuid>,
+    /// Jobs with due or running runs.
+    pub jobs: Vec<String>,
+}
+
+/// One statement to explain.
+#[derive(Debug, Clone)]
+pub struct HotStatement {
+    pub name: &'static str,
+    pub sql: String,
+    /// SQL literals for `$1`, `$2`, ...
+    pub args: Vec<String>,
+    /// Settings the store applies to the statement's transaction.
+    pub settings: Option<&'static str>,
+}
+
+fn text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn text_array(items: impl IntoIterator<Item = String>) -> String {
+    let items: Vec<String> = items.into_iter().map(|s| text(&s)).collect();
+    format!("ARRAY[{}]::text[]", items.join(","))
+}
+
+fn uuid_array(ids: &[Uuid]) -> String {
+    let items: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    format!("'{{{}}}'::uuid[]", items.join(","))
+}
+
+/// A jsonb object literal mapping each run id to `value(id)` (JSON text).
+fn json_map(ids: &[Uuid], value: impl Fn(&Uuid) -> String) -> String {
+    let entries: Vec<String> = ids
+        .iter()
+        .map(|id| format!("\"{id}\": {}", value(id)))
+        .collect();
+    format!("'{{{}}}'::jsonb", entries.join(",").replace('\'', "''"))
+}
+
+fn repeat(value: &str, n: usize, ty: &str) -> String {
+    format!("array_fill(({value})::{ty}, ARRAY[{n}])")
+}
+
+/// The statements the scheduler and workers execute for every run: claim,
+/// firing, completion, heartbeat, retry, hand-back and rescue.
+pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
+    let ids = uuid_array(&f.running);
+    let jobs = text_array(f.jobs.iter().cloned());
+    let m = f.jobs.len();
+    let one = f.running.first().copied().unwrap_or_else(Uuid::nil);
+    let inst = text(&f.instance);
+    vec![
+        HotStatement {
+            name: "claim",
+            sql: run_claim_sql(),
+            args: vec![inst.clone(), "500".into(), "30000".into()],
+            settings: None,
+        },
+        HotStatement {
+            name: "next queued",
+            sql: run_next_queued_sql(),
+            args: vec![],
+            settings: None,
+        },
+        HotStatement {
+            name: "heartbeat",
+            sql: run_heartbeat_sql(),
+            args: vec![
+                inst.clone(),
+                "30000".into(),
+                json_map(&f.running, |_| r#"{"a": 1}"#.into()),
+                ids.clone(),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "completion",
+            sql: run_finish_many_sql(),
+            args: vec![
+                json_map(&f.running, |_| {
+                    format!(
+                        r#"{{"attempt": 1, "instance": "{}", "state": "succeeded", "reason": "done", "ago": 0}}"#,
+                        f.instance
+                    )
+                }),
+                ids.clone(),
+                text("ErrorHandler"),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "retry",
+            sql: run_retry_sql(),
+            args: vec![
+                format!("'{one}'::uuid"),
+                "1".into(),
+                inst.clone(),
+                "1000".into(),
+                text("boom"),
+                "NULL".into(),
+                text("retry"),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "hand back",
+            sql: run_hand_back_sql(),
+            args: vec![
+                ids.clone(),
+                json_map(&f.running, |_| "1".into()),
+                inst.clone(),
+                text("shutdown"),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "rescue",
+            sql: run_rescue_expired_sql(),
+            args: vec!["100".into(), inst.clone()],
+            settings: None,
+        },
+        HotStatement {
+            name: "release waiting",
+            sql: release_waiting_sql("SELECT unnest($1::text[]) AS job_id, now() AS ended_at"),
+            args: vec![jobs.clone()],
+            settings: None,
+        },
+        HotStatement {
+            name: "firing: lock due jobs",
+            sql: DUE_JOBS_LOCK_SQL.to_string(),
+            args: vec!["500".into()],
+            settings: Some(FIRING_SETTINGS),
+        },
+        HotStatement {
+            name: "firing: count active runs",
+            sql: RUN_COUNTS_ACTIVE_SQL.to_string(),
+            args: vec![jobs.clone()],
+            settings: Some(FIRING_SETTINGS),
+        },
+        HotStatement {
+            name: "firing: insert runs, advance jobs",
+            sql: fire_commit_sql(),
+            args: vec![
+                uuid_array(&(0..m).map(|_| Uuid::now_v7()).collect::<Vec<_>>()),
+                jobs.clone(),
+                repeat("now()", m, "timestamptz"),
+                repeat("'schedule'", m, "text"),
+                repeat("'queued'", m, "text"),
+                repeat("'due'", m, "text"),
+                repeat("NULL", m, "jsonb"),
+                inst.clone(),
+                jobs.clone(),
+                repeat("now() + interval '1 minute'", m, "timestamptz"),
+                repeat("false", m, "bool"),
+                "100".into(),
+                "30000".into(),
+            ],
+            settings: Some(FIRING_SETTINGS),
+        },
+        HotStatement {
+            name: "firing: next due",
+            sql: DUE_JOBS_NEXT_SQL.to_string(),
+            args: vec![],
+            settings: Some(FIRING_SETTINGS),
+        },
+    ]
+}
