@@ -18,7 +18,7 @@ use crate::job_spec::{
     carry_over_timing, keep_fired_one_shot_done, next_run_on_resume, FieldError, JobSpec,
     ValidationContext,
 };
-use crate::store::{JobFilter, JobType, NewJob, StoreError};
+use crate::store::{JobFilter, JobRow, JobType, NewJob, StoreError, StoreResult};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -164,6 +164,29 @@ async fn insert_and_start(app: &AppState, jobs: Vec<NewJob>) -> ApiResult<()> {
 /// another write came first (firing advances `next_run_at`, so a busy job
 /// may need a second try) before the client is told to try again.
 const REAPPLY_TRIES: usize = 8;
+
+/// Reads the job, derives a write conditional on what was read (`write`
+/// answers the store's result), and when another write came between
+/// (`Stale`), reads and applies it again, up to [`REAPPLY_TRIES`] times.
+async fn reapply<F, Fut>(app: &AppState, job_id: &str, mut write: F) -> ApiResult<JobRow>
+where
+    F: FnMut(JobRow) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<StoreResult<JobRow>>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let row = app
+            .store
+            .job_get(job_id)
+            .await
+            .map_err(|e| ApiError::from_store(e, missing_job(job_id)))?;
+        match write(row).await? {
+            Err(StoreError::Stale) if tries < REAPPLY_TRIES => continue,
+            written => return written.map_err(|e| ApiError::from_store(e, missing_job(job_id))),
+        }
+    }
+}
 
 async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
     let ctx = validation_context(app, "api").await?;
@@ -370,22 +393,18 @@ async fn set_job_state(
             )))
         }
     };
-    let mut tries = 0;
-    let row = loop {
-        tries += 1;
-        let row = app
-            .store
-            .job_get(&job_id)
-            .await
-            .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    let app = &app;
+    let row = reapply(app, &job_id, |row| async move {
         if row.handler == ERROR_HANDLER && state == "running" {
             return Err(ApiError::Conflict(format!(
-                "{job_id:?} is a failure record and never runs; POST /api/v1/jobs/{job_id}/run re-runs the failed job"
+                "{:?} is a failure record and never runs; POST /api/v1/jobs/{}/run re-runs the failed job",
+                row.job_id, row.job_id
             )));
         }
         if row.state == "completed" {
             return Err(ApiError::Conflict(format!(
-                "job {job_id:?} is a completed one-shot job; create a new job or trigger it with POST /api/v1/jobs/{job_id}/run"
+                "job {:?} is a completed one-shot job; create a new job or trigger it with POST /api/v1/jobs/{}/run",
+                row.job_id, row.job_id
             )));
         }
         let next_run_at = if state == "paused" {
@@ -393,15 +412,12 @@ async fn set_job_state(
         } else {
             next_run_on_resume(&row, app.store.now().await?)
         };
-        match app
+        Ok(app
             .store
-            .job_set_state(&job_id, state, next_run_at, row.row_version)
-            .await
-        {
-            Err(StoreError::Stale) if tries < REAPPLY_TRIES => continue,
-            written => break written.map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?,
-        }
-    };
+            .job_set_state(&row.job_id, state, next_run_at, row.row_version)
+            .await)
+    })
+    .await?;
     tracing::info!(job_id = %job_id, state, "job state set");
     Ok(Json(JobEnvelope { job: row.into() }))
 }
@@ -413,7 +429,8 @@ async fn set_job_state(
 #[utoipa::path(patch, path = "/api/v1/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "The job's id")),
     request_body = JobSpec,
-    responses((status = 200, body = JobEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = JobEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "a failure record, or the job kept changing while the change was applied", body = ErrorBody)))]
 async fn patch_job(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
@@ -427,35 +444,26 @@ async fn patch_job(
             "job_id: cannot be changed; create a new job instead",
         ));
     }
-    // Re-read and re-apply the change when another write (a firing, a
-    // concurrent PATCH) came between the read and the write.
-    let mut tries = 0;
-    let row = loop {
-        tries += 1;
-        let row = app
-            .store
-            .job_get(&job_id)
-            .await
-            .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
+    let (app, patch) = (&app, &patch);
+    let row = reapply(app, &job_id, |row| async move {
         if row.handler == ERROR_HANDLER {
             return Err(ApiError::Conflict(format!(
-                "{job_id:?} is a failure record and cannot be changed"
+                "{:?} is a failure record and cannot be changed",
+                row.job_id
             )));
         }
         let spec = JobSpec::from_row(&row)
-            .merged_with(&patch)
+            .merged_with(patch)
             .map_err(|e| ApiError::invalid(vec![e]))?;
-        let ctx = validation_context(&app, &row.source).await?;
+        let ctx = validation_context(app, &row.source).await?;
         let mut job = spec.validate(&ctx).map_err(ApiError::invalid)?;
         if !patch.contains_key("state") || row.state == job.state {
             carry_over_timing(&row, &mut job);
         }
         keep_fired_one_shot_done(&row, &mut job);
-        match app.store.job_replace(&job, row.row_version).await {
-            Err(StoreError::Stale) if tries < REAPPLY_TRIES => continue,
-            written => break written.map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?,
-        }
-    };
+        Ok(app.store.job_replace(&job, row.row_version).await)
+    })
+    .await?;
     Ok(Json(JobEnvelope { job: row.into() }))
 }
 

@@ -34,7 +34,8 @@ pub struct RunRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out`, `missed` or `dead`.
+    /// `queued`, `waiting` (for a `max_instances` slot), `running`, `succeeded`, `failed`,
+    /// `cancelled`, `timed_out`, `missed` or `dead`.
     pub state: String,
     /// Attempts started so far.
     pub attempt: i32,

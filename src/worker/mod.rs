@@ -543,8 +543,9 @@ impl WorkerPool {
             } else {
                 runs_may_wait
             };
-            if saturated && !claim_now {
-                // Wake at the poll bound to fill whatever is free by then.
+            if saturated && !claim_now && free > 0 {
+                // Wake at the poll bound to fill whatever is free by then
+                // (with no slot free, a finishing run wakes the loop).
                 wait = self
                     .config
                     .poll_interval
