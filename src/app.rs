@@ -211,8 +211,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::info!("shutdown requested");
+        // Shutdown first: it must never depend on a log line being written.
         trigger.cancel();
+        tracing::info!("shutdown requested");
     });
     token
 }
