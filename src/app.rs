@@ -1,7 +1,9 @@
 //! Start-up and shutdown of `jobsd serve`: connect (creating the database),
 //! migrate, then run the API, the scheduler, the workers and the supervisor
-//! until SIGTERM/SIGINT; on shutdown the workers drain before exit.
+//! until SIGTERM/SIGINT. On shutdown the workers drain while the HTTP
+//! server keeps serving (readiness answering 503), and the server stops last.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -80,6 +82,7 @@ pub async fn start(
         instance.clone(),
         config.lease,
         workers.clone(),
+        shutdown.clone(),
     );
     let app = api::router(state, config.max_body_bytes);
 
@@ -90,10 +93,30 @@ pub async fn start(
     tracing::info!(%address, %instance, "jobsd listening; Swagger UI at http://{address}/api/v1/ui");
     let background = spawn_background(&config, address, &store, workers, &instance, &shutdown);
     let (deregister, deregister_name) = (store.clone(), instance.clone());
+    // The HTTP server outlives the drain. Its graceful shutdown (stop
+    // accepting, finish the requests in flight) begins only once the
+    // workers have drained and the instance is deregistered, not when
+    // `shutdown` fires: so during the drain a load balancer's probes get
+    // readiness 503 ("draining") instead of connection refused (which some
+    // treat as a network fault rather than as "take me out"), liveness
+    // stays 200, and the API still answers (runs created meanwhile are
+    // queued for other replicas, as these workers reserve no more slots).
+    let http_stop = CancellationToken::new();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let failed_early = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            served = &mut server => Some(served),
+        };
+        if failed_early.is_some() {
+            // The server stopped by itself: stop the rest too.
+            shutdown.cancel();
+        }
+        tracing::info!("draining: readiness answers 503 until exit");
         for task in background {
             let _ = task.await;
         }
@@ -101,7 +124,14 @@ pub async fn start(
         if let Err(e) = deregister.instance_remove(&deregister_name).await {
             tracing::warn!(error = %e, "could not deregister this instance");
         }
-        served.context("serving HTTP")?;
+        http_stop.cancel();
+        let served = match failed_early {
+            Some(served) => served,
+            None => server.await,
+        };
+        served
+            .context("the HTTP server task failed")?
+            .context("serving HTTP")?;
         tracing::info!("jobsd stopped");
         Ok(())
     });
@@ -183,8 +213,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::info!("shutdown requested");
+        // Shutdown first: it must never depend on a log line being written.
         trigger.cancel();
+        tracing::info!("shutdown requested");
     });
     token
 }

@@ -111,21 +111,51 @@ pub struct ValidationContext<'a> {
     pub source: String,
 }
 
+/// Whether a duration field may be zero.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    /// `misfire_grace_time`, `retry_backoff`: zero is a meaningful value.
+    Allowed,
+    /// `periodically`, `timeout`: the value must be at least 1 ms.
+    Refused,
+}
+
+/// Reads a duration field. Durations are stored in whole milliseconds, so
+/// the value is truncated to the millisecond here, and the job is built
+/// (its first run time included) from what will be stored. A field that
+/// must be positive refuses anything under 1 ms with a message, rather
+/// than storing 0 (its database CHECK would answer 500); one that allows
+/// zero takes a sub-millisecond value as 0.
 fn duration_field(
     problems: &mut Vec<FieldError>,
     field: &str,
     value: &Option<Value>,
+    zero: Zero,
 ) -> Option<Duration> {
-    match value {
-        None | Some(Value::Null) => None,
+    let d = match value {
+        None | Some(Value::Null) => return None,
         Some(v) => match schedule::duration_from_json(v) {
-            Ok(d) => Some(d),
+            Ok(d) => d,
             Err(e) => {
                 problems.push(FieldError::new(field, e.to_string()));
-                None
+                return None;
             }
         },
+    };
+    let kept = Duration::milliseconds(d.num_milliseconds());
+    if zero == Zero::Refused && kept < Duration::milliseconds(1) {
+        let message = if d == Duration::zero() {
+            "must be longer than zero".to_string()
+        } else {
+            format!(
+                "must be at least 1 millisecond (durations are kept in whole                  milliseconds); got {}",
+                format_duration(d)
+            )
+        };
+        problems.push(FieldError::new(field, message));
+        return None;
     }
+    Some(kept)
 }
 
 fn millis(d: Option<Duration>) -> Option<i64> {
@@ -181,10 +211,12 @@ impl JobSpec {
             ));
         }
 
-        let interval = duration_field(&mut problems, "periodically", &self.periodically);
-        if interval.is_some_and(|d| d <= Duration::zero()) {
-            problems.push(FieldError::new("periodically", "must be longer than zero"));
-        }
+        let interval = duration_field(
+            &mut problems,
+            "periodically",
+            &self.periodically,
+            Zero::Refused,
+        );
         let timezone = self.timezone.clone().unwrap_or_else(|| "UTC".to_string());
         let cron = match &self.cron {
             None => {
@@ -231,13 +263,16 @@ impl JobSpec {
             &mut problems,
             "misfire_grace_time",
             &self.misfire_grace_time,
+            Zero::Allowed,
         );
-        let timeout = duration_field(&mut problems, "timeout", &self.timeout);
-        if timeout.is_some_and(|d| d <= Duration::zero()) {
-            problems.push(FieldError::new("timeout", "must be longer than zero"));
-        }
-        let retry_backoff = duration_field(&mut problems, "retry_backoff", &self.retry_backoff)
-            .unwrap_or_else(|| Duration::seconds(1));
+        let timeout = duration_field(&mut problems, "timeout", &self.timeout, Zero::Refused);
+        let retry_backoff = duration_field(
+            &mut problems,
+            "retry_backoff",
+            &self.retry_backoff,
+            Zero::Allowed,
+        )
+        .unwrap_or_else(|| Duration::seconds(1));
         let max_instances = self.max_instances.unwrap_or(1);
         if !(1..=MAX_INSTANCES).contains(&max_instances) {
             problems.push(FieldError::new(
@@ -488,5 +523,73 @@ pub fn schedule_of(
                 not_before: start_at,
             }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::BuiltinConfig;
+
+    fn validate(extra: Value) -> Result<NewJob, Vec<FieldError>> {
+        let registry = HandlerRegistry::with_builtins(BuiltinConfig::default());
+        let mut spec = json!({"handler": "log", "kwargs": {"message": "x"}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let spec: JobSpec = serde_json::from_value(spec).expect("a well-formed spec");
+        spec.validate(&ValidationContext {
+            registry: &registry,
+            now: "2030-01-01T00:00:00Z".parse().expect("an instant"),
+            source: "api".into(),
+        })
+    }
+
+    #[test]
+    fn sub_millisecond_periodically_and_timeout_are_refused_naming_the_field() {
+        for (field, value) in [
+            ("periodically", json!("0.0004")),
+            ("periodically", json!(0.0004)),
+            ("periodically", json!("PT0.0009S")),
+            ("periodically", json!("0.000000001")),
+            ("timeout", json!("0.0001")),
+            ("timeout", json!(0.0009)),
+        ] {
+            let problems = validate(json!({ field: value })).expect_err(field);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].field, field);
+            assert!(
+                problems[0].message.contains("at least 1 millisecond"),
+                "{field} {value}: {}",
+                problems[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn one_millisecond_is_the_shortest_interval_and_timeout() {
+        let job = validate(json!({"periodically": "1ms", "timeout": 0.001})).expect("valid");
+        assert_eq!(job.interval_ms, Some(1));
+        assert_eq!(job.timeout_ms, Some(1));
+    }
+
+    #[test]
+    fn durations_are_kept_to_the_millisecond() {
+        // Finer parts are dropped, and the first run time follows the
+        // interval as stored, not the finer one given.
+        let job = validate(json!({
+            "periodically": "1.0009",
+            "timeout": "2.5009s",
+            "misfire_grace_time": "0.0004",
+            "retry_backoff": 0.0009,
+        }))
+        .expect("valid");
+        assert_eq!(job.interval_ms, Some(1000));
+        assert_eq!(job.timeout_ms, Some(2500));
+        assert_eq!(job.misfire_grace_ms, Some(0));
+        assert_eq!(job.retry_backoff_ms, 0);
+        let now: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().expect("an instant");
+        assert_eq!(job.start_at, now + Duration::seconds(1));
+        assert_eq!(job.next_run_at, Some(now + Duration::seconds(1)));
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod default_jobs;
 pub mod handlers;
 pub mod job_spec;
+pub mod logging;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

@@ -45,19 +45,6 @@ enum Command {
     Bench(jobsd::bench::BenchArgs),
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn builtin_registry(enable_command: bool) -> HandlerRegistry {
     HandlerRegistry::with_builtins(BuiltinConfig {
         command_enabled: enable_command,
@@ -70,16 +57,15 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Openapi) => {
-            print!(
-                "{}",
-                jobsd::api::openapi::document_text(&builtin_registry(false))
-            );
+            jobsd::logging::print_stdout(&jobsd::api::openapi::document_text(&builtin_registry(
+                false,
+            )));
             Ok(())
         }
         Some(Command::Migrate(db)) => {
-            init_logging(LogFormat::Text);
+            jobsd::logging::init(LogFormat::Text);
             jobsd::app::open_store(&db).await.map(|_| {
-                eprintln!("jobsd: migrations applied");
+                jobsd::logging::print_stderr("jobsd: migrations applied");
             })
         }
         Some(Command::Validate(v)) => jobsd::default_jobs::validate_command(
@@ -88,7 +74,7 @@ async fn main() -> ExitCode {
         ),
         Some(Command::Serve(config)) => serve(config).await,
         Some(Command::Bench(args)) => {
-            init_logging(LogFormat::Text);
+            jobsd::logging::init(LogFormat::Text);
             jobsd::bench::run(args).await
         }
         None => serve(cli.serve).await,
@@ -96,14 +82,14 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jobsd: {e:#}");
+            jobsd::logging::print_stderr(&format!("jobsd: {e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    init_logging(config.log_format);
+    jobsd::logging::init(config.log_format);
     let registry = builtin_registry(config.enable_command_handler);
     let shutdown = jobsd::app::shutdown_on_signal();
     jobsd::app::serve(config, registry, shutdown).await

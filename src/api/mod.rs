@@ -17,6 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -40,6 +41,9 @@ pub struct AppState {
     /// This replica's workers: runs due when their job is created start
     /// here at once (see `Store::job_insert_many`).
     pub workers: WorkerPool,
+    /// Cancelled when shutdown begins (SIGTERM): from then until exit the
+    /// replica drains, and readiness answers 503.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -49,6 +53,7 @@ impl AppState {
         instance: String,
         lease: std::time::Duration,
         workers: WorkerPool,
+        shutdown: CancellationToken,
     ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
@@ -58,6 +63,7 @@ impl AppState {
             openapi_json,
             lease,
             workers,
+            shutdown,
         }
     }
 }

@@ -104,10 +104,21 @@ async fn liveness() -> Json<Probe> {
     })
 }
 
-/// Readiness probe: the database answers
+/// Readiness probe: the database answers and the replica is not draining
+///
+/// 503 while the database is unreachable, and from the moment shutdown
+/// begins (SIGTERM) until exit, while the replica drains: the error then
+/// starts with `draining`, so a load balancer stops sending it work.
 #[utoipa::path(get, path = "/api/v1/readiness", tag = "service",
     responses((status = 200, body = Probe), (status = 503, body = ErrorBody)))]
 async fn readiness(State(app): State<AppState>) -> Result<Json<Probe>, ApiError> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable(
+            "draining: this replica is shutting down; it lets its running runs \
+             finish or hands them back, and takes no new work"
+                .into(),
+        ));
+    }
     match app.store.ping().await {
         Ok(()) => Ok(Json(Probe {
             status: "ok".into(),

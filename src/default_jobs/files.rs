@@ -341,6 +341,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sub_millisecond_duration_in_a_file_names_its_field() {
+        let registry = HandlerRegistry::with_builtins(BuiltinConfig::default());
+        let ctx = ValidationContext {
+            registry: &registry,
+            now: Utc::now(),
+            source: "/tmp/x.yaml".into(),
+        };
+        for (text, field) in [
+            (
+                "job_id: a\nhandler: log\nmessage: x\nperiodically: 0.0004\n",
+                "periodically",
+            ),
+            (
+                "job_id: a\nhandler: log\nmessage: x\ntimeout: \"0.0001\"\n",
+                "timeout",
+            ),
+        ] {
+            let (result, job_id) = check(text, &ctx);
+            let problems = result.err().unwrap_or_default();
+            assert_eq!(job_id.as_deref(), Some("a"));
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].field, field);
+            assert!(
+                problems[0].message.contains("at least 1 millisecond"),
+                "{}",
+                problems[0]
+            );
+        }
+    }
+
+    #[test]
     fn a_missing_directory_is_its_own_error() {
         let dir = TempDir::new();
         let registry = HandlerRegistry::with_builtins(BuiltinConfig::default());

@@ -105,15 +105,15 @@ pub fn validate_command(dir: &Path, registry: &HandlerRegistry) -> anyhow::Resul
     let scan = scan_dir(dir, registry, chrono::Utc::now())?;
     let problems = scan.problems();
     for problem in &problems {
-        println!("{problem}");
+        crate::logging::print_stdout(&format!("{problem}\n"));
     }
     let bad_files = scan.files.iter().filter(|f| f.result.is_err()).count();
     if problems.is_empty() {
-        println!(
-            "{}: {} default-job file(s), all valid",
+        crate::logging::print_stdout(&format!(
+            "{}: {} default-job file(s), all valid\n",
             dir.display(),
             scan.files.len()
-        );
+        ));
         Ok(())
     } else {
         anyhow::bail!(

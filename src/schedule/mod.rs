@@ -24,7 +24,8 @@
 //!   (`periodically`, `misfire_grace_time`, `timeout`, …): see `duration.rs`.
 //! - [`parse_when`], [`parse_timezone`]: see `when.rs`.
 //! - [`CronExpr`]: 5- or 6-field cron (croner) with DST rules: see `cron.rs`.
-//! - [`Schedule`]: once / interval / cron fire times: see `recurrence.rs`.
+//! - [`Schedule`]: once / interval / cron fire times, and [`TimesIn`], the
+//!   fire times of a range (catch-up after downtime): see `recurrence.rs`.
 
 mod cron;
 mod duration;
@@ -36,7 +37,7 @@ mod proptests;
 
 pub use cron::CronExpr;
 pub use duration::{duration_from_json, format_duration, parse_duration, MAX_DURATION_DAYS};
-pub use recurrence::Schedule;
+pub use recurrence::{Schedule, TimesIn};
 pub use when::{parse_timezone, parse_when};
 
 /// A message a person can act on, e.g. "periodically: \"5 parsecs\" is not a duration; use e.g. \"1 week\", \"5:00:00\", \"32m\", \"PT5M\" or a number of seconds"

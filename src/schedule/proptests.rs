@@ -73,8 +73,72 @@ fn check(schedule: &Schedule, t: DateTime<Utc>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `latest_at_or_before(t)` is a fire time <= t with none after it up to t.
+fn check_latest(schedule: &Schedule, t: DateTime<Utc>) -> Result<(), TestCaseError> {
+    match schedule.latest_at_or_before(t) {
+        Some(latest) => {
+            prop_assert!(latest <= t, "latest_at_or_before({t}) = {latest}");
+            prop_assert!(schedule.next_after(latest).is_none_or(|n| n > t));
+            prop_assert_eq!(schedule.first_at_or_after(latest), Some(latest));
+        }
+        None => prop_assert!(schedule
+            .first_at_or_after(DateTime::<Utc>::MIN_UTC)
+            .is_none_or(|first| first > t)),
+    }
+    Ok(())
+}
+
+/// `times_in` agrees with walking `next_after` over a window of up to a day.
+fn check_times_in(
+    schedule: &Schedule,
+    from: DateTime<Utc>,
+    span: Duration,
+) -> Result<(), TestCaseError> {
+    let to = from + span;
+    let mut walked = Vec::new();
+    let mut cursor = schedule.first_at_or_after(from).filter(|t| *t <= to);
+    while let Some(t) = cursor {
+        walked.push(t);
+        cursor = schedule.next_after(t).filter(|t| *t <= to);
+    }
+    let times = schedule.times_in(from, to, 3, u64::MAX);
+    prop_assert_eq!(times.count, walked.len() as u64);
+    prop_assert!(!times.more);
+    prop_assert_eq!(times.first, walked.first().copied());
+    prop_assert_eq!(&times.newest[..], &walked[walked.len().saturating_sub(3)..]);
+    // Cron counting stopped early still reports the true newest times.
+    if walked.len() > 2 && matches!(schedule, Schedule::Cron { .. }) {
+        let capped = schedule.times_in(from, to, 3, 2);
+        prop_assert_eq!(capped.count, 2);
+        prop_assert!(capped.more);
+        prop_assert_eq!(capped.newest, times.newest);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn latest_at_or_before_is_the_last_time_up_to_t(
+        cron in cron_schedule(),
+        interval in interval_schedule(),
+        t in instant(),
+    ) {
+        check_latest(&cron, t)?;
+        check_latest(&interval, t)?;
+    }
+
+    #[test]
+    fn times_in_counts_what_next_after_walks(
+        cron in cron_schedule(),
+        from in instant(),
+        secs in 0i64..86_400,
+    ) {
+        check_times_in(&cron, from, Duration::seconds(secs))?;
+        let interval = Schedule::Interval { anchor: from, every: Duration::seconds(secs.max(1) / 7 + 1) };
+        check_times_in(&interval, from - Duration::seconds(secs / 3), Duration::seconds(secs))?;
+    }
 
     #[test]
     fn cron_times_increase(schedule in cron_schedule(), t in instant()) {

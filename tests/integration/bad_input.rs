@@ -270,3 +270,57 @@ async fn unknown_routes_and_methods_answer_json() {
         "not allowed",
     );
 }
+
+#[tokio::test]
+async fn sub_millisecond_durations_are_400_naming_the_field() {
+    let app = TestApp::start().await;
+    let cases = [
+        (json!({"periodically": "0.0004"}), "periodically"),
+        (json!({"periodically": 0.0004}), "periodically"),
+        (json!({"timeout": "0.0001"}), "timeout"),
+        (json!({"timeout": 0.0009}), "timeout"),
+    ];
+    for (extra, field) in cases {
+        let mut spec = json!({"handler": "log", "kwargs": {"message": "x"}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let resp = app.post("/api/v1/jobs", spec).await;
+        assert_error(&resp, 400, &format!("{field}: "));
+        assert_error(&resp, 400, "at least 1 millisecond");
+        assert_eq!(resp.1["problems"][0]["field"], field, "{}", resp.1);
+    }
+    // The query-string form, a PATCH and a bulk creation report the same way.
+    for query in ["periodically=0.0004", "timeout=0.0001"] {
+        let field = query.split('=').next().unwrap_or_default();
+        assert_error(
+            &app.post(
+                &format!("/api/v1/jobs/log?{query}"),
+                json!({"message": "x"}),
+            )
+            .await,
+            400,
+            &format!("{field}: "),
+        );
+    }
+    assert_error(
+        &app.post(
+            "/api/v1/jobs/bulk",
+            json!({"jobs": [{"handler": "log", "kwargs": {"message": "x"}, "timeout": "0.0001"}]}),
+        )
+        .await,
+        400,
+        "timeout",
+    );
+    assert_nothing_stored(&app).await;
+
+    let spec = json!({"job_id": "p", "handler": "log", "kwargs": {"message": "x"},
+                      "periodically": "1h", "state": "paused"});
+    assert_eq!(app.post("/api/v1/jobs", spec).await.0, 201);
+    let resp = app
+        .patch("/api/v1/jobs/p", json!({"periodically": "0.0004"}))
+        .await;
+    assert_error(&resp, 400, "periodically: ");
+    let (_, body) = app.get("/api/v1/jobs/p").await;
+    assert_eq!(body["job"]["periodically"], "1:00:00", "unchanged: {body}");
+}

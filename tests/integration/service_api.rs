@@ -1,8 +1,10 @@
 //! Service state, probes, handler catalogue, Swagger UI and the OpenAPI document.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::support::{assert_error, TestApp};
+use crate::support::{assert_error, wait_for, TestApp};
 
 #[tokio::test]
 async fn probes() {
@@ -216,4 +218,56 @@ async fn instances_are_listed_and_stale_ones_pruned() {
             .all(|i| i["name"] != "gone"),
         "{body}"
     );
+}
+
+/// From SIGTERM until exit a draining replica answers readiness with 503
+/// (so a load balancer stops sending it work) while it keeps serving, its
+/// running runs finish or are handed back, and liveness stays 200.
+#[tokio::test]
+async fn readiness_is_503_while_draining() {
+    let app = TestApp::start_with(&["--shutdown-grace", "6s"]).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs/sleep?job_id=nap",
+            serde_json::json!({"seconds": 60}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let run_state = || async {
+        let (_, body) = app.get("/api/v1/jobs/nap/runs").await;
+        body["runs"][0]["state"].as_str().map(str::to_string)
+    };
+    wait_for("the sleep run runs", Duration::from_secs(10), || async {
+        (run_state().await.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+
+    app.begin_shutdown();
+    let started = tokio::time::Instant::now();
+    // Connection errors are not 503: keep asking until the deadline.
+    let body = wait_for("readiness 503", Duration::from_secs(3), || async {
+        let resp = app
+            .client
+            .get(app.url("/api/v1/readiness"))
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != 503 {
+            return None;
+        }
+        resp.json::<Value>().await.ok()
+    })
+    .await;
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("draining"), "{body}");
+    // The drain is still under way: the run runs, the API answers.
+    assert_eq!(run_state().await.as_deref(), Some("running"));
+    assert_eq!(app.get("/api/v1/liveness").await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "checked within the grace"
+    );
+    let (status, _) = app.get("/api/v1/readiness").await;
+    assert_eq!(status, 503, "still 503 later in the drain");
+    app.stop().await;
 }

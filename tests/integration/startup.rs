@@ -58,31 +58,7 @@ async fn invalid_database_url_is_a_clear_error() {
 #[tokio::test]
 async fn creates_the_database_and_stops_on_sigterm() {
     let db = TestDb::new();
-    let mut child = jobsd()
-        .args([
-            "--database-url",
-            &db.url,
-            "--bind",
-            "127.0.0.1:0",
-            "--default-jobs-dir",
-            "/nonexistent",
-        ])
-        .spawn()
-        .unwrap();
-    // The log names the address once listening.
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let address = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("address=").nth(1) {
-                return rest.split_whitespace().next().map(str::to_string);
-            }
-        }
-        None
-    })
-    .await
-    .expect("jobsd listens in time")
-    .expect("jobsd logs its address");
+    let (mut child, address, _stderr) = spawn_serving(&db, &[]).await;
     let client = reqwest::Client::new();
     let resp = client
         .get(format!("http://{address}/api/v1/readiness"))
@@ -135,4 +111,90 @@ async fn two_services_can_create_the_same_database_at_once() {
         (app.get("/api/v1/readiness").await.0 == 200).then_some(())
     })
     .await;
+}
+
+/// Starts `jobsd serve` on a fresh database with stdout and stderr piped,
+/// and returns the child, its address, and the open reader of its stderr.
+async fn spawn_serving(
+    db: &TestDb,
+    extra: &[&str],
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let mut child = jobsd()
+        .args(["--database-url", &db.url, "--bind", "127.0.0.1:0"])
+        .args(["--default-jobs-dir", "/nonexistent"])
+        .args(extra)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let address = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("address=").nth(1) {
+                return rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .expect("jobsd listens in time")
+    .expect("jobsd logs its address");
+    (child, address, lines)
+}
+
+/// The reader of jobsd's logs goes away (a log collector restarts, `jobsd
+/// | head`): every later log write fails with EPIPE. The service must go
+/// on serving, run jobs, and stop on SIGTERM.
+#[tokio::test]
+async fn a_closed_log_pipe_does_not_stop_the_service() {
+    let db = TestDb::new();
+    let (mut child, address, stderr) = spawn_serving(&db, &["--shutdown-grace", "2s"]).await;
+    // Close both pipes: from here every write to them fails.
+    drop(stderr);
+    drop(child.stdout.take());
+    let base = format!("http://{address}/api/v1");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // A due one-shot job of the `log` handler: it writes to the closed log.
+    let resp = client
+        .post(format!("{base}/jobs/log?job_id=pipe"))
+        .json(&serde_json::json!({"message": "nobody reads this"}))
+        .send()
+        .await
+        .expect("POST /jobs/log answers");
+    assert_eq!(resp.status(), 201);
+    let run = wait_for("the run succeeds", Duration::from_secs(20), || async {
+        let body: serde_json::Value = client
+            .get(format!("{base}/jobs/pipe/runs"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let run = body["runs"][0].clone();
+        matches!(run["state"].as_str(), Some("succeeded" | "failed" | "dead")).then_some(run)
+    })
+    .await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+
+    let live = client
+        .get(format!("{base}/liveness"))
+        .send()
+        .await
+        .expect("liveness answers");
+    assert_eq!(live.status(), 200);
+
+    unsafe_kill(child.id().unwrap() as i32, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
 }

@@ -170,6 +170,12 @@ impl TestApp {
         }
     }
 
+    /// Begins shutdown as SIGTERM does, without waiting for it to end
+    /// (the workers drain meanwhile; [`TestApp::stop`] waits).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the service like SIGTERM would, waits until it has stopped, and
     /// hands back its database (to start again on it).
     pub async fn stop(mut self) -> TestDb {
