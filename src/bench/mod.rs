@@ -51,6 +51,14 @@ impl Ctx<'_> {
         }
     }
 
+    /// How long before the first due time creating `count` jobs starts:
+    /// `--lead`, else an estimate generous for a release build.
+    fn lead(&self, count: usize) -> std::time::Duration {
+        self.args
+            .lead
+            .unwrap_or_else(|| self.create_path().lead(count))
+    }
+
     /// Starts a `jobsd serve` named `instance` on this scenario's database,
     /// with `extra` flags before the user's `--serve-arg`s.
     async fn spawn(&self, instance: &str, extra: &[&str]) -> anyhow::Result<Service> {

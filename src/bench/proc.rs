@@ -199,6 +199,16 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time in clock ticks, in seconds.
+pub fn cpu_seconds(ticks: u64) -> f64 {
+    ticks as f64 / clock_ticks_per_second() as f64
+}
+
+/// CPU time in clock ticks over `wall`, in % of one core.
+pub fn cpu_percent(ticks: u64, wall: Duration) -> f64 {
+    100.0 * cpu_seconds(ticks) / wall.as_secs_f64().max(1e-9)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100, Linux's USER_HZ, if that fails).
 pub fn clock_ticks_per_second() -> u64 {
     std::process::Command::new("getconf")
@@ -251,6 +261,8 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id();
         assert!(cpu_ticks(me).is_ok());
+        let half = cpu_percent(clock_ticks_per_second(), Duration::from_secs(2));
+        assert!((half - 50.0).abs() < 1e-9, "{half}");
         let mem = memory(me).expect("status readable");
         assert!(mem.rss_kib > 0 && mem.hwm_kib >= mem.rss_kib);
         assert!(clock_ticks_per_second() > 0);
