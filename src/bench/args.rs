@@ -45,9 +45,23 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2000)]
     pub lag_jobs_500: usize,
 
-    /// lag: time from the start of creating the jobs to the first due
-    /// time (default: 2 s plus 0.3 ms per job created in bulk, 1 ms per job
-    /// created singly).
+    /// burst: one-shot jobs due at one instant, fired by the scheduler (on a
+    /// fresh database, then again after a quiet period on another one).
+    #[arg(long, default_value_t = 10_000)]
+    pub burst_jobs: usize,
+
+    /// burst: one-shot jobs run during the quiet period, due at instants
+    /// spread evenly over `--burst-quiet-duration`.
+    #[arg(long, default_value_t = 300)]
+    pub burst_quiet_jobs: usize,
+
+    /// burst: length of the quiet period.
+    #[arg(long, default_value = "6s", value_parser = parse_flag_duration)]
+    pub burst_quiet_duration: Duration,
+
+    /// lag, burst: time from the start of creating the jobs to the
+    /// first due time (default: 2 s plus 0.3 ms per job created in bulk,
+    /// 1 ms per job created singly).
     #[arg(long, value_parser = parse_flag_duration)]
     pub lead: Option<Duration>,
 
@@ -101,15 +115,17 @@ pub enum Scenario {
     All,
     Drain,
     Lag,
+    Burst,
     Idle,
     Api,
     Failover,
 }
 
 impl Scenario {
-    pub(super) const EACH: [Scenario; 5] = [
+    pub(super) const EACH: [Scenario; 6] = [
         Scenario::Drain,
         Scenario::Lag,
+        Scenario::Burst,
         Scenario::Idle,
         Scenario::Api,
         Scenario::Failover,
@@ -120,6 +136,7 @@ impl Scenario {
             Scenario::All => "all",
             Scenario::Drain => "drain",
             Scenario::Lag => "lag",
+            Scenario::Burst => "burst",
             Scenario::Idle => "idle",
             Scenario::Api => "api",
             Scenario::Failover => "failover",
@@ -159,6 +176,9 @@ pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
         "bulk_size": args.bulk_size,
         "lag_jobs_50": args.lag_jobs_50,
         "lag_jobs_500": args.lag_jobs_500,
+        "burst_jobs": args.burst_jobs,
+        "burst_quiet_jobs": args.burst_quiet_jobs,
+        "burst_quiet_duration_s": args.burst_quiet_duration.as_secs_f64(),
         "lead_s": args.lead.map(|d| d.as_secs_f64()),
         "idle_jobs": args.idle_jobs,
         "idle_duration_s": args.idle_duration.as_secs_f64(),

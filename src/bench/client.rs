@@ -206,6 +206,13 @@ impl Stall {
     }
 }
 
+/// Sleeps until `at` (the benchmark's clock); returns at once if it has passed.
+pub async fn sleep_until(at: DateTime<Utc>) {
+    if let Ok(wait) = (at - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 impl Api {
     pub fn new(base: &str) -> anyhow::Result<Api> {
         let http = reqwest::Client::builder()
