@@ -59,7 +59,19 @@ pub struct BenchArgs {
     #[arg(long, default_value = "6s", value_parser = parse_flag_duration)]
     pub burst_quiet_duration: Duration,
 
-    /// lag, burst: time from the start of creating the jobs to the
+    /// steady: periodic jobs, their phases spread evenly over the interval.
+    #[arg(long, default_value_t = 5000)]
+    pub steady_jobs: usize,
+
+    /// steady: the jobs' interval (whole milliseconds).
+    #[arg(long, default_value = "1s", value_parser = parse_flag_duration)]
+    pub steady_interval: Duration,
+
+    /// steady: how long the jobs fire (the measured window).
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
+    pub steady_duration: Duration,
+
+    /// lag, burst, steady: time from the start of creating the jobs to the
     /// first due time (default: 2 s plus 0.3 ms per job created in bulk,
     /// 1 ms per job created singly).
     #[arg(long, value_parser = parse_flag_duration)]
@@ -116,16 +128,18 @@ pub enum Scenario {
     Drain,
     Lag,
     Burst,
+    Steady,
     Idle,
     Api,
     Failover,
 }
 
 impl Scenario {
-    pub(super) const EACH: [Scenario; 6] = [
+    pub(super) const EACH: [Scenario; 7] = [
         Scenario::Drain,
         Scenario::Lag,
         Scenario::Burst,
+        Scenario::Steady,
         Scenario::Idle,
         Scenario::Api,
         Scenario::Failover,
@@ -137,6 +151,7 @@ impl Scenario {
             Scenario::Drain => "drain",
             Scenario::Lag => "lag",
             Scenario::Burst => "burst",
+            Scenario::Steady => "steady",
             Scenario::Idle => "idle",
             Scenario::Api => "api",
             Scenario::Failover => "failover",
@@ -179,6 +194,9 @@ pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
         "burst_jobs": args.burst_jobs,
         "burst_quiet_jobs": args.burst_quiet_jobs,
         "burst_quiet_duration_s": args.burst_quiet_duration.as_secs_f64(),
+        "steady_jobs": args.steady_jobs,
+        "steady_interval_s": args.steady_interval.as_secs_f64(),
+        "steady_duration_s": args.steady_duration.as_secs_f64(),
         "lead_s": args.lead.map(|d| d.as_secs_f64()),
         "idle_jobs": args.idle_jobs,
         "idle_duration_s": args.idle_duration.as_secs_f64(),

@@ -1,6 +1,6 @@
 //! The benchmark's HTTP client of a `jobsd` under test: create jobs (in
 //! bulk when the service offers it, else one request per job), count and
-//! read runs, wait for them to succeed. Every unexpected answer becomes an error
+//! read runs, wait for them. Every unexpected answer becomes an error
 //! naming the request. Also the bodies of the `log` jobs the scenarios
 //! create.
 
@@ -262,6 +262,11 @@ impl Api {
             .await
     }
 
+    /// A `PUT` without a body (the state changes take query parameters).
+    pub async fn put(&self, path: &str, expect: u16) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PUT, path, None, expect).await
+    }
+
     /// Creates `specs` (job bodies as for `POST /api/v1/jobs`) the `path`
     /// way: bulk requests sent one after another, or concurrent single ones.
     pub async fn create_jobs(
@@ -333,6 +338,30 @@ impl Api {
         }
     }
 
+    /// Every run created from `since` until before `until`, read in slices
+    /// of `slice` of creation time, so that no page needs a large offset.
+    pub async fn runs_created_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        slice: chrono::Duration,
+    ) -> anyhow::Result<Vec<Run>> {
+        let slice = slice.max(chrono::Duration::milliseconds(1));
+        let mut runs = Vec::new();
+        let mut from = since;
+        while from < until {
+            let to = (from + slice).min(until);
+            let filter = RunsFilter {
+                since: Some(from),
+                until: Some(to),
+                ..RunsFilter::default()
+            };
+            runs.extend(self.runs_all(&filter).await?);
+            from = to;
+        }
+        Ok(runs)
+    }
+
     pub async fn run(&self, run_id: &str) -> anyhow::Result<Run> {
         let envelope: Value = self.get(&format!("/api/v1/runs/{run_id}")).await?;
         serde_json::from_value(envelope["run"].clone())
@@ -354,6 +383,23 @@ impl Api {
             }
             // The figures come from the runs' own timestamps, so polling
             // more often would only add load to the system measured.
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Polls until no run is queued or running. Fails when their number
+    /// has not changed for `stall`.
+    pub async fn wait_settled(&self, stall: Duration) -> anyhow::Result<()> {
+        let mut stalled = Stall::new(stall);
+        loop {
+            let queued = self.runs_count("queued").await?;
+            let running = self.runs_count("running").await?;
+            if queued + running == 0 {
+                return Ok(());
+            }
+            if stalled.stuck(queued + running) {
+                bail!("{queued} runs still queued and {running} running; no change in {stall:?}");
+            }
             tokio::time::sleep(POLL).await;
         }
     }

@@ -26,6 +26,7 @@ mod lag;
 mod load;
 mod proc;
 mod report;
+mod steady;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -241,6 +242,7 @@ async fn run_scenario(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<F
         Scenario::Drain => drain::run(ctx).await,
         Scenario::Lag => lag::run(ctx).await,
         Scenario::Burst => burst::run(ctx).await,
+        Scenario::Steady => steady::run(ctx).await,
         Scenario::Idle => idle::run(ctx).await,
         Scenario::Api => api::run(ctx).await,
         Scenario::Failover => failover::run(ctx).await,

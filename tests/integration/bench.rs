@@ -134,3 +134,40 @@ async fn bench_burst_runs_fresh_and_after_a_quiet_period() {
     assert!(stderr.contains("_burst_warm"), "{stderr}");
     assert_dropped_all(&stderr, "burst", 2).await;
 }
+
+#[tokio::test]
+async fn bench_steady_reports_fires_lag_missed_and_cpu() {
+    let (ok, stdout, stderr) = bench(&[
+        "--scenario",
+        "steady",
+        "--steady-jobs",
+        "200",
+        "--steady-interval",
+        "1s",
+        "--steady-duration",
+        "2s",
+    ])
+    .await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let offered = figure_line(&stdout, "steady", "fires/s offered");
+    assert!(offered.contains("| 200 fires/s |"), "{offered}");
+    let achieved = figure_line(&stdout, "steady", "fires/s achieved");
+    assert!(
+        achieved.contains("times scheduled in the 2 s window"),
+        "{achieved}"
+    );
+    let p99 = figure_line(&stdout, "steady", "p99 start lag");
+    assert!(p99.contains("≤ 100.00 ms"), "{p99}");
+    figure_line(&stdout, "steady", "p50 start lag");
+    figure_line(&stdout, "steady", "max start lag");
+    let missed = figure_line(&stdout, "steady", "missed runs");
+    assert!(missed.contains("≤ 0 runs"), "{missed}");
+    assert!(figure_line(&stdout, "steady", "CPU, jobsd").contains(" % |"));
+    // PostgreSQL's CPU needs its processes in this host's /proc.
+    assert!(
+        stdout.contains("| steady | CPU, PostgreSQL |")
+            || stderr.contains("PostgreSQL's CPU not measured"),
+        "{stdout}\n{stderr}"
+    );
+    assert_dropped(&stderr, "steady").await;
+}
