@@ -45,6 +45,38 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2000)]
     pub lag_jobs_500: usize,
 
+    /// burst: one-shot jobs due at one instant, fired by the scheduler (on a
+    /// fresh database, then again after a quiet period on another one).
+    #[arg(long, default_value_t = 10_000)]
+    pub burst_jobs: usize,
+
+    /// burst: one-shot jobs run during the quiet period, due at instants
+    /// spread evenly over `--burst-quiet-duration`.
+    #[arg(long, default_value_t = 300)]
+    pub burst_quiet_jobs: usize,
+
+    /// burst: length of the quiet period.
+    #[arg(long, default_value = "6s", value_parser = parse_flag_duration)]
+    pub burst_quiet_duration: Duration,
+
+    /// steady: periodic jobs, their phases spread evenly over the interval.
+    #[arg(long, default_value_t = 5000)]
+    pub steady_jobs: usize,
+
+    /// steady: the jobs' interval (whole milliseconds).
+    #[arg(long, default_value = "1s", value_parser = parse_flag_duration)]
+    pub steady_interval: Duration,
+
+    /// steady: how long the jobs fire (the measured window).
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
+    pub steady_duration: Duration,
+
+    /// lag, burst, steady: time from the start of creating the jobs to the
+    /// first due time (default: 2 s plus 0.3 ms per job created in bulk,
+    /// 1 ms per job created singly).
+    #[arg(long, value_parser = parse_flag_duration)]
+    pub lead: Option<Duration>,
+
     /// idle: jobs held, due in a year.
     #[arg(long, default_value_t = 100_000)]
     pub idle_jobs: usize,
@@ -95,15 +127,19 @@ pub enum Scenario {
     All,
     Drain,
     Lag,
+    Burst,
+    Steady,
     Idle,
     Api,
     Failover,
 }
 
 impl Scenario {
-    pub(super) const EACH: [Scenario; 5] = [
+    pub(super) const EACH: [Scenario; 7] = [
         Scenario::Drain,
         Scenario::Lag,
+        Scenario::Burst,
+        Scenario::Steady,
         Scenario::Idle,
         Scenario::Api,
         Scenario::Failover,
@@ -114,6 +150,8 @@ impl Scenario {
             Scenario::All => "all",
             Scenario::Drain => "drain",
             Scenario::Lag => "lag",
+            Scenario::Burst => "burst",
+            Scenario::Steady => "steady",
             Scenario::Idle => "idle",
             Scenario::Api => "api",
             Scenario::Failover => "failover",
@@ -153,6 +191,13 @@ pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
         "bulk_size": args.bulk_size,
         "lag_jobs_50": args.lag_jobs_50,
         "lag_jobs_500": args.lag_jobs_500,
+        "burst_jobs": args.burst_jobs,
+        "burst_quiet_jobs": args.burst_quiet_jobs,
+        "burst_quiet_duration_s": args.burst_quiet_duration.as_secs_f64(),
+        "steady_jobs": args.steady_jobs,
+        "steady_interval_s": args.steady_interval.as_secs_f64(),
+        "steady_duration_s": args.steady_duration.as_secs_f64(),
+        "lead_s": args.lead.map(|d| d.as_secs_f64()),
         "idle_jobs": args.idle_jobs,
         "idle_duration_s": args.idle_duration.as_secs_f64(),
         "idle_settle_s": args.idle_settle.as_secs_f64(),

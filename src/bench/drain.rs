@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::client::{seconds_between, Api, CreatePath};
+use super::client::{seconds_between, Api, CreatePath, RunsFilter};
 use super::report::{Cmp, Figure};
 use super::{say, Ctx};
 
@@ -56,7 +56,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
             .with_context(|| format!("the replica's log ends:\n{}", service.log_tail()))?;
         // This round's runs: those not read back after an earlier round.
         let runs: Vec<_> = api
-            .runs_all(Some("succeeded"))
+            .runs_all(&RunsFilter::in_state("succeeded"))
             .await?
             .into_iter()
             .filter(|r| seen.insert(r.run_id.clone()))

@@ -15,7 +15,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::client::Api;
-use super::proc::{clock_ticks_per_second, cpu_ticks, memory};
+use super::proc::{cpu_percent, cpu_ticks, memory};
 use super::report::{Cmp, Figure};
 use super::{say, Ctx};
 
@@ -65,9 +65,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let mem = memory(pid)?;
     service.kill().await?;
 
-    let cpu_seconds =
-        ticks_after.saturating_sub(ticks_before) as f64 / clock_ticks_per_second() as f64;
-    let cpu_percent = 100.0 * cpu_seconds / wall.as_secs_f64().max(1e-9);
+    let cpu_percent = cpu_percent(ticks_after.saturating_sub(ticks_before), wall);
     let window = format!(
         "{n} jobs not due; {:.0} s window after {:.0} s settling",
         wall.as_secs_f64(),

@@ -2,17 +2,17 @@
 //!
 //! Two series on one replica, one after the other: jobs due at distinct
 //! instants 20 ms apart (50 jobs/s), then 2 ms apart (500 jobs/s), the first
-//! ~2 s ahead so that creating them is over before any is due. Each run's
+//! `--lead` ahead (by default 2 s plus the estimated creation time) so that
+//! creating them is over before any is due. Each run's
 //! lag is `started_at - scheduled_for`, both written by the database, so no
 //! clock but PostgreSQL's is involved.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chrono::{SecondsFormat, Utc};
-use serde_json::{json, Value};
+use chrono::Utc;
 
-use super::client::{Api, CreatePath};
+use super::client::{Api, LogJobs, Run, RunsFilter};
 use super::load::percentile;
 use super::report::{Cmp, Figure};
 use super::{say, Ctx};
@@ -20,8 +20,6 @@ use super::{say, Ctx};
 const SCENARIO: &str = "lag";
 /// p99 target at 50 jobs/s.
 const TARGET_P99_MS: f64 = 5.0;
-/// Time between the creation and the first due time.
-const LEAD: Duration = Duration::from_secs(2);
 
 struct Series {
     rate: u32,
@@ -71,33 +69,21 @@ async fn measure(
     series: &Series,
     done_before: u64,
 ) -> anyhow::Result<Lags> {
-    let pace = chrono::Duration::microseconds(1_000_000 / i64::from(series.rate));
-    // Single creations are slower: leave them time to finish before the first is due.
-    let lead = match ctx.create_path() {
-        CreatePath::Bulk(_) => LEAD,
-        CreatePath::Single(_) => LEAD + Duration::from_millis(series.count as u64),
-    };
-    let first_due = Utc::now() + chrono::Duration::from_std(lead)?;
+    let pace = Duration::from_micros(1_000_000 / u64::from(series.rate));
     let prefix = format!("lag{}-", series.rate);
-    let specs: Vec<Value> = (0..series.count)
-        .map(|i| {
-            let due = first_due + pace * i as i32;
-            json!({"job_id": format!("{prefix}{i}"), "handler": "log",
-                   "kwargs": {"message": "lag"},
-                   "when": due.to_rfc3339_opts(SecondsFormat::Micros, true)})
-        })
-        .collect();
+    let jobs = LogJobs {
+        prefix: &prefix,
+        count: series.count,
+        first_due: Utc::now() + chrono::Duration::from_std(ctx.lead(series.count))?,
+        spread: pace * series.count as u32,
+        every: None,
+    };
     say(
         SCENARIO,
-        format_args!(
-            "{} jobs due {} ms apart",
-            series.count,
-            pace.num_milliseconds()
-        ),
+        format_args!("{} jobs due {} ms apart", series.count, pace.as_millis()),
     );
-    let created = api.create_jobs(specs, ctx.create_path()).await?;
-    let overran = Utc::now() - first_due;
-    let warning = (overran > chrono::Duration::zero()).then(|| {
+    let created = api.create_jobs(jobs.bodies(), ctx.create_path()).await?;
+    let warning = created.overran(jobs.first_due).map(|overran| {
         format!(
             "creation ({}) overran the first due time by {} ms",
             created.path,
@@ -106,39 +92,58 @@ async fn measure(
     });
     api.wait_succeeded(done_before + series.count as u64, Duration::from_secs(30))
         .await?;
-    let runs = api.runs_all(Some("succeeded")).await?;
-    let mut lags: Vec<i64> = runs
-        .iter()
-        .filter(|r| r.job_id.starts_with(&prefix))
-        .filter_map(|r| r.started_at.map(|s| s - r.scheduled_for))
-        .filter_map(|lag| lag.num_microseconds())
-        .collect();
+    let runs = api.runs_all(&RunsFilter::in_state("succeeded")).await?;
+    let lags = sorted_lags_us(runs.iter().filter(|r| r.job_id.starts_with(&prefix)));
     if lags.len() != series.count {
         bail!("{} of {} runs have a start time", lags.len(), series.count);
     }
-    lags.sort_unstable();
     Ok(Lags {
         sorted_us: lags,
         warning,
     })
 }
 
+/// The start lags (`started_at − scheduled_for`, µs) of the runs that
+/// started, sorted.
+pub(super) fn sorted_lags_us<'a>(runs: impl Iterator<Item = &'a Run>) -> Vec<i64> {
+    let mut lags: Vec<i64> = runs.filter_map(Run::start_lag_us).collect();
+    lags.sort_unstable();
+    lags
+}
+
+/// "p50 <label>", "p99 <label>" (against `p99_target`, if any) and
+/// "max <label>" of sorted lags in µs, in ms, each with `note`.
+pub(super) fn lag_figures(
+    scenario: &'static str,
+    label: &str,
+    sorted_us: &[i64],
+    note: &str,
+    p99_target: Option<f64>,
+) -> Vec<Figure> {
+    let ms = |p: f64| percentile(sorted_us, p).map_or(0.0, |us| us as f64 / 1000.0);
+    let p99 = Figure::new(scenario, format!("p99 {label}"), ms(99.0), "ms").note(note);
+    let p99 = match p99_target {
+        Some(target) => p99.target(Cmp::AtMost, target),
+        None => p99,
+    };
+    vec![
+        Figure::new(scenario, format!("p50 {label}"), ms(50.0), "ms").note(note),
+        p99,
+        Figure::new(scenario, format!("max {label}"), ms(100.0), "ms").note(note),
+    ]
+}
+
 fn series_figures(series: &Series, lags: &Lags) -> Vec<Figure> {
-    let ms = |p: f64| percentile(&lags.sorted_us, p).map_or(0.0, |us| us as f64 / 1000.0);
-    let label = format!("{} jobs/s", series.rate);
     let mut note = format!("{} jobs, started_at − scheduled_for", series.count);
     if let Some(warning) = &lags.warning {
         note = format!("{note}; {warning}");
     }
-    let p99 = Figure::new(SCENARIO, format!("p99 at {label}"), ms(99.0), "ms").note(note.clone());
-    let p99 = if series.rate == 50 {
-        p99.target(Cmp::AtMost, TARGET_P99_MS)
-    } else {
-        p99
-    };
-    vec![
-        Figure::new(SCENARIO, format!("p50 at {label}"), ms(50.0), "ms").note(note.clone()),
-        p99,
-        Figure::new(SCENARIO, format!("max at {label}"), ms(100.0), "ms").note(note),
-    ]
+    let target = (series.rate == 50).then_some(TARGET_P99_MS);
+    lag_figures(
+        SCENARIO,
+        &format!("at {} jobs/s", series.rate),
+        &lags.sorted_us,
+        &note,
+        target,
+    )
 }

@@ -7,14 +7,17 @@
 //!
 //! Each scenario gets a fresh database `jobsd_bench_<random>_<scenario>` on
 //! the server of `--database-url` (created by the first child, as `serve`
-//! creates a missing database) and drops it afterwards, also on Ctrl-C, so
-//! it never touches a real `jobsd` database. The benchmark itself speaks
-//! only HTTP; the one exception, dropping its database and reading server
-//! settings, is in `store::bench`. `docs/benchmarks.md` describes the method
-//! of every figure.
+//! creates a missing database); one that compares phases (burst) gets one
+//! per phase, `…_<scenario>_<phase>`. Every database a scenario was handed
+//! is dropped afterwards, also on Ctrl-C, so it never touches a real `jobsd`
+//! database. The benchmark itself speaks only HTTP; the exceptions
+//! (dropping and analysing its databases, reading server settings) are in
+//! `store::bench`. `docs/benchmarks.md` describes the method of every
+//! figure.
 
 mod api;
 mod args;
+mod burst;
 mod client;
 mod drain;
 mod failover;
@@ -23,8 +26,10 @@ mod lag;
 mod load;
 mod proc;
 mod report;
+mod steady;
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use anyhow::Context;
 
@@ -36,11 +41,17 @@ use proc::{Service, ServiceSpec};
 use report::{Failure, Figure, Machine, Report};
 
 /// What a scenario needs: the flags, and a way to start replicas on its
-/// own database.
+/// own database(s).
 pub(crate) struct Ctx<'a> {
     args: &'a BenchArgs,
-    database_url: String,
+    scenario: Scenario,
+    server_url: String,
+    /// `jobsd_bench_<random>_<scenario>`: the scenario's database, and the
+    /// stem of its phases' ones.
+    database: String,
     jobs_dir: PathBuf,
+    /// Every database handed out so far, dropped after the scenario.
+    handed_out: Mutex<Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -51,13 +62,52 @@ impl Ctx<'_> {
         }
     }
 
+    /// How long before the first due time creating `count` jobs starts:
+    /// `--lead`, else an estimate generous for a release build.
+    fn lead(&self, count: usize) -> std::time::Duration {
+        self.args
+            .lead
+            .unwrap_or_else(|| self.create_path().lead(count))
+    }
+
+    /// The name of the scenario's database, or with `phase` of a separate
+    /// one for that phase. Announced on stderr the first time, and dropped
+    /// after the scenario.
+    fn database_name(&self, phase: Option<&str>) -> String {
+        let name = match phase {
+            Some(phase) => format!("{}_{phase}", self.database),
+            None => self.database.clone(),
+        };
+        let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&name) {
+            say(self.scenario.name(), format_args!("database {name}"));
+            handed_out.push(name.clone());
+        }
+        name
+    }
+
+    /// The URL of [`Ctx::database_name`].
+    fn database_url(&self, phase: Option<&str>) -> anyhow::Result<String> {
+        with_database(&self.server_url, &self.database_name(phase))
+    }
+
     /// Starts a `jobsd serve` named `instance` on this scenario's database,
     /// with `extra` flags before the user's `--serve-arg`s.
     async fn spawn(&self, instance: &str, extra: &[&str]) -> anyhow::Result<Service> {
+        self.spawn_on(None, instance, extra).await
+    }
+
+    /// [`Ctx::spawn`] on the database of `phase` (see [`Ctx::database_name`]).
+    async fn spawn_on(
+        &self,
+        phase: Option<&str>,
+        instance: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Service> {
         let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         flags.extend(self.args.serve_args.iter().cloned());
         Service::spawn(&ServiceSpec {
-            database_url: self.database_url.clone(),
+            database_url: self.database_url(phase)?,
             instance: instance.to_string(),
             workers: self.args.workers,
             db_max_connections: self.args.database.db_max_connections,
@@ -66,6 +116,19 @@ impl Ctx<'_> {
             extra: flags,
         })
         .await
+    }
+
+    /// Drops every database handed out; failures are reported, not fatal.
+    async fn drop_databases(&self) {
+        let names = std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in names {
+            if let Err(e) = bench_database_drop(&self.server_url, &name).await {
+                say(
+                    self.scenario.name(),
+                    format_args!("could not drop database {name}: {e}"),
+                );
+            }
+        }
     }
 }
 
@@ -117,25 +180,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let mut failures = Vec::new();
     for scenario in selected {
-        let name = format!("{BENCH_DATABASE_PREFIX}{tag}_{}", scenario.name());
         let ctx = Ctx {
             args: &args,
-            database_url: with_database(&server_url, &name)?,
+            scenario,
+            server_url: server_url.clone(),
+            database: format!("{BENCH_DATABASE_PREFIX}{tag}_{}", scenario.name()),
             jobs_dir: jobs_dir.clone(),
+            handed_out: Mutex::new(Vec::new()),
         };
-        say(scenario.name(), format_args!("database {name}"));
         let outcome = tokio::select! {
             outcome = run_scenario(scenario, &ctx) => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,
         };
-        // The scenario's children are gone (killed when dropped), so the
-        // database can go too.
-        if let Err(e) = bench_database_drop(&server_url, &name).await {
-            say(
-                scenario.name(),
-                format_args!("could not drop database {name}: {e}"),
-            );
-        }
+        // The scenario's children are gone (killed when dropped), so its
+        // databases can go too.
+        ctx.drop_databases().await;
         let Some(outcome) = outcome else {
             let _ = std::fs::remove_dir_all(&jobs_dir);
             anyhow::bail!("interrupted during the {} scenario", scenario.name());
@@ -182,6 +241,8 @@ async fn run_scenario(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<F
     match scenario {
         Scenario::Drain => drain::run(ctx).await,
         Scenario::Lag => lag::run(ctx).await,
+        Scenario::Burst => burst::run(ctx).await,
+        Scenario::Steady => steady::run(ctx).await,
         Scenario::Idle => idle::run(ctx).await,
         Scenario::Api => api::run(ctx).await,
         Scenario::Failover => failover::run(ctx).await,

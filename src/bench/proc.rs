@@ -1,5 +1,6 @@
 //! `jobsd serve` children of the benchmark, and what `/proc` says about
-//! them (CPU time, resident memory).
+//! them (CPU time, resident memory) and about PostgreSQL's processes on
+//! this host (their CPU time).
 //!
 //! A child is this very executable (`std::env::current_exe()`), so the
 //! benchmark measures the build it is part of. It listens on a free port
@@ -186,17 +187,112 @@ impl Service {
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_cpu_ticks(&stat).ok_or_else(|| anyhow!("unexpected format of {path}"))
+    parse_stat(&stat)
+        .map(|s| s.ticks)
+        .ok_or_else(|| anyhow!("unexpected format of {path}"))
 }
 
-/// utime and stime are fields 14 and 15 of `/proc/<pid>/stat`; the command
-/// name (field 2) may hold spaces, so counting starts after its `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11); // fields 3..=13
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+/// The parts of `/proc/<pid>/stat` the benchmark reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    /// Field 2, the command name (`comm`), without its parentheses.
+    name: String,
+    /// Field 4.
+    ppid: u32,
+    /// utime + stime (fields 14 and 15), clock ticks.
+    ticks: u64,
+    /// cutime + cstime (fields 16 and 17): what the children it has waited
+    /// for used, clock ticks.
+    children_ticks: u64,
+}
+
+/// The command name (field 2) may hold spaces and parentheses, so it runs
+/// from the first `(` to the last `)`, and counting starts after that.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let number = |field: usize| -> Option<u64> { fields.get(field - 3)?.parse().ok() };
+    Some(Stat {
+        name,
+        ppid: u32::try_from(number(4)?).ok()?,
+        ticks: number(14)? + number(15)?,
+        children_ticks: number(16)? + number(17)?,
+    })
+}
+
+/// CPU time of the PostgreSQL server(s) on this host, in clock ticks, as
+/// `/proc` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PostgresCpu {
+    /// Every process named `postgres` (postmaster, background processes,
+    /// every backend), plus what its postmaster's exited children used
+    /// (cutime + cstime), so backends that end between two readings still
+    /// count. A difference of two readings is the server's CPU in between,
+    /// whoever its clients were.
+    pub all: u64,
+    /// Backends whose process title names `database`
+    /// (`postgres: … <user> <database> <client> …`), while they live.
+    pub database: u64,
+    /// Processes found (none: PostgreSQL runs elsewhere, or `/proc` hides it).
+    pub processes: usize,
+}
+
+/// Reads [`PostgresCpu`] from `/proc`; processes that vanish while it reads
+/// are skipped.
+pub fn postgres_cpu_ticks(database: &str) -> PostgresCpu {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return PostgresCpu::default();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(stat) = parse_stat(&stat).filter(|s| s.name == "postgres") else {
+            continue;
+        };
+        let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        found.push((pid, stat, String::from_utf8_lossy(&title).into_owned()));
+    }
+    sum_postgres_cpu(&found, database)
+}
+
+/// [`PostgresCpu`] of `(pid, stat, process title)` of every process named
+/// `postgres`.
+fn sum_postgres_cpu(found: &[(u32, Stat, String)], database: &str) -> PostgresCpu {
+    let pids: Vec<u32> = found.iter().map(|(pid, _, _)| *pid).collect();
+    let mut cpu = PostgresCpu {
+        processes: found.len(),
+        ..PostgresCpu::default()
+    };
+    for (_, stat, title) in found {
+        cpu.all += stat.ticks;
+        // A postmaster is a postgres process whose parent is not one.
+        if !pids.contains(&stat.ppid) {
+            cpu.all += stat.children_ticks;
+        }
+        if title.split_whitespace().any(|word| word == database) {
+            cpu.database += stat.ticks;
+        }
+    }
+    cpu
+}
+
+/// CPU time in clock ticks, in seconds.
+pub fn cpu_seconds(ticks: u64) -> f64 {
+    ticks as f64 / clock_ticks_per_second() as f64
+}
+
+/// CPU time in clock ticks over `wall`, in % of one core.
+pub fn cpu_percent(ticks: u64, wall: Duration) -> f64 {
+    100.0 * cpu_seconds(ticks) / wall.as_secs_f64().max(1e-9)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100, Linux's USER_HZ, if that fails).
@@ -242,15 +338,68 @@ mod tests {
 
     #[test]
     fn reads_cpu_ticks_after_a_name_with_spaces() {
-        let stat = "4242 (jobsd (x) y) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 9 0 100";
-        assert_eq!(parse_cpu_ticks(stat), Some(175));
-        assert_eq!(parse_cpu_ticks("garbage"), None);
+        let stat = "4242 (jobsd (x) y) S 1 2 3 4 5 6 7 8 9 10 150 25 7 3 20 0 9 0 100";
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                name: "jobsd (x) y".to_string(),
+                ppid: 1,
+                ticks: 175,
+                children_ticks: 10,
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None, "too few fields");
+    }
+
+    #[test]
+    fn sums_postgres_with_its_exited_children() {
+        let stat = |ppid, ticks, children_ticks| Stat {
+            name: "postgres".to_string(),
+            ppid,
+            ticks,
+            children_ticks,
+        };
+        let found = vec![
+            (
+                10,
+                stat(1, 5, 100),
+                "/usr/lib/postgresql/15/bin/postgres -D /data".to_string(),
+            ),
+            (
+                11,
+                stat(10, 7, 0),
+                "postgres: 15/main: walwriter".to_string(),
+            ),
+            (
+                12,
+                stat(10, 20, 0),
+                "postgres: 15/main: postgres jobsd_bench_ab_steady 127.0.0.1(5000) idle"
+                    .to_string(),
+            ),
+            (
+                13,
+                stat(10, 30, 0),
+                "postgres: 15/main: postgres jobsd_bench_ab_steady_x 127.0.0.1(5001) idle"
+                    .to_string(),
+            ),
+        ];
+        let cpu = sum_postgres_cpu(&found, "jobsd_bench_ab_steady");
+        assert_eq!(
+            cpu.all,
+            5 + 100 + 7 + 20 + 30,
+            "children of the postmaster only"
+        );
+        assert_eq!(cpu.database, 20, "the whole name, not a prefix");
+        assert_eq!(cpu.processes, 4);
     }
 
     #[test]
     fn reads_this_process() {
         let me = std::process::id();
         assert!(cpu_ticks(me).is_ok());
+        let half = cpu_percent(clock_ticks_per_second(), Duration::from_secs(2));
+        assert!((half - 50.0).abs() < 1e-9, "{half}");
         let mem = memory(me).expect("status readable");
         assert!(mem.rss_kib > 0 && mem.hwm_kib >= mem.rss_kib);
         assert!(clock_ticks_per_second() > 0);

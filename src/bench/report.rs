@@ -181,7 +181,7 @@ fn grouped(value: f64, decimals: usize) -> String {
 /// A value in its unit, with a precision that suits the unit.
 pub fn show(value: f64, unit: &str) -> String {
     let decimals = match unit {
-        "ms" | "%" | "s" => 2,
+        "ms" | "%" | "s" | "×" => 2,
         "MB" => 1,
         _ => 0,
     };
@@ -261,6 +261,7 @@ mod tests {
         assert_eq!(show(999.0, "req/s"), "999 req/s");
         assert_eq!(show(-1234.5, "ms"), "-1,234.50 ms");
         assert_eq!(show(0.5, "%"), "0.50 %");
+        assert_eq!(show(0.834, "×"), "0.83 ×");
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! The only SQL the benchmark (`jobsd bench`) needs: drop the throw-away
-//! database it made, and read a few server settings for its report.
+//! databases it made, analyse one of them (the burst scenario's quiet
+//! period ends with `ANALYZE`), and read a few server settings for its
+//! report.
 //!
-//! Both connect to the `postgres` maintenance database of the server named
-//! by a URL (as database creation in `connect.rs` does), never to the
-//! database in the URL. `bench_database_drop` refuses any name that does not
-//! start with [`BENCH_DATABASE_PREFIX`], so a benchmark cannot drop a real
-//! `jobsd` database.
+//! Dropping and reading settings connect to the `postgres` maintenance
+//! database of the server named by a URL (as database creation in
+//! `connect.rs` does), never to the database in the URL; analysing connects
+//! to the benchmark database the URL names. Both `bench_database_drop` and
+//! `bench_database_analyze` refuse any name that does not start with
+//! [`BENCH_DATABASE_PREFIX`], so a benchmark cannot touch a real `jobsd`
+//! database.
 
 use std::str::FromStr;
 
@@ -26,6 +30,17 @@ pub struct ServerFacts {
     pub max_connections: String,
 }
 
+/// Refuses a database name without the benchmark prefix.
+fn bench_database_check(name: &str, doing: &str) -> Result<(), sqlx::Error> {
+    if name.starts_with(BENCH_DATABASE_PREFIX) {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Protocol(format!(
+            "refusing to {doing} {name:?}: not a benchmark database ({BENCH_DATABASE_PREFIX}*)"
+        )))
+    }
+}
+
 async fn maintenance_connection(url: &str) -> Result<PgConnection, sqlx::Error> {
     PgConnectOptions::from_str(url)?
         .database("postgres")
@@ -38,17 +53,28 @@ async fn maintenance_connection(url: &str) -> Result<PgConnection, sqlx::Error> 
 /// remaining connections (`WITH (FORCE)`, PostgreSQL 13+). Refuses names
 /// without the benchmark prefix.
 pub async fn bench_database_drop(url: &str, name: &str) -> Result<(), sqlx::Error> {
-    if !name.starts_with(BENCH_DATABASE_PREFIX) {
-        return Err(sqlx::Error::Protocol(format!(
-            "refusing to drop {name:?}: not a benchmark database ({BENCH_DATABASE_PREFIX}*)"
-        )));
-    }
+    bench_database_check(name, "drop")?;
     let mut conn = maintenance_connection(url).await?;
     let statement = format!(
         "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
         name.replace('"', "\"\"")
     );
     let result = sqlx::query(&statement).execute(&mut conn).await;
+    let _ = conn.close().await;
+    result.map(|_| ())
+}
+
+/// Updates the planner statistics of every table of the benchmark database
+/// `url` names (`ANALYZE`, as autovacuum or an operator would). Refuses
+/// databases without the benchmark prefix.
+pub async fn bench_database_analyze(url: &str) -> Result<(), sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    bench_database_check(options.get_database().unwrap_or_default(), "analyse")?;
+    let mut conn = options
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .connect()
+        .await?;
+    let result = sqlx::query("ANALYZE").execute(&mut conn).await;
     let _ = conn.close().await;
     result.map(|_| ())
 }
@@ -86,9 +112,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn refuses_to_drop_a_non_benchmark_database() {
+    async fn refuses_to_drop_or_analyse_a_non_benchmark_database() {
         // Refused before any connection is attempted.
         let err = bench_database_drop("postgres://nobody@127.0.0.1:1/x", "jobsd")
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("not a benchmark database"),
+            "{err}"
+        );
+        let err = bench_database_analyze("postgres://nobody@127.0.0.1:1/jobsd")
             .await
             .expect_err("refused");
         assert!(

@@ -25,21 +25,42 @@ async fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Every database the bench announced on stderr for `scenario` (at least
+/// `count`) no longer exists.
+async fn assert_dropped_all(stderr: &str, scenario: &str, count: usize) {
+    let prefix = format!("bench: {scenario}: database ");
+    let names: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    assert!(
+        names.len() >= count,
+        "the bench names its {count} database(s): {stderr}"
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    for name in names {
+        assert!(name.starts_with("jobsd_bench_"), "{name}");
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "{name} is dropped");
+    }
+}
+
 /// The database the bench announced on stderr no longer exists.
 async fn assert_dropped(stderr: &str, scenario: &str) {
-    let prefix = format!("bench: {scenario}: database ");
-    let name = stderr
+    assert_dropped_all(stderr, scenario, 1).await;
+}
+
+/// The report's line of `figure` in `scenario`.
+fn figure_line<'a>(stdout: &'a str, scenario: &str, figure: &str) -> &'a str {
+    let start = format!("| {scenario} | {figure} |");
+    stdout
         .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("the bench names its database: {stderr}"));
-    assert!(name.starts_with("jobsd_bench_"), "{name}");
-    let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(left, 0, "{name} is dropped");
+        .find(|l| l.starts_with(&start))
+        .unwrap_or_else(|| panic!("{scenario}: {figure:?} is printed:\n{stdout}"))
 }
 
 #[tokio::test]
@@ -78,4 +99,75 @@ async fn bench_json_report_is_machine_readable() {
     assert!(report["machine"]["postgres"]["server_version"].is_string());
     assert_eq!(report["failures"], serde_json::json!([]));
     assert_dropped(&stderr, "drain").await;
+}
+
+#[tokio::test]
+async fn bench_burst_runs_fresh_and_after_a_quiet_period() {
+    let (ok, stdout, stderr) = bench(&[
+        "--scenario",
+        "burst",
+        "--burst-jobs",
+        "200",
+        "--burst-quiet-jobs",
+        "20",
+        "--burst-quiet-duration",
+        "1s",
+    ])
+    .await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    for figure in ["fresh database, 200 jobs", "after a quiet period, 200 jobs"] {
+        let line = figure_line(&stdout, "burst", figure);
+        assert!(line.contains("runs/s"), "{line}");
+        assert!(line.contains("due instant → last run finished"), "{line}");
+    }
+    let ratio = figure_line(&stdout, "burst", "after a quiet period ÷ fresh");
+    assert!(ratio.contains("≥ 0.80 ×"), "{ratio}");
+    for figure in [
+        "p50 start lag, fresh",
+        "p99 start lag, after a quiet period",
+    ] {
+        assert!(figure_line(&stdout, "burst", figure).contains(" ms |"));
+    }
+    assert!(stderr.contains("warm: ANALYZE"), "{stderr}");
+    // Two databases: fresh and warm.
+    assert!(stderr.contains("_burst_fresh"), "{stderr}");
+    assert!(stderr.contains("_burst_warm"), "{stderr}");
+    assert_dropped_all(&stderr, "burst", 2).await;
+}
+
+#[tokio::test]
+async fn bench_steady_reports_fires_lag_missed_and_cpu() {
+    let (ok, stdout, stderr) = bench(&[
+        "--scenario",
+        "steady",
+        "--steady-jobs",
+        "200",
+        "--steady-interval",
+        "1s",
+        "--steady-duration",
+        "2s",
+    ])
+    .await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let offered = figure_line(&stdout, "steady", "fires/s offered");
+    assert!(offered.contains("| 200 fires/s |"), "{offered}");
+    let achieved = figure_line(&stdout, "steady", "fires/s achieved");
+    assert!(
+        achieved.contains("times scheduled in the 2 s window"),
+        "{achieved}"
+    );
+    let p99 = figure_line(&stdout, "steady", "p99 start lag");
+    assert!(p99.contains("≤ 100.00 ms"), "{p99}");
+    figure_line(&stdout, "steady", "p50 start lag");
+    figure_line(&stdout, "steady", "max start lag");
+    let missed = figure_line(&stdout, "steady", "missed runs");
+    assert!(missed.contains("≤ 0 runs"), "{missed}");
+    assert!(figure_line(&stdout, "steady", "CPU, jobsd").contains(" % |"));
+    // PostgreSQL's CPU needs its processes in this host's /proc.
+    assert!(
+        stdout.contains("| steady | CPU, PostgreSQL |")
+            || stderr.contains("PostgreSQL's CPU not measured"),
+        "{stdout}\n{stderr}"
+    );
+    assert_dropped(&stderr, "steady").await;
 }
