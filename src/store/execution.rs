@@ -414,7 +414,9 @@ pub(crate) fn run_claim_sql() -> String {
 pub(crate) fn run_finish_many_sql() -> String {
     // `$1` maps each run id to its outcome (a jsonb object: key lookups
     // are binary searches), so the update reads nothing but `runs`, by
-    // primary key: no join that a stale estimate could turn quadratic.
+    // primary key: no join that a stale estimate could turn quadratic. Only
+    // a run whose cancel was requested can belong to a deleted job (the
+    // delete requests it), so only those look for their job.
     let o = "($1::jsonb -> r.run_id::text)";
     format!(
         "WITH finished AS (UPDATE runs r SET state = {o} ->> 'state', \
@@ -425,12 +427,13 @@ pub(crate) fn run_finish_many_sql() -> String {
          WHERE r.run_id = ANY($2) AND {fence} \
            AND r.attempt = ({o} ->> 'attempt')::int4 AND r.instance = {o} ->> 'instance' \
          RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback, \
-           r.lock_key, r.finished_at), \
+           r.lock_key, r.finished_at, r.cancel_requested), \
          failure_records AS ({failure_records}), \
          released AS ({released}), \
          completed AS ({completed}) \
          SELECT f.run_id, f.lock_key IS NOT NULL AS held_lock, \
-           NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = f.job_id) AS orphan, \
+           CASE WHEN f.cancel_requested \
+             THEN NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = f.job_id) ELSE false END AS orphan, \
            (SELECT count(*) FROM released WHERE state = 'queued') AS released \
          FROM finished f",
         history = history_entry(

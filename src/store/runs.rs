@@ -353,7 +353,8 @@ impl Store {
             } else {
                 Vec::new()
             },
-            runs_queued: requeue,
+            // A run that was running may have held a lock key others wait for.
+            runs_queued: requeue || current == "running",
             jobs: None,
         };
         notify::send(&mut *tx, &notice).await?;
