@@ -99,6 +99,11 @@ impl Scheduler {
         }
         let count = batch.jobs.len();
         let queued = runs.iter().filter(|r| r.state == "queued").count();
+        let waiting: Vec<String> = runs
+            .iter()
+            .filter(|r| r.state == "waiting")
+            .map(|r| r.job_id.clone())
+            .collect();
         let reservation = self.local_workers.as_ref().map(|w| w.reserve(queued));
         let claim = reservation
             .as_ref()
@@ -110,6 +115,14 @@ impl Scheduler {
         }
         if let (true, Some(workers)) = (left_queued, &self.local_workers) {
             workers.waker().notify_one();
+        }
+        if !waiting.is_empty() {
+            // The run a waiting run waits for may have been recorded while
+            // this firing was in flight, without seeing it: decide those now
+            // rather than at the supervisor's next sweep.
+            self.store
+                .run_settle_waiting(Some(&waiting), waiting.len() as i64)
+                .await?;
         }
         Ok(count)
     }

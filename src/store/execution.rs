@@ -343,25 +343,37 @@ impl Store {
         Ok(rows)
     }
 
-    /// Decides runs left `waiting` by a path that did not (a replica of an
-    /// older version ended the run they waited for): a waiting run whose job
-    /// has no running run left is recorded as skipped. Returns how many.
-    pub async fn run_settle_waiting(&self, limit: i64) -> StoreResult<u64> {
+    /// Decides runs left `waiting` whose job has no running run left: the
+    /// run they waited for ended without deciding them, because its outcome
+    /// was written concurrently with the firing that stored them (neither
+    /// statement saw the other's rows), or by a replica of an older version.
+    /// They are decided by the same rule, with the end of the job's latest
+    /// executed run. `among` limits it to those jobs (the scheduler checks
+    /// the jobs it just stored waiting runs for; the supervisor sweeps all).
+    /// Returns how many jobs' waiting runs were decided.
+    pub async fn run_settle_waiting(
+        &self,
+        among: Option<&[String]>,
+        limit: i64,
+    ) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
-        let jobs: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT w.job_id FROM runs w WHERE w.state = 'waiting' \
-             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = w.job_id AND r.state = 'running') \
-             LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let released = release_waiting(&mut tx, &jobs).await?;
-        if released {
+        let ended = "WITH candidates AS (SELECT DISTINCT w.job_id FROM runs w \
+              WHERE w.state = 'waiting' AND ($2::text[] IS NULL OR w.job_id = ANY($2)) \
+              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = w.job_id AND r.state = 'running') \
+              LIMIT $1) \
+            SELECT c.job_id, COALESCE((SELECT max(x.finished_at) FROM (SELECT r.finished_at FROM runs r \
+              WHERE r.job_id = c.job_id AND r.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') \
+              ORDER BY r.created_at DESC LIMIT 3) x), now()) AS ended_at FROM candidates c";
+        let states: Vec<String> = sqlx::query_scalar(&release_waiting_sql(ended))
+            .bind(limit)
+            .bind(among)
+            .fetch_all(&mut *tx)
+            .await?;
+        if states.iter().any(|s| s == "queued") {
             notify::send(&mut *tx, &Notice::runs_queued()).await?;
         }
         tx.commit().await?;
-        Ok(jobs.len() as u64)
+        Ok(states.len() as u64)
     }
 }
 

@@ -58,10 +58,10 @@ impl Supervisor {
             tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, state = %run.state,
                 "rescued a run whose lease expired");
         }
-        let settled = self.store.run_settle_waiting(RESCUE_BATCH).await?;
+        let settled = self.store.run_settle_waiting(None, RESCUE_BATCH).await?;
         if settled > 0 {
             tracing::warn!(
-                jobs = settled,
+                runs = settled,
                 "decided runs left waiting for a slot whose run had ended"
             );
         }
