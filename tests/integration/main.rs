@@ -6,6 +6,7 @@ mod bench;
 mod default_jobs;
 mod jobs_api;
 mod replicas;
+mod robustness;
 mod runs;
 mod scheduling;
 mod service_api;
