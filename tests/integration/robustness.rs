@@ -1,6 +1,8 @@
 //! Regression tests for the robustness fixes. Each test's name starts
 //! with the number of the bug it catches (as the issue numbers them), and
-//! each fails on the code before the fix (see the module of its area).
+//! each fails on the code before the fix; two more, found by these, cover
+//! ways of ending a run that the fix first missed (an operator override:
+//! `lock_keys::bug3_an_operator_…`, `lock_keys::bug8_a_deleted_jobs_run_…`).
 
 mod lock_keys;
 mod max_instances;

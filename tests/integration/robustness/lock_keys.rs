@@ -111,6 +111,73 @@ async fn bug3_a_run_blocked_on_a_held_lock_key_costs_nothing_and_is_woken_on_ano
     );
 }
 
+/// Every way a lock holder ends must wake the waiters of every replica,
+/// now that they no longer spin: here an operator ends the run of a
+/// replica that died (its lease is long, so no rescue comes first). The
+/// fix's override path sent no wake-up, so the waiter sat out the poll
+/// interval (30 s here); the old code's claim loop hid that by spinning.
+#[tokio::test]
+async fn bug3_an_operator_ending_a_lock_holder_wakes_a_waiter_on_another_replica() {
+    let db = TestDb::new();
+    let quiet = [
+        "--poll-interval",
+        "30s",
+        "--lease",
+        "60s",
+        "--cancel-grace",
+        "1s",
+    ];
+    let mut a = Replica::spawn(&db, "op-a", &quiet).await;
+    let (status, body) = a
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "holder", "handler": "sleep", "kwargs": {"seconds": 60},
+                   "lock_key": "k"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let holder = wait_for("the holder running", Duration::from_secs(10), || async {
+        replica_runs(&a, "holder")
+            .await
+            .into_iter()
+            .find(|r| r["state"] == "running")
+    })
+    .await;
+    let b = Replica::spawn(&db, "op-b", &quiet).await;
+    let (status, body) = b
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "waiter", "handler": "log", "kwargs": {"message": "w"},
+                   "lock_key": "k"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    a.signal("KILL");
+    a.wait_exit().await;
+    let holder_id = holder["run_id"].as_str().unwrap();
+    let (status, body) = b
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/runs/{holder_id}/state"),
+            Some(json!({"state": "failed", "reason": "its replica died"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ended_at = time(&body["run"]["finished_at"]);
+    let waiter = wait_for("the waiter succeeded", Duration::from_secs(5), || async {
+        replica_runs(&b, "waiter")
+            .await
+            .into_iter()
+            .find(|r| r["state"] == "succeeded")
+    })
+    .await;
+    let lag = time(&waiter["started_at"]) - ended_at;
+    assert!(
+        lag < chrono::Duration::milliseconds(500),
+        "the waiter started {lag} after the operator ended the holder"
+    );
+}
+
 #[tokio::test]
 async fn bug3_runs_blocked_on_a_lock_key_do_not_starve_a_claimable_run() {
     let app = TestApp::start_with(&["--workers", "2"]).await;
@@ -264,4 +331,51 @@ async fn bug8_a_deleted_jobs_lock_key_stays_held_until_its_handler_has_stopped()
     .await;
     assert_eq!(runs_count(&app, "job_id=first").await, 0);
     assert_eq!(app.get("/api/v1/jobs/first").await.0, 404);
+}
+
+/// A deleted job's running run is removed once it has ended, also when an
+/// operator ends it: its worker can then no longer write the outcome that
+/// removes it, and the fix's override path left it behind for good. (The
+/// old code deleted the run with its job, so the override there is a 404.)
+#[tokio::test]
+async fn bug8_a_deleted_jobs_run_ended_by_an_operator_is_removed() {
+    let spans: Spans = Arc::default();
+    let handler = Stubborn(spans.clone());
+    let app = TestApp::start_custom(
+        TestDb::new(),
+        &["--lease", "9s", "--cancel-grace", "3s"],
+        |r| r.register(handler).unwrap(),
+    )
+    .await;
+    create(
+        &app,
+        json!({"job_id": "gone", "handler": "stubborn", "kwargs": {"seconds": 60}}),
+    )
+    .await;
+    let run = wait_running(&app, "gone").await;
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let (status, body) = app.delete("/api/v1/jobs/gone").await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = app
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/runs/{run_id}/state"),
+            Some(json!({"state": "cancelled", "reason": "do not wait for it"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Its handler stops after its grace; by then the run must be gone.
+    wait_for("the handler stopped", Duration::from_secs(10), || async {
+        spans.lock().unwrap()[0].2.map(|_| ())
+    })
+    .await;
+    wait_for(
+        "the deleted job's run gone",
+        Duration::from_secs(5),
+        || async {
+            let (status, _) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+            (status == 404).then_some(())
+        },
+    )
+    .await;
 }
