@@ -611,7 +611,7 @@ pub(crate) async fn release_waiting(
 /// Deletes the ended runs among `run_ids` whose job no longer exists (it
 /// was deleted while they ran: they were kept until their handler stopped,
 /// holding their lock key).
-async fn run_delete_orphans<'e, E>(executor: E, run_ids: &[Uuid]) -> StoreResult<()>
+pub(crate) async fn run_delete_orphans<'e, E>(executor: E, run_ids: &[Uuid]) -> StoreResult<()>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {

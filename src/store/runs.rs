@@ -14,7 +14,7 @@ use sqlx::{FromRow, Postgres, QueryBuilder, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::execution::{complete_one_shot_jobs, release_waiting};
+use super::execution::{complete_one_shot_jobs, release_waiting, run_delete_orphans};
 use super::notify::{self, Notice};
 use super::{Store, StoreError, StoreResult};
 
@@ -281,6 +281,14 @@ impl Store {
     /// Operator override of a run's state (e.g. a stuck run), recorded in
     /// its history with the reason. `queued` re-queues it now; a final state
     /// ends it (a worker still running it can no longer write its outcome).
+    ///
+    /// Ending a running run is one of the ways a run ends, so it does what
+    /// the others do: it decides the runs waiting for its slot, tells the
+    /// workers of every replica when it released a lock key (runs blocked
+    /// on a key wait for word, they do not poll) or queued a run, and
+    /// removes the run if its job was deleted while it ran (see
+    /// `jobs_delete_where`), since its worker can no longer write the
+    /// outcome that would have removed it. The run as written is returned.
     pub async fn run_override_state(
         &self,
         run_id: Uuid,
@@ -288,12 +296,12 @@ impl Store {
         reason: &str,
     ) -> StoreResult<RunRow> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT state, job_id FROM runs WHERE run_id = $1 FOR UPDATE")
+        let row: Option<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT state, job_id, lock_key FROM runs WHERE run_id = $1 FOR UPDATE")
                 .bind(run_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let (current, job_id) = row.ok_or(StoreError::NotFound)?;
+        let (current, job_id, lock_key) = row.ok_or(StoreError::NotFound)?;
         if current == state {
             return Err(StoreError::Conflict(format!(
                 "run {run_id} is already {state}"
@@ -327,38 +335,41 @@ impl Store {
              finished_at = CASE WHEN $3 THEN NULL ELSE now() END, \
              run_after = CASE WHEN $3 THEN now() ELSE run_after END, \
              lease_expires_at = NULL, cancel_requested = false, \
-             history = history || {} WHERE run_id = $1 AND state = $5",
+             history = history || {} WHERE run_id = $1 AND state = $5 RETURNING {RUN_COLUMNS}",
             history_entry("$5", "$2", "'operator'", "$4")
         );
-        sqlx::query(&sql)
+        let written = sqlx::query_as::<_, RunRow>(&sql)
             .bind(run_id)
             .bind(state)
             .bind(requeue)
             .bind(format!("operator: {reason}"))
             .bind(&current)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-        if current == "running" {
+        let ended_running = current == "running";
+        let mut released = false;
+        if ended_running {
             // A run waiting for this one's slot: its time came while this
             // one was still executing (it is ending only now).
-            release_waiting(&mut tx, std::slice::from_ref(&job_id)).await?;
+            released = release_waiting(&mut tx, std::slice::from_ref(&job_id)).await?;
         }
         if !requeue {
-            complete_one_shot_jobs(&mut tx, &[job_id]).await?;
+            complete_one_shot_jobs(&mut tx, std::slice::from_ref(&job_id)).await?;
+            run_delete_orphans(&mut *tx, &[run_id]).await?;
         }
         let notice = Notice {
             // Tell its instance to stop the handler.
-            cancel: if current == "running" {
+            cancel: if ended_running {
                 vec![run_id]
             } else {
                 Vec::new()
             },
-            // A run that was running may have held a lock key others wait for.
-            runs_queued: requeue || current == "running",
+            // A lock key released, or a waiting run queued: wake the workers.
+            runs_queued: requeue || released || (ended_running && lock_key.is_some()),
             jobs: None,
         };
         notify::send(&mut *tx, &notice).await?;
         tx.commit().await?;
-        self.run_get(run_id).await
+        Ok(written)
     }
 }

@@ -7,6 +7,7 @@ mod default_jobs;
 mod jobs_api;
 mod plans;
 mod replicas;
+mod robustness;
 mod runs;
 mod scheduling;
 mod service_api;

@@ -2,115 +2,15 @@
 //! firing, fail-over after `kill -9`, graceful shutdown, database faults.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::post;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::scheduling::{soon, time};
-use crate::support::{admin_url, wait_for, TestDb};
-
-/// One `jobsd serve` process.
-struct Replica {
-    name: String,
-    base: String,
-    child: Child,
-    client: reqwest::Client,
-}
-
-impl Replica {
-    async fn spawn(db: &TestDb, name: &str, extra: &[&str]) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jobsd"))
-            .args([
-                "--database-url",
-                &db.url,
-                "--bind",
-                "127.0.0.1:0",
-                "--instance",
-                name,
-            ])
-            .args([
-                "--default-jobs-dir",
-                "/nonexistent",
-                "--lease",
-                "2s",
-                "--poll-interval",
-                "1s",
-            ])
-            .args(["--cancel-grace", "500ms", "--db-max-connections", "6"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("jobsd starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    return rest.split_whitespace().next().map(str::to_string);
-                }
-            }
-            None
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} listens in time"))
-        .unwrap_or_else(|| panic!("{name} logs its address"));
-        // Keep draining its log so the pipe never fills.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Replica {
-            name: name.to_string(),
-            base: format!("http://{address}"),
-            child,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                (status, resp.json().await.unwrap_or(Value::Null))
-            }
-            Err(e) => (0, json!({"error": e.to_string()})),
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("still running");
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} exits in time", self.name))
-            .unwrap()
-    }
-}
+use crate::support::{admin_url, wait_for, Replica, TestDb};
 
 async fn runs_of(r: &Replica, job_id: &str) -> Vec<Value> {
     let (status, body) = r

@@ -1,6 +1,7 @@
 //! Test support: a fresh PostgreSQL database per test, and a real jobsd
 //! (in-process, or as a real child process) serving on a free port.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
@@ -9,6 +10,8 @@ use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
 use jobsd::store::Store;
 use serde_json::Value;
 use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// Server URL of the PostgreSQL the tests use (any database on it).
@@ -245,6 +248,119 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// One real `jobsd serve` child process.
+pub struct Replica {
+    pub name: String,
+    pub base: String,
+    child: Child,
+    client: reqwest::Client,
+}
+
+impl Replica {
+    /// Starts `jobsd serve` on `db` as instance `name` and waits until it
+    /// listens. Test defaults (a 2 s lease, 1 s polls, a 500 ms cancel
+    /// grace, 6 connections, no default jobs) apply unless `extra` gives
+    /// that flag itself (clap refuses a flag given twice).
+    pub async fn spawn(db: &TestDb, name: &str, extra: &[&str]) -> Replica {
+        let defaults = [
+            ("--default-jobs-dir", "/nonexistent"),
+            ("--lease", "2s"),
+            ("--poll-interval", "1s"),
+            ("--cancel-grace", "500ms"),
+            ("--db-max-connections", "6"),
+        ];
+        let mut args: Vec<&str> = Vec::new();
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jobsd"))
+            .args([
+                "--database-url",
+                &db.url,
+                "--bind",
+                "127.0.0.1:0",
+                "--instance",
+                name,
+            ])
+            .args(args)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("jobsd starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    return rest.split_whitespace().next().map(str::to_string);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} listens in time"))
+        .unwrap_or_else(|| panic!("{name} logs its address"));
+        // Keep draining its log so the pipe never fills.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Replica {
+            name: name.to_string(),
+            base: format!("http://{address}"),
+            child,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request; status 0 when it could not be sent.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, serde_json::json!({"error": e.to_string()})),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Sends `signal` (e.g. `TERM`, `KILL`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running");
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} exits in time", self.name))
+            .unwrap()
     }
 }
 

@@ -1,0 +1,188 @@
+//! Workers: lease settings checked at start-up (bug 4), runs claimed by a
+//! creation whose client hung up (bug 9), slots freed while saturated
+//! (bug 10).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tokio::io::AsyncWriteExt;
+
+use super::runs_count;
+use crate::scheduling::{create, time, wait_runs};
+use crate::support::{admin_url, wait_for, TestApp, TestDb};
+
+// --- Bug 4: lease settings that leave no time to stop handlers before
+// their leases expire are refused at start-up.
+
+#[tokio::test]
+async fn bug4_a_cancel_grace_too_long_for_the_lease_refuses_to_start() {
+    let db = TestDb::new();
+    for (lease, grace) in [("10s", "5s"), ("2s", "5s")] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"))
+                .args(["--database-url", &db.url, "--bind", "127.0.0.1:0"])
+                .args(["--default-jobs-dir", "/nonexistent"])
+                .args(["--lease", lease, "--cancel-grace", grace])
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!("jobsd --lease {lease} --cancel-grace {grace} should refuse to start, not serve")
+        })
+        .unwrap();
+        assert!(
+            !out.status.success(),
+            "--lease {lease} --cancel-grace {grace}: {:?}",
+            out.status
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--cancel-grace"),
+            "the refusal names --cancel-grace: {stderr}"
+        );
+    }
+}
+
+// --- Bug 9: a client disconnecting mid-request stranded the runs the
+// creation had claimed (until their lease expired).
+
+/// Whether the bulk insert's statement is executing in database `name`.
+async fn bulk_insert_active(conn: &mut sqlx::PgConnection, name: &str) -> bool {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
+         AND query LIKE 'WITH input AS%'",
+    )
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+        > 0
+}
+
+#[tokio::test]
+async fn bug9_a_client_disconnecting_mid_bulk_create_strands_no_runs() {
+    const JOBS: usize = 2000;
+    const ROUNDS: usize = 5;
+    // A lease far longer than the test's deadlines: only starting the runs
+    // at once, not a rescue, can make them succeed in time.
+    let app = TestApp::start_with(&["--lease", "60s"]).await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    let mut created = 0;
+    for round in 0..ROUNDS {
+        let jobs: Vec<Value> = (0..JOBS)
+            .map(|i| {
+                json!({"job_id": format!("r{round}-{i}"), "handler": "log",
+                       "kwargs": {"message": "x", "level": "debug"}})
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({ "jobs": jobs })).unwrap();
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /api/v1/jobs/bulk HTTP/1.1\r\nHost: {address}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&body).await.unwrap();
+        // Hang up while the insert (which claims runs for this replica)
+        // executes: the request's future is dropped mid-insert.
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            while !bulk_insert_active(&mut admin, &app.db.name).await {}
+        })
+        .await
+        .is_ok();
+        drop(socket);
+        assert!(
+            seen,
+            "round {round}: the bulk insert was never seen executing"
+        );
+
+        let jobs_now = wait_for("the insert to commit", Duration::from_secs(10), || async {
+            let n = app.get("/api/v1/jobs?limit=1").await.1["jobs_count"].as_i64()?;
+            (n as usize >= created + JOBS).then_some(n as usize)
+        })
+        .await;
+        assert_eq!(jobs_now, created + JOBS, "all or nothing");
+        created = jobs_now;
+        let start = Instant::now();
+        loop {
+            let succeeded = runs_count(&app, "state=succeeded").await as usize;
+            if succeeded == created {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "round {round}: {} of {created} runs succeeded within 10 s; {} running, {} queued",
+                succeeded,
+                runs_count(&app, "state=running").await,
+                runs_count(&app, "state=queued").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// --- Bug 10: free slots sat idle after saturation (no claim until a
+// quarter of the slots were free).
+
+#[tokio::test]
+async fn bug10_a_slot_freed_while_saturated_is_filled_within_the_poll_interval() {
+    let app = TestApp::start_with(&["--workers", "8", "--poll-interval", "1s"]).await;
+    for i in 0..7 {
+        create(
+            &app,
+            json!({"job_id": format!("long{i}"), "handler": "sleep", "kwargs": {"seconds": 30}}),
+        )
+        .await;
+    }
+    create(
+        &app,
+        json!({"job_id": "short", "handler": "sleep", "kwargs": {"seconds": 2}}),
+    )
+    .await;
+    wait_for("8 runs running", Duration::from_secs(10), || async {
+        (runs_count(&app, "state=running").await == 8).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        create(
+            &app,
+            json!({"job_id": format!("more{i}"), "handler": "log", "kwargs": {"message": "m"}}),
+        )
+        .await;
+    }
+    assert_eq!(
+        runs_count(&app, "state=queued").await,
+        3,
+        "every slot is taken: the rest wait"
+    );
+    let short = wait_runs(&app, "short", "succeeded", 1, Duration::from_secs(10)).await;
+    let freed_at = time(&short[0]["finished_at"]);
+    let started = wait_for(
+        "a queued run in the freed slot",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = app.get("/api/v1/runs?limit=1000").await;
+            body["runs"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["job_id"].as_str().unwrap_or("").starts_with("more"))
+                .filter_map(|r| r["started_at"].as_str())
+                .map(|t| t.parse::<DateTime<Utc>>().unwrap())
+                .min()
+        },
+    )
+    .await;
+    assert!(
+        started - freed_at <= chrono::Duration::milliseconds(2000),
+        "the freed slot was filled {} after it was freed",
+        started - freed_at
+    );
+}
