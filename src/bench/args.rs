@@ -111,6 +111,11 @@ pub struct BenchArgs {
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
 
+    /// The `jobsd` executable the replicas run (default: this one), to
+    /// measure another build with this benchmark, back to back in one hour.
+    #[arg(long)]
+    pub serve_binary: Option<std::path::PathBuf>,
+
     /// Print the report as JSON instead of a markdown table.
     #[arg(long)]
     pub json: bool,
@@ -180,6 +185,9 @@ pub(super) fn replica_flags(args: &BenchArgs) -> String {
     for extra in &args.serve_args {
         flags = format!("{flags} {extra}");
     }
+    if let Some(binary) = &args.serve_binary {
+        flags = format!("{flags}`, run from `{}", binary.display());
+    }
     flags
 }
 
@@ -206,6 +214,7 @@ pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
         "lease_s": args.lease.as_secs_f64(),
         "workers": args.workers,
         "serve_args": args.serve_args,
+        "serve_binary": args.serve_binary,
         "db_max_connections": args.database.db_max_connections,
     })
 }

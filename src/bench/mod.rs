@@ -114,6 +114,7 @@ impl Ctx<'_> {
             db_connect_timeout: self.args.database.db_connect_timeout,
             jobs_dir: self.jobs_dir.clone(),
             extra: flags,
+            binary: self.args.serve_binary.clone(),
         })
         .await
     }

@@ -3,7 +3,8 @@
 //! this host (their CPU time).
 //!
 //! A child is this very executable (`std::env::current_exe()`), so the
-//! benchmark measures the build it is part of. It listens on a free port
+//! benchmark measures the build it is part of, unless `--serve-binary`
+//! names another build to compare. It listens on a free port
 //! (`--bind 127.0.0.1:0`); its address is read from its start-up log line
 //! (`address=`), and its stderr is drained for its whole life so the pipe
 //! never fills. Logging is cut down to warnings (plus start-up) so it does
@@ -35,6 +36,8 @@ pub struct ServiceSpec {
     pub jobs_dir: PathBuf,
     /// More `serve` flags, passed last.
     pub extra: Vec<String>,
+    /// Another `jobsd` executable to run (default: this one).
+    pub binary: Option<PathBuf>,
 }
 
 /// A running `jobsd serve` child.
@@ -59,7 +62,10 @@ fn remember(tail: &Mutex<VecDeque<String>>, line: String) {
 impl Service {
     /// Starts the child and waits (up to 60 s) until it listens.
     pub async fn spawn(spec: &ServiceSpec) -> anyhow::Result<Service> {
-        let exe = std::env::current_exe().context("locating the jobsd executable")?;
+        let exe = match &spec.binary {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("locating the jobsd executable")?,
+        };
         let mut command = Command::new(exe);
         command
             .arg("serve")
