@@ -466,7 +466,8 @@ impl WorkerPool {
     /// missing for [`self_fence_after`], every active handler is stopped, so
     /// that each has stopped, its cancel grace included, before its lease
     /// can expire and another replica take the run over. A renewal attempt
-    /// is bounded by the interval, so a hanging database cannot delay that.
+    /// is bounded by the interval and by that moment, so a hanging database
+    /// cannot delay the stop.
     async fn heartbeat_loop(self, stop: CancellationToken) {
         let every = renewal_interval(self.config.lease);
         let fence_after = self_fence_after(self.config.lease, self.config.cancel_grace);
@@ -475,12 +476,21 @@ impl WorkerPool {
         let mut renewed_at = tokio::time::Instant::now();
         let mut fenced = false;
         loop {
+            // The stop begins at `fence_at` at the latest, however long the
+            // renewal attempts take: the wait and each attempt end by then.
+            let fence_at = renewed_at + fence_after;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep_until(fence_at), if !fenced => {}
             }
             let sent = tokio::time::Instant::now();
-            match tokio::time::timeout(every, self.heartbeat_once()).await {
+            let bound = if fenced {
+                every
+            } else {
+                every.min(fence_at.saturating_duration_since(sent))
+            };
+            match tokio::time::timeout(bound, self.heartbeat_once()).await {
                 Ok(Ok(())) => {
                     renewed_at = sent;
                     fenced = false;

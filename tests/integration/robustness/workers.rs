@@ -186,3 +186,94 @@ async fn bug10_a_slot_freed_while_saturated_is_filled_within_the_poll_interval()
         started - freed_at
     );
 }
+
+// --- Self-fencing: a replica that cannot renew its leases stops its
+// handlers before the last lease it renewed expires (before, it waited a
+// whole lease without renewal, then the cancel grace: another replica could
+// take the run over while the handler still ran).
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_database_stops_its_handlers_before_their_lease_expires() {
+    let app = TestApp::start_with(&[
+        "--enable-command-handler",
+        "--lease",
+        "3s",
+        "--cancel-grace",
+        "500ms",
+    ])
+    .await;
+    let file = std::env::temp_dir().join(format!("jobsd-fence-{}", uuid::Uuid::new_v4()));
+    // Appends the time (ns since the epoch) every 20 ms until it is killed.
+    let script = format!(
+        "while true; do date +%s%N >> '{}'; sleep 0.02; done",
+        file.display()
+    );
+    create(
+        &app,
+        json!({"job_id": "fenced", "handler": "command",
+               "kwargs": {"program": "sh", "args": ["-c", script]}}),
+    )
+    .await;
+    let last_write = || -> Option<i64> {
+        let text = std::fs::read_to_string(&file).ok()?;
+        text.lines().rev().find_map(|l| l.trim().parse().ok())
+    };
+    wait_for("the handler writes", Duration::from_secs(10), || async {
+        last_write().map(|_| ())
+    })
+    .await;
+    // Let one renewal land (every third of the lease), then cut the
+    // replica off: no new connections, its pooled ones killed. This
+    // connection, opened before, reads the lease it last renewed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut mine = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+        app.db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&app.db.name)
+    .execute(&mut mine)
+    .await
+    .unwrap();
+    let lease_ends: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT lease_expires_at FROM runs WHERE job_id = 'fenced' AND state = 'running'",
+    )
+    .fetch_one(&mut mine)
+    .await
+    .unwrap();
+    // The handler stops (the file stops growing). Its stop must begin at
+    // least a cancel grace (500 ms) before the lease it holds runs out, so
+    // that even a handler taking its whole grace to stop is gone by then
+    // (this one, a process, is killed at once).
+    let stopped = wait_for("the handler to stop", Duration::from_secs(10), || async {
+        let before = last_write();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (last_write() == before).then_some(before)
+    })
+    .await
+    .unwrap();
+    let grace_ns = 500_000_000;
+    let lease_ends_ns = lease_ends.timestamp_nanos_opt().unwrap();
+    assert!(
+        stopped <= lease_ends_ns - grace_ns,
+        "the handler wrote until {} ms before its lease expired; its stop must begin a cancel \
+         grace (500 ms) before",
+        (lease_ends_ns - stopped) / 1_000_000
+    );
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+        app.db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&file);
+}
