@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::support::{admin_url, wait_for, TestApp, TestDb};
+use crate::support::{admin_url, listening_address, wait_for, ChildLog, TestApp, TestDb};
 
 fn jobsd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobsd"));
@@ -115,14 +115,7 @@ async fn two_services_can_create_the_same_database_at_once() {
 
 /// Starts `jobsd serve` on a fresh database with stdout and stderr piped,
 /// and returns the child, its address, and the open reader of its stderr.
-async fn spawn_serving(
-    db: &TestDb,
-    extra: &[&str],
-) -> (
-    tokio::process::Child,
-    String,
-    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-) {
+async fn spawn_serving(db: &TestDb, extra: &[&str]) -> (tokio::process::Child, String, ChildLog) {
     let mut child = jobsd()
         .args(["--database-url", &db.url, "--bind", "127.0.0.1:0"])
         .args(["--default-jobs-dir", "/nonexistent"])
@@ -131,17 +124,7 @@ async fn spawn_serving(
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let address = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("address=").nth(1) {
-                return rest.split_whitespace().next().map(str::to_string);
-            }
-        }
-        None
-    })
-    .await
-    .expect("jobsd listens in time")
-    .expect("jobsd logs its address");
+    let address = listening_address(&mut lines, "jobsd").await;
     (child, address, lines)
 }
 

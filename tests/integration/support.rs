@@ -252,6 +252,25 @@ impl Drop for TestApp {
 }
 
 /// One real `jobsd serve` child process.
+/// The log of a `jobsd serve` child, line by line.
+pub type ChildLog = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// Reads `log` until the child says where it listens (`address=`), within
+/// 30 s; `name` names the child in the panic otherwise.
+pub async fn listening_address(log: &mut ChildLog, name: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if let Some(rest) = line.split("address=").nth(1) {
+                return rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} listens in time"))
+    .unwrap_or_else(|| panic!("{name} logs its address"))
+}
+
 pub struct Replica {
     pub name: String,
     pub base: String,
@@ -297,17 +316,7 @@ impl Replica {
             .spawn()
             .expect("jobsd starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    return rest.split_whitespace().next().map(str::to_string);
-                }
-            }
-            None
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} listens in time"))
-        .unwrap_or_else(|| panic!("{name} logs its address"));
+        let address = listening_address(&mut lines, name).await;
         // Keep draining its log so the pipe never fills.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Replica {

@@ -31,27 +31,33 @@ async fn xact_commits(conn: &mut sqlx::PgConnection, name: &str) -> i64 {
         .unwrap()
 }
 
+/// Creates job `holder` on `r`: a `sleep` of `seconds` holding key `k`;
+/// returns its run once it is running.
+async fn start_holder(r: &Replica, seconds: u64) -> Value {
+    let (status, body) = r
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "holder", "handler": "sleep", "kwargs": {"seconds": seconds},
+                   "lock_key": "k"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    wait_for("the holder running", Duration::from_secs(10), || async {
+        replica_runs(r, "holder")
+            .await
+            .into_iter()
+            .find(|run| run["state"] == "running")
+    })
+    .await
+}
+
 #[tokio::test]
 async fn bug3_a_run_blocked_on_a_held_lock_key_costs_nothing_and_is_woken_on_another_replica() {
     let db = TestDb::new();
     // Long polls: only a notification can wake a replica promptly.
     let quiet = ["--poll-interval", "30s", "--shutdown-grace", "30s"];
     let mut a = Replica::spawn(&db, "lock-a", &quiet).await;
-    let (status, body) = a
-        .post(
-            "/api/v1/jobs",
-            json!({"job_id": "holder", "handler": "sleep", "kwargs": {"seconds": 9},
-                   "lock_key": "k"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let holder = wait_for("the holder running", Duration::from_secs(10), || async {
-        replica_runs(&a, "holder")
-            .await
-            .into_iter()
-            .find(|r| r["state"] == "running")
-    })
-    .await;
+    let holder = start_holder(&a, 9).await;
     assert_eq!(holder["instance"], "lock-a");
     let b = Replica::spawn(&db, "lock-b", &quiet).await;
     let (status, body) = b
@@ -128,21 +134,7 @@ async fn bug3_an_operator_ending_a_lock_holder_wakes_a_waiter_on_another_replica
         "1s",
     ];
     let mut a = Replica::spawn(&db, "op-a", &quiet).await;
-    let (status, body) = a
-        .post(
-            "/api/v1/jobs",
-            json!({"job_id": "holder", "handler": "sleep", "kwargs": {"seconds": 60},
-                   "lock_key": "k"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let holder = wait_for("the holder running", Duration::from_secs(10), || async {
-        replica_runs(&a, "holder")
-            .await
-            .into_iter()
-            .find(|r| r["state"] == "running")
-    })
-    .await;
+    let holder = start_holder(&a, 60).await;
     let b = Replica::spawn(&db, "op-b", &quiet).await;
     let (status, body) = b
         .post(
