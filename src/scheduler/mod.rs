@@ -83,9 +83,8 @@ impl Scheduler {
             let policy = DuePolicy {
                 misfire_grace: job.misfire_grace_ms.map(ChronoDuration::milliseconds),
                 coalesce: job.coalesce,
-                free_slots: (i64::from(job.max_instances) - job.active_runs - job.waiting_runs)
-                    .max(0) as usize,
-                may_wait: job.running_runs > 0 && job.waiting_runs == 0,
+                free_slots: (i64::from(job.max_instances) - job.runs.taken()).max(0) as usize,
+                may_wait: job.runs.running > 0 && job.runs.waiting == 0,
             };
             let plan = plan_firing(&job.job_id, &schedule, job.next_run_at, job.db_now, &policy);
             for run in &plan.runs {

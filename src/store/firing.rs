@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::execution::{claimed_on_insert, inserted_claim_values, ClaimSlots};
 use super::notify::{self, Notice};
-use super::runs::{history_entry, run_counts_active, RunRow, RUN_COLUMNS};
+use super::runs::{history_entry, run_counts_active, ActiveCounts, RunRow, RUN_COLUMNS};
 use super::{Store, StoreResult};
 
 /// A job whose `next_run_at` has come, locked for this transaction.
@@ -28,12 +28,11 @@ pub struct DueJob {
     pub misfire_grace_ms: Option<i64>,
     pub coalesce: bool,
     pub max_instances: i32,
-    /// Runs of this job queued or running now.
-    pub active_runs: i64,
-    /// Of those, the running ones.
-    pub running_runs: i64,
-    /// Runs of this job waiting for a slot.
-    pub waiting_runs: i64,
+    /// The job's runs that take its slots, counted under the row lock
+    /// (not a column: read by a second statement, see
+    /// [`Store::due_jobs_claim`]).
+    #[sqlx(skip)]
+    pub runs: ActiveCounts,
     pub next_run_at: DateTime<Utc>,
     /// Database time of the claim.
     pub db_now: DateTime<Utc>,
@@ -103,9 +102,7 @@ impl Store {
             let counts = run_counts_active(&mut tx, &ids).await?;
             for job in &mut jobs {
                 if let Some(c) = counts.iter().find(|c| c.job_id == job.job_id) {
-                    job.active_runs = c.active;
-                    job.running_runs = c.running;
-                    job.waiting_runs = c.waiting;
+                    job.runs = c.clone();
                 }
             }
         }
@@ -143,9 +140,8 @@ impl DueBatch {
             items.iter().map(f).collect()
         }
         // One statement (one round trip): insert the runs and advance the
-        // jobs; the runs inserted claimed are returned, and the queued ones
-        // counted, so the workers of every replica can be told.
-        let inserted = sqlx::query_as::<_, RunRow>(&fire_commit_sql())
+        // jobs; the runs inserted claimed are returned.
+        let claimed = sqlx::query_as::<_, RunRow>(&fire_commit_sql())
             .bind(col(runs, |_| Uuid::now_v7()))
             .bind(col(runs, |r| r.job_id.clone()))
             .bind(col(runs, |r| r.scheduled_for))
@@ -161,9 +157,11 @@ impl DueBatch {
             .bind(claim.lease_ms)
             .fetch_all(&mut *self.tx)
             .await?;
-        let (claimed, queued): (Vec<RunRow>, Vec<RunRow>) =
-            inserted.into_iter().partition(|r| r.state == "running");
-        if !queued.is_empty() {
+        // Runs planned queued that were not claimed here are left for the
+        // workers of every replica (one dropped as a duplicate time only
+        // costs a spurious wake-up).
+        let planned = runs.iter().filter(|r| r.state == "queued").count();
+        if planned > claimed.len() {
             notify::send(&mut *self.tx, &Notice::runs_queued()).await?;
         }
         self.tx.commit().await?;
@@ -177,8 +175,7 @@ pub const FIRING_SETTINGS: &str = "SET LOCAL enable_seqscan = off";
 /// The locking statement of [`Store::due_jobs_claim`]: `$1` limit.
 pub(crate) const DUE_JOBS_LOCK_SQL: &str =
     "SELECT j.job_id, j.schedule_kind, j.interval_ms, j.cron, j.timezone, j.start_at, \
-     j.misfire_grace_ms, j.coalesce, j.max_instances, 0::int8 AS active_runs, \
-     0::int8 AS running_runs, 0::int8 AS waiting_runs, \
+     j.misfire_grace_ms, j.coalesce, j.max_instances, \
      j.next_run_at, now() AS db_now FROM jobs j \
      WHERE next_run_at <= now() \
        AND NOT (SELECT paused FROM service_state WHERE id = 1) \
@@ -219,7 +216,7 @@ pub(crate) fn fire_commit_sql() -> String {
            FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
            WHERE j.job_id = a.job_id AND j.job_id = ANY($9) \
          ) \
-         SELECT {columns} FROM inserted WHERE state IN ('running', 'queued')",
+         SELECT {columns} FROM inserted WHERE state = 'running'",
         claim = claimed_on_insert("u.state = 'queued' AND j.lock_key IS NULL", "u.ord", "$12"),
         claimed_values = inserted_claim_values(
             "f.claim",

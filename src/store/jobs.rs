@@ -9,7 +9,7 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::execution::{claimed_on_insert, inserted_claim_values};
-use super::notify::{self, FireHint, Notice};
+use super::notify::{self, Notice};
 use super::runs::{history_entry, RunRow, RUN_COLUMNS};
 use super::{conflict_on_unique, ClaimSlots, Store, StoreError, StoreResult};
 use crate::handlers::ERROR_HANDLER;
@@ -249,9 +249,8 @@ impl Store {
         let (claimed, queued): (Vec<RunRow>, Vec<RunRow>) =
             fired.into_iter().partition(|r| r.state == "running");
         self.notify(&Notice {
-            jobs: earliest.map(|t| FireHint::EarliestAt(t.timestamp_millis())),
             runs_queued: !queued.is_empty(),
-            cancel: Vec::new(),
+            ..Notice::fires_at(earliest)
         })
         .await?;
         Ok(claimed)
@@ -278,14 +277,8 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Err(self.job_missing_or_stale(&job.job_id).await);
         }
-        self.notify(&Notice {
-            jobs: job
-                .next_run_at
-                .filter(|_| job.state == "running")
-                .map(|t| FireHint::EarliestAt(t.timestamp_millis())),
-            ..Notice::default()
-        })
-        .await?;
+        // Only a running job has a next fire time (a CHECK keeps it so).
+        self.notify(&Notice::fires_at(job.next_run_at)).await?;
         self.job_get(&job.job_id).await
     }
 
@@ -351,13 +344,7 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Err(self.job_missing_or_stale(job_id).await);
         }
-        self.notify(&Notice {
-            jobs: next_run_at
-                .filter(|_| state == "running")
-                .map(|t| FireHint::EarliestAt(t.timestamp_millis())),
-            ..Notice::default()
-        })
-        .await?;
+        self.notify(&Notice::fires_at(next_run_at)).await?;
         self.job_get(job_id).await
     }
 

@@ -26,7 +26,7 @@ pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
 pub use instances::{InstanceRow, LockRow};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
-pub use runs::{ManualRun, RunFilter, RunRow};
+pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
 /// to explain; `Database` is a fault (logged, answered with a 500).

@@ -8,6 +8,7 @@
 //! cost. The payload is a typed, unambiguous encoding ([`Notice::encode`]);
 //! no job id is ever read as a hint.
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{Executor, Postgres};
 use uuid::Uuid;
@@ -42,6 +43,15 @@ impl Notice {
     pub fn jobs(hint: FireHint) -> Notice {
         Notice {
             jobs: Some(hint),
+            ..Notice::default()
+        }
+    }
+
+    /// For the schedulers: a job (now) fires next at `next`; nothing new
+    /// fires when it is `None` (a pause, a completion), which wakes nobody.
+    pub fn fires_at(next: Option<DateTime<Utc>>) -> Notice {
+        Notice {
+            jobs: next.map(|t| FireHint::EarliestAt(t.timestamp_millis())),
             ..Notice::default()
         }
     }

@@ -71,8 +71,8 @@ pub(crate) fn history_entry(from: &str, to: &str, instance: &str, reason: &str) 
 }
 
 /// A job's runs that hold or wait for one of its `max_instances` slots.
-#[derive(Debug, Clone, FromRow)]
-pub(crate) struct ActiveCounts {
+#[derive(Debug, Clone, Default, FromRow)]
+pub struct ActiveCounts {
     pub job_id: String,
     /// Queued or running.
     pub active: i64,
@@ -100,6 +100,15 @@ pub(crate) async fn run_counts_active(
         .await?)
 }
 
+/// The slots of job `job_id` taken now (see [`ActiveCounts::taken`]); exact
+/// under the job's row lock, as [`run_counts_active`].
+async fn slots_taken(tx: &mut Transaction<'static, Postgres>, job_id: &str) -> StoreResult<i64> {
+    Ok(run_counts_active(tx, &[job_id.to_string()])
+        .await?
+        .first()
+        .map_or(0, ActiveCounts::taken))
+}
+
 /// The statement of [`run_counts_active`]: `$1` job ids.
 pub(crate) const RUN_COUNTS_ACTIVE_SQL: &str =
     // Two branches, each matching one partial index by job id.
@@ -111,7 +120,7 @@ pub(crate) const RUN_COUNTS_ACTIVE_SQL: &str =
      GROUP BY job_id";
 
 /// The conflict answered when a job's slots are all taken.
-fn slots_taken(job_id: &str, taken: i64, max_instances: i32) -> StoreError {
+fn slots_full(job_id: &str, taken: i64, max_instances: i32) -> StoreError {
     StoreError::Conflict(format!(
         "job {job_id:?} already has {taken} run(s) queued, running or waiting; its max_instances is {max_instances}"
     ))
@@ -206,12 +215,9 @@ impl Store {
                 .await?;
         let max_instances = max_instances.ok_or(StoreError::NotFound)?;
         // A fresh statement after the lock: exact (see `run_counts_active`).
-        let taken = run_counts_active(&mut tx, std::slice::from_ref(&run.job_id))
-            .await?
-            .first()
-            .map_or(0, ActiveCounts::taken);
+        let taken = slots_taken(&mut tx, &run.job_id).await?;
         if taken >= i64::from(max_instances) {
-            return Err(slots_taken(&run.job_id, taken, max_instances));
+            return Err(slots_full(&run.job_id, taken, max_instances));
         }
         let run_id = Uuid::now_v7();
         let sql = format!(
@@ -322,12 +328,9 @@ impl Store {
                     "job {job_id:?} no longer exists; its run cannot be queued again"
                 ))
             })?;
-            let taken = run_counts_active(&mut tx, std::slice::from_ref(&job_id))
-                .await?
-                .first()
-                .map_or(0, ActiveCounts::taken);
+            let taken = slots_taken(&mut tx, &job_id).await?;
             if taken >= i64::from(max) {
-                return Err(slots_taken(&job_id, taken, max));
+                return Err(slots_full(&job_id, taken, max));
             }
         }
         let sql = format!(

@@ -92,13 +92,7 @@ async fn three_replicas_fire_every_time_exactly_once() {
         Some(())
     })
     .await;
-    let (status, _) = replicas[1]
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/service/state?state=paused",
-            None,
-        )
-        .await;
+    let (status, _) = replicas[1].put("/api/v1/service/state?state=paused").await;
     assert_eq!(status, 200);
     wait_for(
         "no run queued or running",

@@ -355,6 +355,10 @@ impl Replica {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, None).await
+    }
+
     /// Sends `signal` (e.g. `TERM`, `KILL`) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running");

@@ -253,8 +253,8 @@ impl Handler for Stubborn {
     }
 }
 
-#[tokio::test]
-async fn bug8_a_deleted_jobs_lock_key_stays_held_until_its_handler_has_stopped() {
+/// A service with the `stubborn` handler registered, and the spans it records.
+async fn stubborn_app() -> (TestApp, Spans) {
     let spans: Spans = Arc::default();
     let handler = Stubborn(spans.clone());
     let app = TestApp::start_custom(
@@ -263,6 +263,12 @@ async fn bug8_a_deleted_jobs_lock_key_stays_held_until_its_handler_has_stopped()
         |r| r.register(handler).unwrap(),
     )
     .await;
+    (app, spans)
+}
+
+#[tokio::test]
+async fn bug8_a_deleted_jobs_lock_key_stays_held_until_its_handler_has_stopped() {
+    let (app, spans) = stubborn_app().await;
     create(
         &app,
         json!({"job_id": "first", "handler": "stubborn", "kwargs": {"seconds": 60},
@@ -331,14 +337,7 @@ async fn bug8_a_deleted_jobs_lock_key_stays_held_until_its_handler_has_stopped()
 /// old code deleted the run with its job, so the override there is a 404.)
 #[tokio::test]
 async fn bug8_a_deleted_jobs_run_ended_by_an_operator_is_removed() {
-    let spans: Spans = Arc::default();
-    let handler = Stubborn(spans.clone());
-    let app = TestApp::start_custom(
-        TestDb::new(),
-        &["--lease", "9s", "--cancel-grace", "3s"],
-        |r| r.register(handler).unwrap(),
-    )
-    .await;
+    let (app, spans) = stubborn_app().await;
     create(
         &app,
         json!({"job_id": "gone", "handler": "stubborn", "kwargs": {"seconds": 60}}),

@@ -64,13 +64,7 @@ async fn bug6_max_instances_holds_across_replicas_under_manual_triggers() {
     for trigger in triggers {
         *statuses.entry(trigger.await.unwrap()).or_default() += 1;
     }
-    let (status, _) = a
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/service/state?state=paused",
-            None,
-        )
-        .await;
+    let (status, _) = a.put("/api/v1/service/state?state=paused").await;
     assert_eq!(status, 200);
     assert!(
         statuses.keys().all(|s| *s == 201 || *s == 409),
