@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::domain::{JobState, ScheduleKind};
 use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
 use crate::schedule::{self, format_duration, CronExpr, Schedule};
 use crate::store::{JobRow, NewJob};
@@ -301,14 +302,14 @@ impl JobSpec {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("running") | Some("active") => "running",
-            Some("paused") => "paused",
+            None | Some("running") | Some("active") => JobState::Running,
+            Some("paused") => JobState::Paused,
             Some(other) => {
                 problems.push(FieldError::new(
                     "state",
                     format!("unknown state {other:?}; use running (alias active) or paused"),
                 ));
-                "running"
+                JobState::Running
             }
         };
         if self
@@ -337,18 +338,26 @@ impl JobSpec {
             (Some(every), _) => {
                 // Like APScheduler: without `when`, the first run is one interval from now.
                 let anchor = when.unwrap_or(ctx.now + every);
-                ("interval", anchor, Schedule::Interval { anchor, every })
+                (
+                    ScheduleKind::Interval,
+                    anchor,
+                    Schedule::Interval { anchor, every },
+                )
             }
             (None, Some(expr)) => {
                 let not_before = when.unwrap_or(ctx.now);
-                ("cron", not_before, Schedule::Cron { expr, not_before })
+                (
+                    ScheduleKind::Cron,
+                    not_before,
+                    Schedule::Cron { expr, not_before },
+                )
             }
             (None, None) => {
                 let at = when.unwrap_or(ctx.now);
-                ("once", at, Schedule::Once { at })
+                (ScheduleKind::Once, at, Schedule::Once { at })
             }
         };
-        let next_run_at = if state == "running" {
+        let next_run_at = if state == JobState::Running {
             schedule.first_at_or_after(ctx.now)
         } else {
             None
@@ -358,7 +367,7 @@ impl JobSpec {
             job_id,
             handler,
             kwargs,
-            schedule_kind: schedule_kind.to_string(),
+            schedule_kind,
             interval_ms: millis(interval),
             cron: self.cron.clone(),
             timezone,
@@ -370,7 +379,7 @@ impl JobSpec {
             timeout_ms: millis(timeout),
             max_retries,
             retry_backoff_ms: retry_backoff.num_milliseconds(),
-            state: state.to_string(),
+            state,
             next_run_at,
             description: self.description.clone(),
             tags,
@@ -400,10 +409,10 @@ impl JobSpec {
             max_retries: Some(row.max_retries),
             retry_backoff: duration(Some(row.retry_backoff_ms)),
             state: Some(
-                if row.state == "paused" {
-                    "paused"
+                if row.state == JobState::Paused {
+                    JobState::Paused
                 } else {
-                    "running"
+                    JobState::Running
                 }
                 .to_string(),
             ),
@@ -445,10 +454,10 @@ pub fn carry_over_timing(old: &JobRow, new: &mut NewJob) {
     if !same_schedule(old, new) {
         return;
     }
-    if old.state == "completed" {
-        new.state = "completed".to_string();
+    if old.state == JobState::Completed {
+        new.state = JobState::Completed;
         new.next_run_at = None;
-    } else if old.state == new.state && new.state == "running" {
+    } else if old.state == new.state && new.state == JobState::Running {
         new.next_run_at = old.next_run_at;
     }
 }
@@ -457,7 +466,7 @@ pub fn carry_over_timing(old: &JobRow, new: &mut NewJob) {
 /// (a resume, or a PATCH) gives it a fire time again, unless its schedule
 /// itself changes. Its run ending then completes it.
 pub fn keep_fired_one_shot_done(old: &JobRow, new: &mut NewJob) {
-    if old.has_fired && new.schedule_kind == "once" && same_schedule(old, new) {
+    if old.has_fired && new.schedule_kind == ScheduleKind::Once && same_schedule(old, new) {
         new.next_run_at = None;
     }
 }
@@ -467,14 +476,14 @@ pub fn keep_fired_one_shot_done(old: &JobRow, new: &mut NewJob) {
 /// while paused are not back-filled); never again for a one-shot job that
 /// has fired.
 pub fn next_run_on_resume(row: &JobRow, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    if row.state == "running" {
+    if row.state == JobState::Running {
         return row.next_run_at;
     }
-    if row.schedule_kind == "once" && row.has_fired {
+    if row.schedule_kind == ScheduleKind::Once && row.has_fired {
         return None;
     }
     schedule_of(
-        &row.schedule_kind,
+        row.schedule_kind,
         row.interval_ms,
         row.cron.as_deref(),
         &row.timezone,
@@ -502,27 +511,27 @@ fn check_job_id(id: &str) -> Result<(), String> {
 
 /// The schedule a stored job follows (`None` for failure records).
 pub fn schedule_of(
-    row_kind: &str,
+    row_kind: ScheduleKind,
     interval_ms: Option<i64>,
     cron: Option<&str>,
     timezone: &str,
     start_at: DateTime<Utc>,
 ) -> Option<Schedule> {
     match row_kind {
-        "once" => Some(Schedule::Once { at: start_at }),
-        "interval" => interval_ms
+        ScheduleKind::Once => Some(Schedule::Once { at: start_at }),
+        ScheduleKind::Interval => interval_ms
             .filter(|ms| *ms > 0)
             .map(|ms| Schedule::Interval {
                 anchor: start_at,
                 every: Duration::milliseconds(ms),
             }),
-        "cron" => cron
+        ScheduleKind::Cron => cron
             .and_then(|c| CronExpr::parse(c, timezone).ok())
             .map(|expr| Schedule::Cron {
                 expr,
                 not_before: start_at,
             }),
-        _ => None,
+        ScheduleKind::Never => None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod default_jobs;
+pub mod domain;
 pub mod handlers;
 pub mod job_spec;
 pub mod logging;

@@ -1,6 +1,8 @@
 //! The job as the API returns it, built from a stored row.
 
 use chrono::{DateTime, Duration, Utc};
+
+use crate::domain::{JobState, RunState};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -13,7 +15,7 @@ use crate::store::JobRow;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LastRun {
     pub run_id: Uuid,
-    pub state: String,
+    pub state: RunState,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -59,18 +61,23 @@ pub struct JobView {
 impl From<JobRow> for JobView {
     fn from(row: JobRow) -> Self {
         let duration = |ms: Option<i64>| ms.map(|ms| format_duration(Duration::milliseconds(ms)));
-        let state = if row.state == "running" && row.has_queued_run {
+        // `pending`: the original service's word for a job with a run
+        // waiting to start (a view, not a stored state).
+        let state = if row.state == JobState::Running && row.has_queued_run {
             "pending".to_string()
         } else {
-            row.state.clone()
+            row.state.to_string()
         };
-        let last_run = row.last_run_id.map(|run_id| LastRun {
-            run_id,
-            state: row.last_run_state.clone().unwrap_or_default(),
-            scheduled_for: row.last_run_scheduled_for,
-            started_at: row.last_run_started_at,
-            finished_at: row.last_run_finished_at,
-        });
+        let last_run = row
+            .last_run_id
+            .zip(row.last_run_state)
+            .map(|(run_id, state)| LastRun {
+                run_id,
+                state,
+                scheduled_for: row.last_run_scheduled_for,
+                started_at: row.last_run_started_at,
+                finished_at: row.last_run_finished_at,
+            });
         JobView {
             periodically: duration(row.interval_ms),
             misfire_grace_time: duration(row.misfire_grace_ms),

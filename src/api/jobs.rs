@@ -13,6 +13,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::job_view::{Deleted, JobEnvelope, JobList, JobView, LastRun};
 use super::AppState;
+use crate::domain::JobState;
 use crate::handlers::ERROR_HANDLER;
 use crate::job_spec::{
     carry_over_timing, keep_fired_one_shot_done, next_run_on_resume, FieldError, JobSpec,
@@ -102,8 +103,9 @@ async fn list_jobs(
     }
     let state = match q.state.as_deref() {
         None => None,
-        Some(s @ ("running" | "paused" | "completed")) => Some(s.to_string()),
-        Some("active") => Some("running".to_string()),
+        // `active` is the original service's name for running.
+        Some("active") => Some(JobState::Running),
+        Some(other) if other.parse::<JobState>().is_ok() => other.parse().ok(),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "state: unknown state {other:?}; use running, paused or completed"
@@ -385,8 +387,8 @@ async fn set_job_state(
     QueryParams(q): QueryParams<StateQuery>,
 ) -> ApiResult<Json<JobEnvelope>> {
     let state = match q.state.to_ascii_lowercase().as_str() {
-        "running" | "active" => "running",
-        "paused" => "paused",
+        "running" | "active" => JobState::Running,
+        "paused" => JobState::Paused,
         other => {
             return Err(ApiError::bad_request(format!(
                 "state: unknown state {other:?}; use running (alias active) or paused"
@@ -395,19 +397,19 @@ async fn set_job_state(
     };
     let app = &app;
     let row = reapply(app, &job_id, |row| async move {
-        if row.handler == ERROR_HANDLER && state == "running" {
+        if row.handler == ERROR_HANDLER && state == JobState::Running {
             return Err(ApiError::Conflict(format!(
                 "{:?} is a failure record and never runs; POST /api/v1/jobs/{}/run re-runs the failed job",
                 row.job_id, row.job_id
             )));
         }
-        if row.state == "completed" {
+        if row.state == JobState::Completed {
             return Err(ApiError::Conflict(format!(
                 "job {:?} is a completed one-shot job; create a new job or trigger it with POST /api/v1/jobs/{}/run",
                 row.job_id, row.job_id
             )));
         }
-        let next_run_at = if state == "paused" {
+        let next_run_at = if state == JobState::Paused {
             None
         } else {
             next_run_on_resume(&row, app.store.now().await?)
@@ -418,7 +420,7 @@ async fn set_job_state(
             .await)
     })
     .await?;
-    tracing::info!(job_id = %job_id, state, "job state set");
+    tracing::info!(job_id = %job_id, state = %state, "job state set");
     Ok(Json(JobEnvelope { job: row.into() }))
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::AppState;
+use crate::domain::RunState;
 use crate::handlers::ERROR_HANDLER;
 use crate::store::{JobRow, ManualRun, RunFilter, RunRow, StoreError};
 
@@ -58,17 +59,6 @@ pub struct RunList {
     pub offset: i64,
 }
 
-const RUN_STATES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "missed",
-    "dead",
-    "waiting",
-];
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 1000;
 
@@ -245,15 +235,19 @@ async fn list_runs(
     QueryParams(q): QueryParams<RunsQuery>,
 ) -> ApiResult<Json<RunList>> {
     let (limit, offset) = page(q.limit, q.offset)?;
-    if let Some(state) = q.state.as_deref().filter(|s| !RUN_STATES.contains(s)) {
-        return Err(ApiError::bad_request(format!(
-            "state: unknown run state {state:?}; use one of {}",
-            RUN_STATES.join(", ")
-        )));
-    }
+    let state = match q.state.as_deref().map(str::parse::<RunState>) {
+        None => None,
+        Some(Ok(state)) => Some(state),
+        Some(Err(e)) => {
+            return Err(ApiError::bad_request(format!(
+                "state: unknown run state {:?}; use one of {}",
+                e.value, e.expected
+            )))
+        }
+    };
     let filter = RunFilter {
         job_id: q.job_id,
-        state: q.state,
+        state,
         handler: q.handler,
         since: q.since,
         until: q.until,
@@ -320,7 +314,13 @@ pub struct StateOverride {
     pub reason: String,
 }
 
-const OVERRIDE_STATES: &[&str] = &["queued", "succeeded", "failed", "cancelled"];
+/// The states an operator may set by hand.
+const OVERRIDE_STATES: &[RunState] = &[
+    RunState::Queued,
+    RunState::Succeeded,
+    RunState::Failed,
+    RunState::Cancelled,
+];
 
 /// Override a stuck run's state
 #[utoipa::path(put, path = "/api/v1/runs/{run_id}/state", tag = "runs",
@@ -334,13 +334,19 @@ async fn override_run_state(
     JsonBody(body): JsonBody<StateOverride>,
 ) -> ApiResult<Json<RunEnvelope>> {
     let run_id = parse_run_id(&raw)?;
-    if !OVERRIDE_STATES.contains(&body.state.as_str()) {
+    let Some(state) = body
+        .state
+        .parse()
+        .ok()
+        .filter(|s| OVERRIDE_STATES.contains(s))
+    else {
+        let names: Vec<&str> = OVERRIDE_STATES.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::bad_request(format!(
             "state: {:?} cannot be set by hand; use one of {}",
             body.state,
-            OVERRIDE_STATES.join(", ")
+            names.join(", ")
         )));
-    }
+    };
     let reason = body.reason.trim();
     if reason.is_empty() {
         return Err(ApiError::bad_request(
@@ -349,7 +355,7 @@ async fn override_run_state(
     }
     let run = app
         .store
-        .run_override_state(run_id, &body.state, reason)
+        .run_override_state(run_id, state, reason)
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::warn!(run_id = %run_id, state = %run.state, reason, "run state overridden by an operator");

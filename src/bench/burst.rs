@@ -27,7 +27,7 @@ use super::client::{seconds_between, sleep_until, Api, Created, LogJobs, Run, Ru
 use super::lag::{lag_figures, sorted_lags_us};
 use super::report::{Cmp, Figure};
 use super::{say, Ctx};
-use crate::store::bench::bench_database_analyze;
+use crate::store::postgres::bench::bench_database_analyze;
 
 const SCENARIO: &str = "burst";
 /// The warm figure ÷ the fresh one.

@@ -12,7 +12,7 @@
 //! is dropped afterwards, also on Ctrl-C, so it never touches a real `jobsd`
 //! database. The benchmark itself speaks only HTTP; the exceptions
 //! (dropping and analysing its databases, reading server settings) are in
-//! `store::bench`. `docs/benchmarks.md` describes the method of every
+//! `store::postgres::bench`. `docs/benchmarks.md` describes the method of every
 //! figure.
 
 mod api;
@@ -33,7 +33,9 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
-use crate::store::bench::{bench_database_drop, bench_server_facts, BENCH_DATABASE_PREFIX};
+use crate::store::postgres::bench::{
+    bench_database_drop, bench_server_facts, BENCH_DATABASE_PREFIX,
+};
 use args::{replica_flags, settings_json};
 pub use args::{BenchArgs, CreateMode, Scenario};
 use client::CreatePath;

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::store::bench::ServerFacts;
+use crate::store::postgres::bench::ServerFacts;
 
 /// How a figure is compared with its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::files::{scan_dir, DirError, DirScan, FileProblem};
+use crate::domain::JobState;
 use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
 use crate::job_spec::{carry_over_timing, schedule_of};
 use crate::store::{FileJobPlan, FileJobRow, FileUpsert, JobRow, NewJob, Store};
@@ -31,7 +32,7 @@ pub fn plan(
 ) -> FileJobPlan {
     // The database keeps microseconds; compare like with like.
     job.start_at = job.start_at.trunc_subsecs(6);
-    let declared = job.state.clone();
+    let declared = job.state;
     let Some(existing) = existing else {
         return FileJobPlan::Write {
             job: Box::new(job),
@@ -53,13 +54,13 @@ pub fn plan(
     {
         job.start_at = row.start_at;
     }
-    let file_state_unchanged = existing.file_state.as_deref() == Some(declared.as_str());
-    if file_state_unchanged && (row.state == "running" || row.state == "paused") {
-        job.state = row.state.clone();
+    let file_state_unchanged = existing.file_state == Some(declared);
+    if file_state_unchanged && (row.state == JobState::Running || row.state == JobState::Paused) {
+        job.state = row.state;
     }
-    job.next_run_at = if job.state == "running" {
+    job.next_run_at = if job.state == JobState::Running {
         schedule_of(
-            &job.schedule_kind,
+            job.schedule_kind,
             job.interval_ms,
             job.cron.as_deref(),
             &job.timezone,
@@ -330,6 +331,7 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ScheduleKind;
     use chrono::Duration;
     use serde_json::json;
 
@@ -337,13 +339,13 @@ mod tests {
         "2030-06-01T12:00:00Z".parse().expect("a time")
     }
 
-    fn new_job(state: &str, every_minutes: i64) -> NewJob {
+    fn new_job(state: JobState, every_minutes: i64) -> NewJob {
         let start_at = now() + Duration::minutes(every_minutes);
         NewJob {
             job_id: "j".into(),
             handler: "log".into(),
             kwargs: json!({"message": "x"}),
-            schedule_kind: "interval".into(),
+            schedule_kind: ScheduleKind::Interval,
             interval_ms: Some(every_minutes * 60_000),
             cron: None,
             timezone: "UTC".into(),
@@ -355,8 +357,8 @@ mod tests {
             timeout_ms: None,
             max_retries: 0,
             retry_backoff_ms: 1000,
-            state: state.into(),
-            next_run_at: (state == "running").then_some(start_at),
+            state,
+            next_run_at: (state == JobState::Running).then_some(start_at),
             description: None,
             tags: vec![],
             source: "/jobs/j.yaml".into(),
@@ -365,14 +367,14 @@ mod tests {
     }
 
     /// The row `job` was stored as, with the file state it was written with.
-    fn stored(job: &NewJob, file_state: Option<&str>) -> FileJobRow {
+    fn stored(job: &NewJob, file_state: Option<JobState>) -> FileJobRow {
         let t = job.start_at - Duration::days(1);
         FileJobRow {
             row: JobRow {
                 job_id: job.job_id.clone(),
                 handler: job.handler.clone(),
                 kwargs: job.kwargs.clone(),
-                schedule_kind: job.schedule_kind.clone(),
+                schedule_kind: job.schedule_kind,
                 interval_ms: job.interval_ms,
                 cron: job.cron.clone(),
                 timezone: job.timezone.clone(),
@@ -384,7 +386,7 @@ mod tests {
                 timeout_ms: job.timeout_ms,
                 max_retries: job.max_retries,
                 retry_backoff_ms: job.retry_backoff_ms,
-                state: job.state.clone(),
+                state: job.state,
                 next_run_at: job.next_run_at,
                 description: job.description.clone(),
                 tags: job.tags.clone(),
@@ -402,11 +404,11 @@ mod tests {
                 has_fired: false,
                 row_version: 0,
             },
-            file_state: file_state.map(str::to_string),
+            file_state,
         }
     }
 
-    fn written(plan: FileJobPlan) -> (NewJob, String) {
+    fn written(plan: FileJobPlan) -> (NewJob, JobState) {
         match plan {
             FileJobPlan::Write { job, file_state } => (*job, file_state),
             other => panic!("expected a write, got {other:?}"),
@@ -415,18 +417,18 @@ mod tests {
 
     #[test]
     fn a_new_job_is_written_as_the_file_says() {
-        let (job, file_state) = written(plan(None, new_job("paused", 60), false, now()));
+        let (job, file_state) = written(plan(None, new_job(JobState::Paused, 60), false, now()));
         assert_eq!(
-            (job.state.as_str(), file_state.as_str()),
-            ("paused", "paused")
+            (job.state, file_state),
+            (JobState::Paused, JobState::Paused)
         );
     }
 
     #[test]
     fn an_unchanged_file_writes_nothing_even_a_minute_later() {
-        let old = stored(&new_job("running", 60), Some("running"));
+        let old = stored(&new_job(JobState::Running, 60), Some(JobState::Running));
         // Validated again later: without `when`, its anchor would be later too.
-        let mut again = new_job("running", 60);
+        let mut again = new_job(JobState::Running, 60);
         again.start_at += Duration::minutes(1);
         assert_eq!(
             plan(Some(&old), again, false, now() + Duration::minutes(1)),
@@ -436,8 +438,8 @@ mod tests {
 
     #[test]
     fn an_explicit_when_is_the_anchor() {
-        let old = stored(&new_job("running", 60), Some("running"));
-        let mut with_when = new_job("running", 60);
+        let old = stored(&new_job(JobState::Running, 60), Some(JobState::Running));
+        let mut with_when = new_job(JobState::Running, 60);
         with_when.start_at += Duration::minutes(7);
         let (job, _) = written(plan(Some(&old), with_when.clone(), true, now()));
         assert_eq!(job.start_at, with_when.start_at);
@@ -446,8 +448,8 @@ mod tests {
 
     #[test]
     fn kwargs_change_keeps_the_timing() {
-        let old = stored(&new_job("running", 60), Some("running"));
-        let mut changed = new_job("running", 60);
+        let old = stored(&new_job(JobState::Running, 60), Some(JobState::Running));
+        let mut changed = new_job(JobState::Running, 60);
         changed.kwargs = json!({"message": "y"});
         changed.start_at += Duration::minutes(5);
         let (job, _) = written(plan(
@@ -463,84 +465,104 @@ mod tests {
 
     #[test]
     fn a_changed_interval_starts_over() {
-        let old = stored(&new_job("running", 60), Some("running"));
-        let (job, _) = written(plan(Some(&old), new_job("running", 120), false, now()));
+        let old = stored(&new_job(JobState::Running, 60), Some(JobState::Running));
+        let (job, _) = written(plan(
+            Some(&old),
+            new_job(JobState::Running, 120),
+            false,
+            now(),
+        ));
         assert_eq!(job.next_run_at, Some(now() + Duration::minutes(120)));
     }
 
     #[test]
     fn an_api_pause_stands_while_the_file_state_is_unchanged() {
-        let mut old = stored(&new_job("running", 60), Some("running"));
-        old.row.state = "paused".into();
+        let mut old = stored(&new_job(JobState::Running, 60), Some(JobState::Running));
+        old.row.state = JobState::Paused;
         old.row.next_run_at = None;
         assert_eq!(
-            plan(Some(&old), new_job("running", 60), false, now()),
+            plan(Some(&old), new_job(JobState::Running, 60), false, now()),
             FileJobPlan::Keep
         );
         // Other changes apply; the pause stays.
-        let mut changed = new_job("running", 60);
+        let mut changed = new_job(JobState::Running, 60);
         changed.max_retries = 3;
         let (job, file_state) = written(plan(Some(&old), changed, false, now()));
-        assert_eq!((job.state.as_str(), job.next_run_at), ("paused", None));
-        assert_eq!(file_state, "running");
+        assert_eq!((job.state, job.next_run_at), (JobState::Paused, None));
+        assert_eq!(file_state, JobState::Running);
     }
 
     #[test]
     fn a_changed_file_state_wins() {
-        let mut old = stored(&new_job("paused", 60), Some("paused"));
-        old.row.state = "paused".into();
-        let (job, file_state) = written(plan(Some(&old), new_job("running", 60), false, now()));
-        assert_eq!(job.state, "running");
-        assert_eq!(file_state, "running");
+        let mut old = stored(&new_job(JobState::Paused, 60), Some(JobState::Paused));
+        old.row.state = JobState::Paused;
+        let (job, file_state) = written(plan(
+            Some(&old),
+            new_job(JobState::Running, 60),
+            false,
+            now(),
+        ));
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(file_state, JobState::Running);
         assert_eq!(job.next_run_at, Some(old.row.start_at));
     }
 
     #[test]
     fn an_api_resume_stands_and_gets_a_next_run() {
-        let mut old = stored(&new_job("paused", 60), Some("paused"));
-        old.row.state = "running".into();
+        let mut old = stored(&new_job(JobState::Paused, 60), Some(JobState::Paused));
+        old.row.state = JobState::Running;
         old.row.next_run_at = Some(now() + Duration::minutes(60));
         assert_eq!(
-            plan(Some(&old), new_job("paused", 60), false, now()),
+            plan(Some(&old), new_job(JobState::Paused, 60), false, now()),
             FileJobPlan::Keep
         );
         // With a new interval the resumed job still runs, on the new schedule.
-        let (job, _) = written(plan(Some(&old), new_job("paused", 30), false, now()));
-        assert_eq!(job.state, "running");
+        let (job, _) = written(plan(
+            Some(&old),
+            new_job(JobState::Paused, 30),
+            false,
+            now(),
+        ));
+        assert_eq!(job.state, JobState::Running);
         assert_eq!(job.next_run_at, Some(now() + Duration::minutes(30)));
     }
 
     #[test]
     fn a_job_without_a_file_state_takes_the_files() {
-        let mut old = stored(&new_job("running", 60), None);
-        old.row.state = "paused".into();
-        let (job, file_state) = written(plan(Some(&old), new_job("running", 60), false, now()));
+        let mut old = stored(&new_job(JobState::Running, 60), None);
+        old.row.state = JobState::Paused;
+        let (job, file_state) = written(plan(
+            Some(&old),
+            new_job(JobState::Running, 60),
+            false,
+            now(),
+        ));
         assert_eq!(
-            (job.state.as_str(), file_state.as_str()),
-            ("running", "running")
+            (job.state, file_state),
+            (JobState::Running, JobState::Running)
         );
     }
 
     #[test]
     fn a_completed_one_shot_job_stays_completed() {
-        let mut once = new_job("running", 0);
-        once.schedule_kind = "once".into();
+        let mut once = new_job(JobState::Running, 0);
+        once.schedule_kind = ScheduleKind::Once;
         once.interval_ms = None;
-        let mut old = stored(&once, Some("running"));
-        old.row.state = "completed".into();
+        let mut old = stored(&once, Some(JobState::Running));
+        old.row.state = JobState::Completed;
         old.row.next_run_at = None;
         let mut again = once.clone();
         again.kwargs = json!({"message": "new text"});
         let (job, _) = written(plan(Some(&old), again, false, now()));
-        assert_eq!((job.state.as_str(), job.next_run_at), ("completed", None));
+        assert_eq!((job.state, job.next_run_at), (JobState::Completed, None));
     }
 
     #[test]
     fn failure_records_are_never_taken_over() {
-        let mut old = stored(&new_job("paused", 60), None);
+        let mut old = stored(&new_job(JobState::Paused, 60), None);
         old.row.handler = ERROR_HANDLER.into();
         assert!(matches!(
-            plan(Some(&old), new_job("running", 60), false, now()),
+            plan(Some(&old), new_job(JobState::Running, 60), false, now()),
             FileJobPlan::Refuse(reason) if reason.contains("failure record")
         ));
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::Duration as ChronoDuration;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::RunState;
 use crate::job_spec::schedule_of;
 use crate::store::notify::{self, FireHint};
 use crate::store::{ClaimSlots, Store, StoreResult};
@@ -63,7 +64,7 @@ impl Scheduler {
         let mut advances = Vec::with_capacity(batch.jobs.len());
         for job in &batch.jobs {
             let schedule = schedule_of(
-                &job.schedule_kind,
+                job.schedule_kind,
                 job.interval_ms,
                 job.cron.as_deref(),
                 &job.timezone,
@@ -89,7 +90,7 @@ impl Scheduler {
             let plan = plan_firing(&job.job_id, &schedule, job.next_run_at, job.db_now, &policy);
             for run in &plan.runs {
                 tracing::debug!(job_id = %job.job_id, scheduled_for = %run.scheduled_for, state = %run.state, "fired");
-                if run.state == "missed" {
+                if run.state == RunState::Missed {
                     tracing::warn!(job_id = %job.job_id, reason = %run.reason, "missed scheduled run");
                 }
             }
@@ -97,10 +98,10 @@ impl Scheduler {
             advances.push(plan.advance);
         }
         let count = batch.jobs.len();
-        let queued = runs.iter().filter(|r| r.state == "queued").count();
+        let queued = runs.iter().filter(|r| r.state == RunState::Queued).count();
         let waiting: Vec<String> = runs
             .iter()
-            .filter(|r| r.state == "waiting")
+            .filter(|r| r.state == RunState::Waiting)
             .map(|r| r.job_id.clone())
             .collect();
         let reservation = self.local_workers.as_ref().map(|w| w.reserve(queued));

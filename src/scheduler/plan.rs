@@ -34,6 +34,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
+use crate::domain::{RunState, Trigger};
 use crate::schedule::{Schedule, TimesIn};
 use crate::store::{FiredRun, JobAdvance};
 
@@ -132,17 +133,21 @@ pub fn plan_firing(
     let on_time = due_times(schedule, due, (cutoff.unwrap_or(due), now), keep);
     let next = schedule.next_after(now);
     let total = missed.as_ref().map_or(0, |m| m.count) + on_time.count;
-    let trigger = if total > 1 { "catch-up" } else { "schedule" };
+    let trigger = if total > 1 {
+        Trigger::CatchUp
+    } else {
+        Trigger::Schedule
+    };
 
     let grace_text = policy
         .misfire_grace
         .map(crate::schedule::format_duration)
         .unwrap_or_default();
-    let fired = |scheduled_for: DateTime<Utc>, state: &str, reason: String| FiredRun {
+    let fired = |scheduled_for: DateTime<Utc>, state: RunState, reason: String| FiredRun {
         job_id: job_id.to_string(),
         scheduled_for,
-        trigger: trigger.to_string(),
-        state: state.to_string(),
+        trigger,
+        state,
         reason,
         result: None,
     };
@@ -153,7 +158,7 @@ pub fn plan_firing(
                    count: u64,
                    more: bool,
                    why: &(String, String)| {
-        let mut run = fired(last, "missed", String::new());
+        let mut run = fired(last, RunState::Missed, String::new());
         run.reason = if count == 1 && !more {
             format!("missed: {last} {}", why.0)
         } else {
@@ -231,17 +236,17 @@ pub fn plan_firing(
     let queued_any = !to_run.is_empty() && (policy.free_slots > 0 || policy.may_wait);
     for (i, (t, reason)) in to_run.into_iter().enumerate() {
         if i < policy.free_slots {
-            runs.push(fired(t, "queued", reason));
+            runs.push(fired(t, RunState::Queued, reason));
         } else if i == policy.free_slots && policy.may_wait {
             runs.push(fired(
                 t,
-                "waiting",
+                RunState::Waiting,
                 "waiting: every max_instances slot is held by a running run".to_string(),
             ));
         } else {
             let mut skipped = fired(
                 t,
-                "missed",
+                RunState::Missed,
                 "skipped: max_instances runs of this job are already queued or running".to_string(),
             );
             skipped.result = Some(json!({"skipped": "max_instances"}));
@@ -275,10 +280,10 @@ mod tests {
         }
     }
 
-    fn states(plan: &Plan) -> Vec<(&str, DateTime<Utc>)> {
+    fn states(plan: &Plan) -> Vec<(RunState, DateTime<Utc>)> {
         plan.runs
             .iter()
-            .map(|r| (r.state.as_str(), r.scheduled_for))
+            .map(|r| (r.state, r.scheduled_for))
             .collect()
     }
 
@@ -297,8 +302,11 @@ mod tests {
             t("2030-01-01T00:05:00.300Z"),
             &policy,
         );
-        assert_eq!(states(&plan), vec![("queued", t("2030-01-01T00:05:00Z"))]);
-        assert_eq!(plan.runs[0].trigger, "schedule");
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Queued, t("2030-01-01T00:05:00Z"))]
+        );
+        assert_eq!(plan.runs[0].trigger, Trigger::Schedule);
         assert_eq!(plan.advance.next_run_at, Some(t("2030-01-01T00:06:00Z")));
         assert!(!plan.advance.complete);
     }
@@ -319,7 +327,10 @@ mod tests {
             t("2030-01-01T00:09:30Z"),
             &policy,
         );
-        assert_eq!(states(&plan), vec![("missed", t("2030-01-01T00:09:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Missed, t("2030-01-01T00:09:00Z"))]
+        );
         assert_eq!(plan.runs[0].result.as_ref().unwrap()["missed_count"], 5);
         assert_eq!(plan.advance.next_run_at, Some(t("2030-01-01T00:10:00Z")));
     }
@@ -343,12 +354,12 @@ mod tests {
         assert_eq!(
             states(&plan),
             vec![
-                ("missed", t("2030-01-01T00:07:00Z")),
-                ("queued", t("2030-01-01T00:09:00Z"))
+                (RunState::Missed, t("2030-01-01T00:07:00Z")),
+                (RunState::Queued, t("2030-01-01T00:09:00Z"))
             ]
         );
         assert_eq!(plan.runs[0].result.as_ref().unwrap()["missed_count"], 3);
-        assert!(plan.runs.iter().all(|r| r.trigger == "catch-up"));
+        assert!(plan.runs.iter().all(|r| r.trigger == Trigger::CatchUp));
     }
 
     #[test]
@@ -369,11 +380,11 @@ mod tests {
         assert_eq!(
             states(&plan),
             vec![
-                ("missed", t("2030-01-01T00:05:00Z")),
-                ("missed", t("2030-01-01T00:06:00Z")),
-                ("missed", t("2030-01-01T00:07:00Z")),
-                ("queued", t("2030-01-01T00:08:00Z")),
-                ("queued", t("2030-01-01T00:09:00Z")),
+                (RunState::Missed, t("2030-01-01T00:05:00Z")),
+                (RunState::Missed, t("2030-01-01T00:06:00Z")),
+                (RunState::Missed, t("2030-01-01T00:07:00Z")),
+                (RunState::Queued, t("2030-01-01T00:08:00Z")),
+                (RunState::Queued, t("2030-01-01T00:09:00Z")),
             ]
         );
     }
@@ -395,7 +406,10 @@ mod tests {
         );
         // 2,876 due times (more than one firing runs one by one): one run,
         // for the newest of them, and the next time is after now.
-        assert_eq!(states(&plan), vec![("queued", t("2030-01-03T00:00:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Queued, t("2030-01-03T00:00:00Z"))]
+        );
         assert!(
             plan.runs[0]
                 .reason
@@ -421,7 +435,10 @@ mod tests {
             t("2030-02-01T00:00:30Z"),
             &policy,
         );
-        assert_eq!(states(&plan), vec![("missed", t("2030-02-01T00:00:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Missed, t("2030-02-01T00:00:00Z"))]
+        );
         let result = plan.runs[0].result.as_ref().unwrap();
         assert_eq!(result["missed_count"], 31 * 24 * 60 + 1);
         assert_eq!(result["more_not_counted"], false);
@@ -452,8 +469,8 @@ mod tests {
         assert_eq!(
             states(&plan),
             vec![
-                ("missed", t("2030-01-01T00:59:50Z")),
-                ("queued", t("2030-01-01T01:00:00Z"))
+                (RunState::Missed, t("2030-01-01T00:59:50Z")),
+                (RunState::Queued, t("2030-01-01T01:00:00Z"))
             ]
         );
         assert_eq!(plan.runs[0].result.as_ref().unwrap()["missed_count"], 3591);
@@ -490,8 +507,8 @@ mod tests {
         assert_eq!(
             states(&plan),
             vec![
-                ("missed", t("2030-12-31T23:59:50Z")),
-                ("queued", t("2031-01-01T00:00:00Z"))
+                (RunState::Missed, t("2030-12-31T23:59:50Z")),
+                (RunState::Queued, t("2031-01-01T00:00:00Z"))
             ]
         );
         let result = plan.runs[0].result.as_ref().unwrap();
@@ -514,7 +531,10 @@ mod tests {
             now,
             &policy,
         );
-        assert_eq!(states(&plan), vec![("queued", t("2031-01-01T00:00:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Queued, t("2031-01-01T00:00:00Z"))]
+        );
         assert!(
             plan.runs[0]
                 .reason
@@ -546,7 +566,10 @@ mod tests {
             may_wait: false,
         };
         let plan = plan_firing("j", &per_second_cron(), due, now, &policy);
-        assert_eq!(states(&plan), vec![("queued", t("2030-01-22T00:00:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Queued, t("2030-01-22T00:00:00Z"))]
+        );
         assert!(
             plan.runs[0]
                 .reason
@@ -554,7 +577,7 @@ mod tests {
             "{}",
             plan.runs[0].reason
         );
-        assert_eq!(plan.runs[0].trigger, "catch-up");
+        assert_eq!(plan.runs[0].trigger, Trigger::CatchUp);
         assert_eq!(plan.advance.next_run_at, Some(t("2030-01-22T00:00:01Z")));
         // A grace of a minute: the missed times are counted up to the cap
         // and recorded with their true first and last; the last minute runs.
@@ -566,8 +589,8 @@ mod tests {
         assert_eq!(
             states(&plan),
             vec![
-                ("missed", t("2030-01-21T23:59:00Z")),
-                ("queued", t("2030-01-22T00:00:00Z"))
+                (RunState::Missed, t("2030-01-21T23:59:00Z")),
+                (RunState::Queued, t("2030-01-22T00:00:00Z"))
             ]
         );
         let result = plan.runs[0].result.as_ref().unwrap();
@@ -601,7 +624,7 @@ mod tests {
             // are one missed record.
             assert_eq!(plan.runs.len(), 1 + MAX_RUNS_PER_FIRING);
             let missed = &plan.runs[0];
-            assert_eq!(missed.state, "missed");
+            assert_eq!(missed.state, RunState::Missed);
             assert_eq!(missed.scheduled_for, t("2030-01-01T00:43:20Z"));
             let result = missed.result.as_ref().unwrap();
             assert_eq!(result["missed_count"], 2601);
@@ -614,7 +637,7 @@ mod tests {
             );
             let queued: Vec<DateTime<Utc>> =
                 plan.runs[1..].iter().map(|r| r.scheduled_for).collect();
-            assert!(plan.runs[1..].iter().all(|r| r.state == "queued"));
+            assert!(plan.runs[1..].iter().all(|r| r.state == RunState::Queued));
             assert_eq!(queued.first(), Some(&t("2030-01-01T00:43:21Z")));
             assert_eq!(queued.last(), Some(&now));
             assert!(queued
@@ -653,11 +676,11 @@ mod tests {
             &policy,
         );
         // 3,590 times beyond the grace: more than a firing records one by one.
-        assert_eq!(plan.runs[0].state, "missed");
+        assert_eq!(plan.runs[0].state, RunState::Missed);
         assert_eq!(plan.runs[0].scheduled_for, t("2030-01-01T00:59:49Z"));
         assert_eq!(plan.runs[0].result.as_ref().unwrap()["missed_count"], 3590);
-        let queued: Vec<_> = plan.runs[1..].iter().map(|r| r.state.as_str()).collect();
-        assert_eq!(queued, vec!["queued"; 11]);
+        let queued: Vec<_> = plan.runs[1..].iter().map(|r| r.state).collect();
+        assert_eq!(queued, vec![RunState::Queued; 11]);
     }
 
     #[test]
@@ -675,7 +698,10 @@ mod tests {
             t("2030-01-01T00:05:00Z"),
             &policy,
         );
-        assert_eq!(states(&plan), vec![("missed", t("2030-01-01T00:05:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Missed, t("2030-01-01T00:05:00Z"))]
+        );
         assert!(plan.runs[0].reason.contains("max_instances"));
         assert_eq!(plan.advance.next_run_at, Some(t("2030-01-01T00:06:00Z")));
 
@@ -695,8 +721,8 @@ mod tests {
         assert_eq!(
             states(&plan),
             vec![
-                ("queued", t("2030-01-01T00:05:00Z")),
-                ("missed", t("2030-01-01T00:06:00Z"))
+                (RunState::Queued, t("2030-01-01T00:05:00Z")),
+                (RunState::Missed, t("2030-01-01T00:06:00Z"))
             ]
         );
     }
@@ -719,7 +745,10 @@ mod tests {
             t("2030-01-01T00:00:01Z"),
             &policy,
         );
-        assert_eq!(states(&plan), vec![("queued", t("2030-01-01T00:00:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Queued, t("2030-01-01T00:00:00Z"))]
+        );
         assert_eq!(plan.advance.next_run_at, None);
         assert!(!plan.advance.complete, "completed once its run ends");
     }
@@ -742,7 +771,10 @@ mod tests {
             t("2030-01-01T01:00:00Z"),
             &policy,
         );
-        assert_eq!(states(&plan), vec![("missed", t("2030-01-01T00:00:00Z"))]);
+        assert_eq!(
+            states(&plan),
+            vec![(RunState::Missed, t("2030-01-01T00:00:00Z"))]
+        );
         assert!(plan.advance.complete);
     }
 
@@ -758,10 +790,10 @@ mod tests {
         };
         // A running run holds the slot: the time waits for it.
         let plan = plan_firing("j", &every_minute(), at, now, &full(true));
-        assert_eq!(states(&plan), vec![("waiting", at)]);
+        assert_eq!(states(&plan), vec![(RunState::Waiting, at)]);
         // A run waits already (or the slot is held by a queued run): skipped.
         let plan = plan_firing("j", &every_minute(), at, now, &full(false));
-        assert_eq!(states(&plan), vec![("missed", at)]);
+        assert_eq!(states(&plan), vec![(RunState::Missed, at)]);
         assert_eq!(
             plan.runs[0].result.as_ref().unwrap()["skipped"],
             "max_instances"
@@ -770,11 +802,8 @@ mod tests {
         let later = t("2030-01-01T00:07:00.100Z");
         let plan = plan_firing("j", &every_minute(), at, later, &full(true));
         assert_eq!(
-            plan.runs
-                .iter()
-                .map(|r| r.state.as_str())
-                .collect::<Vec<_>>(),
-            vec!["waiting", "missed", "missed"]
+            plan.runs.iter().map(|r| r.state).collect::<Vec<_>>(),
+            vec![RunState::Waiting, RunState::Missed, RunState::Missed]
         );
     }
 }

@@ -1,26 +1,17 @@
-//! The scheduler's statements: claim due jobs, insert their runs and
-//! advance `next_run_at`, all in one transaction.
-//!
-//! Exactly once per (job, scheduled time): due jobs are locked with
-//! `FOR UPDATE SKIP LOCKED`, so two replicas never process the same job at
-//! once, and the unique index `runs_job_scheduled_once` rejects a second run
-//! for the same scheduled time should anything slip through.
+//! What the scheduler reads and writes when it fires jobs.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, Postgres, Transaction};
-use uuid::Uuid;
+use sqlx::FromRow;
 
-use super::execution::{claimed_on_insert, inserted_claim_values, ClaimSlots};
-use super::notify::{self, Notice};
-use super::runs::{history_entry, run_counts_active, ActiveCounts, RunRow, RUN_COLUMNS};
-use super::{Store, StoreResult};
+use super::ActiveCounts;
+use crate::domain::{RunState, ScheduleKind, Trigger};
 
 /// A job whose `next_run_at` has come, locked for this transaction.
 #[derive(Debug, Clone, FromRow)]
 pub struct DueJob {
     pub job_id: String,
-    pub schedule_kind: String,
+    pub schedule_kind: ScheduleKind,
     pub interval_ms: Option<i64>,
     pub cron: Option<String>,
     pub timezone: String,
@@ -45,9 +36,9 @@ pub struct FiredRun {
     pub job_id: String,
     pub scheduled_for: DateTime<Utc>,
     /// `schedule` or `catch-up`.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// `queued`, `waiting` or `missed`.
-    pub state: String,
+    pub state: RunState,
     pub reason: String,
     /// For missed runs: how many times were missed, and when.
     pub result: Option<Value>,
@@ -73,158 +64,29 @@ pub struct NextDue {
 
 /// Due jobs held locked until [`DueBatch::commit`].
 pub struct DueBatch {
-    tx: Transaction<'static, Postgres>,
     pub jobs: Vec<DueJob>,
+    pub(crate) tx: DueTx,
 }
 
-impl Store {
-    /// Locks up to `limit` due jobs (skipping those another replica holds),
-    /// then counts their runs. Returns none while the service is paused.
-    ///
-    /// The counts are read by a second statement, after the row locks are
-    /// held: every writer that adds a run to a job (firing, manual triggers,
-    /// operator re-queues) holds that job's row lock, so a fresh snapshot
-    /// taken under the lock sees all of them, and `max_instances` is exact
-    /// across replicas. (Counted in the locking statement, its snapshot
-    /// would predate the lock and could miss a trigger committed between.)
-    pub async fn due_jobs_claim(&self, limit: i64) -> StoreResult<DueBatch> {
-        let mut tx = self.pool.begin().await?;
-        // Firing batches reach jobs by primary key (hundreds at a time):
-        // never by a scan of the table, which a small or freshly grown table
-        // can make look cheaper. The plan test checks this with the setting.
-        sqlx::query(FIRING_SETTINGS).execute(&mut *tx).await?;
-        let mut jobs = sqlx::query_as::<_, DueJob>(DUE_JOBS_LOCK_SQL)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        if !jobs.is_empty() {
-            let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
-            let counts = run_counts_active(&mut tx, &ids).await?;
-            for job in &mut jobs {
-                if let Some(c) = counts.iter().find(|c| c.job_id == job.job_id) {
-                    job.runs = c.clone();
-                }
-            }
-        }
-        Ok(DueBatch { tx, jobs })
-    }
-
-    /// The next due time and how long until it (zero if it has passed), by
-    /// database time; `None` when nothing is scheduled or the service is
-    /// paused.
-    pub async fn due_jobs_next(&self) -> StoreResult<Option<NextDue>> {
-        // min() of no rows is NULL: None, never "due now".
-        let row: Option<(DateTime<Utc>, f64)> = sqlx::query_as(DUE_JOBS_NEXT_SQL)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(at, ms)| NextDue {
-            at,
-            wait: std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64),
-        }))
-    }
+/// The open transaction of a [`DueBatch`], per backend.
+pub(crate) enum DueTx {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl DueBatch {
     /// Inserts the runs, advances the jobs and commits. Up to `claim.limit`
     /// of the queued runs (without a `lock_key`, whose check needs the claim
     /// lock) are inserted claimed by `claim.instance`, as
-    /// [`Store::run_claim`] would claim them, and returned to be started;
-    /// when others are left queued, the workers of every replica are woken.
+    /// [`super::Store::run_claim`] would claim them, and returned to be
+    /// started; when others are left queued, the workers are woken.
     pub async fn commit(
-        mut self,
+        self,
         runs: &[FiredRun],
         advances: &[JobAdvance],
-        claim: &ClaimSlots,
-    ) -> StoreResult<Vec<RunRow>> {
-        fn col<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
-            items.iter().map(f).collect()
+        claim: &super::ClaimSlots,
+    ) -> super::StoreResult<Vec<super::RunRow>> {
+        match self.tx {
+            DueTx::Postgres(tx) => super::postgres::firing::commit(tx, runs, advances, claim).await,
         }
-        // One statement (one round trip): insert the runs and advance the
-        // jobs; the runs inserted claimed are returned.
-        let claimed = sqlx::query_as::<_, RunRow>(&fire_commit_sql())
-            .bind(col(runs, |_| Uuid::now_v7()))
-            .bind(col(runs, |r| r.job_id.clone()))
-            .bind(col(runs, |r| r.scheduled_for))
-            .bind(col(runs, |r| r.trigger.clone()))
-            .bind(col(runs, |r| r.state.clone()))
-            .bind(col(runs, |r| r.reason.clone()))
-            .bind(col(runs, |r| r.result.clone()))
-            .bind(&claim.instance)
-            .bind(col(advances, |a| a.job_id.clone()))
-            .bind(col(advances, |a| a.next_run_at))
-            .bind(col(advances, |a| a.complete))
-            .bind(claim.limit)
-            .bind(claim.lease_ms)
-            .fetch_all(&mut *self.tx)
-            .await?;
-        // Runs planned queued that were not claimed here are left for the
-        // workers of every replica (one dropped as a duplicate time only
-        // costs a spurious wake-up).
-        let planned = runs.iter().filter(|r| r.state == "queued").count();
-        if planned > claimed.len() {
-            notify::send(&mut *self.tx, &Notice::runs_queued()).await?;
-        }
-        self.tx.commit().await?;
-        Ok(claimed)
     }
-}
-
-/// Planner settings of the firing transaction.
-pub const FIRING_SETTINGS: &str = "SET LOCAL enable_seqscan = off";
-
-/// The locking statement of [`Store::due_jobs_claim`]: `$1` limit.
-pub(crate) const DUE_JOBS_LOCK_SQL: &str =
-    "SELECT j.job_id, j.schedule_kind, j.interval_ms, j.cron, j.timezone, j.start_at, \
-     j.misfire_grace_ms, j.coalesce, j.max_instances, \
-     j.next_run_at, now() AS db_now FROM jobs j \
-     WHERE next_run_at <= now() \
-       AND NOT (SELECT paused FROM service_state WHERE id = 1) \
-     ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
-
-/// The statement of [`Store::due_jobs_next`].
-pub(crate) const DUE_JOBS_NEXT_SQL: &str =
-    "SELECT min(next_run_at), (EXTRACT(EPOCH FROM (min(next_run_at) - now())) * 1000)::float8 \
-     FROM jobs WHERE state = 'running' AND next_run_at IS NOT NULL \
-       AND NOT (SELECT paused FROM service_state WHERE id = 1) \
-     HAVING min(next_run_at) IS NOT NULL";
-
-/// The statement of [`DueBatch::commit`] (its parameters are bound there).
-pub(crate) fn fire_commit_sql() -> String {
-    format!(
-        "WITH firing AS ( \
-           SELECT u.*, j.handler, j.kwargs, j.max_retries, j.retry_backoff_ms, j.timeout_ms, \
-             j.misfire_grace_ms, j.lock_key, {claim} AS claim \
-           FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
-             $7::jsonb[]) WITH ORDINALITY AS u(run_id, job_id, scheduled_for, trigger, state, reason, result, ord) \
-           JOIN jobs j ON j.job_id = u.job_id AND j.job_id = ANY($2) \
-         ), inserted AS ( \
-           INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
-             attempt, started_at, instance, lease_expires_at, history, \
-             max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, \
-             finished_at) \
-           SELECT f.run_id, f.job_id, f.handler, f.kwargs, f.trigger, f.scheduled_for, now(), \
-             {claimed_values}, \
-             f.max_retries, f.retry_backoff_ms, f.timeout_ms, f.misfire_grace_ms, f.lock_key, f.result, \
-             CASE WHEN f.state = 'missed' THEN f.reason END, \
-             CASE WHEN f.state = 'missed' THEN now() END \
-           FROM firing f \
-           ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
-           RETURNING {columns} \
-         ), advanced AS ( \
-           UPDATE jobs j SET next_run_at = a.next_run_at, \
-             state = CASE WHEN a.complete THEN 'completed' ELSE j.state END \
-           FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
-           WHERE j.job_id = a.job_id AND j.job_id = ANY($9) \
-         ) \
-         SELECT {columns} FROM inserted WHERE state = 'running'",
-        claim = claimed_on_insert("u.state = 'queued' AND j.lock_key IS NULL", "u.ord", "$12"),
-        claimed_values = inserted_claim_values(
-            "f.claim",
-            "f.state",
-            "$8::text",
-            "$13",
-            &history_entry("NULL", "f.state", "$8::text", "f.reason")
-        ),
-        columns = RUN_COLUMNS,
-    )
 }

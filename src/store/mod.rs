@@ -1,31 +1,36 @@
-//! All SQL lives here, behind typed functions named noun-then-verb
-//! (`job_insert`, `run_claim`, ...). The scheduler, the workers and the API
-//! call these and never build SQL themselves; this boundary is what would let
-//! another storage engine stand in later.
+//! The storage interface: every read and write the scheduler, the workers
+//! and the API make, at the level of the domain (`job_insert`, `run_claim`,
+//! ...). Nothing outside this module builds SQL.
 //!
-//! Database time (`now()`) is the clock for everything that decides when a
-//! job fires or a lease expires, so replicas with skewed clocks still agree.
+//! [`Store`] is an enum over the backends, not a trait object: the set of
+//! backends is closed and known at compile time, so each call is a plain
+//! `match` (async methods need no boxing, and the firing transaction each
+//! backend holds open, [`DueBatch`], stays a concrete type). Each backend
+//! lives in its own folder with its own SQL and migrations; the rules both
+//! would otherwise repeat are pure functions in [`crate::domain::rules`].
 
-pub mod bench;
 mod connect;
-pub mod default_jobs;
-pub mod execution;
-pub mod firing;
-pub mod hot;
-pub mod instances;
-pub mod jobs;
+pub(crate) mod default_jobs;
+pub(crate) mod execution;
+pub(crate) mod firing;
+pub(crate) mod instances;
+pub(crate) mod jobs;
 pub mod notify;
-pub mod runs;
-pub mod service;
+pub mod postgres;
+pub(crate) mod runs;
 
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
 
-pub use connect::{redact_url, ConnectError};
+pub use connect::{redact_url, Backend, ConnectError, SCHEMES};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
 pub use instances::{InstanceRow, LockRow};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
+pub use notify::{Listener, Notice};
+pub use postgres::PgStore;
 pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
@@ -46,45 +51,294 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Handle to the database. Cheap to clone.
+/// Handle to the store. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Store {
-    pool: PgPool,
+pub enum Store {
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend `$store` is.
+macro_rules! on_backend {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            Store::Postgres($s) => $call,
+        }
+    };
 }
 
 impl Store {
-    pub fn from_pool(pool: PgPool) -> Self {
-        Store { pool }
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+        }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The PostgreSQL store, if this is one (benchmarks and plan tests).
+    pub fn as_postgres(&self) -> Option<&PgStore> {
+        match self {
+            Store::Postgres(s) => Some(s),
+        }
     }
 
-    /// Applies the migrations in `migrations/` (idempotent; safe when several
-    /// replicas start together, sqlx takes an advisory lock).
+    /// Applies the backend's migrations (idempotent).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await
+        on_backend!(self, s => s.migrate().await)
     }
 
     /// Readiness: one round trip to the database.
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        on_backend!(self, s => s.ping().await)
     }
 
-    /// The database clock.
-    pub async fn now(&self) -> StoreResult<chrono::DateTime<chrono::Utc>> {
-        Ok(sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?)
+    /// The store's clock (the database's on PostgreSQL).
+    pub async fn now(&self) -> StoreResult<DateTime<Utc>> {
+        on_backend!(self, s => s.now().await)
     }
-}
 
-/// Maps a unique-constraint violation to `Conflict` with the given message.
-pub(crate) fn conflict_on_unique(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
-        _ => StoreError::Database(err),
+    // Jobs.
+
+    /// Inserts a job; `Conflict` when its `job_id` is taken. If it is due,
+    /// its run is queued for any replica, fired by `instance`.
+    pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
+        on_backend!(self, s => s.job_insert(job, instance).await)
+    }
+
+    /// Inserts jobs, all or none; `Conflict` naming the first `job_id`
+    /// already taken. A one-shot job due already gets its run at once, up
+    /// to `claim.limit` of them claimed by `claim.instance` and returned to
+    /// be started; the others are queued. Wakes the schedulers.
+    pub async fn job_insert_many(
+        &self,
+        jobs: &[NewJob],
+        claim: &ClaimSlots,
+    ) -> StoreResult<Vec<RunRow>> {
+        on_backend!(self, s => s.job_insert_many(jobs, claim).await)
+    }
+
+    /// Replaces a job's definition if the row is still at `version`;
+    /// `Stale` when another write came first.
+    pub async fn job_replace(&self, job: &NewJob, version: i64) -> StoreResult<JobRow> {
+        on_backend!(self, s => s.job_replace(job, version).await)
+    }
+
+    pub async fn job_get(&self, job_id: &str) -> StoreResult<JobRow> {
+        on_backend!(self, s => s.job_get(job_id).await)
+    }
+
+    /// One page of jobs, oldest first, and the number matching the filter.
+    pub async fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<JobRow>, i64)> {
+        on_backend!(self, s => s.job_list(filter).await)
+    }
+
+    /// Pauses or resumes a job if the row is still at `version` (`Stale`
+    /// otherwise); `Conflict` for a completed one-shot job.
+    pub async fn job_set_state(
+        &self,
+        job_id: &str,
+        state: crate::domain::JobState,
+        next_run_at: Option<DateTime<Utc>>,
+        version: i64,
+    ) -> StoreResult<JobRow> {
+        on_backend!(self, s => s.job_set_state(job_id, state, next_run_at, version).await)
+    }
+
+    /// Deletes a job and its runs (running ones are cancelled and removed
+    /// when they end). `NotFound` when there is none.
+    pub async fn job_delete(&self, job_id: &str) -> StoreResult<()> {
+        on_backend!(self, s => s.job_delete(job_id).await)
+    }
+
+    /// Deletes every failure record; returns how many.
+    pub async fn job_delete_failed(&self) -> StoreResult<u64> {
+        on_backend!(self, s => s.job_delete_failed().await)
+    }
+
+    // Default-job files.
+
+    /// Inserts or updates a file's job as `plan` decides from the stored
+    /// row, under locks that make concurrent loaders safe.
+    pub async fn job_upsert_from_file(
+        &self,
+        job_id: &str,
+        plan: impl FnOnce(Option<&FileJobRow>) -> FileJobPlan,
+    ) -> StoreResult<FileUpsertResult> {
+        on_backend!(self, s => s.job_upsert_from_file(job_id, plan).await)
+    }
+
+    /// Lets go of the jobs whose file in `dir_prefix` is not in `present`.
+    pub async fn job_release_files(
+        &self,
+        dir_prefix: &str,
+        present: &[String],
+    ) -> StoreResult<Vec<String>> {
+        on_backend!(self, s => s.job_release_files(dir_prefix, present).await)
+    }
+
+    /// The `state` a job's file declared when last applied.
+    pub async fn job_file_state(
+        &self,
+        job_id: &str,
+    ) -> StoreResult<Option<crate::domain::JobState>> {
+        on_backend!(self, s => s.job_file_state(job_id).await)
+    }
+
+    // Runs.
+
+    pub async fn run_get(&self, run_id: Uuid) -> StoreResult<RunRow> {
+        on_backend!(self, s => s.run_get(run_id).await)
+    }
+
+    /// Runs matching the filter, newest first, and how many match in all.
+    pub async fn run_list(&self, filter: &RunFilter) -> StoreResult<(Vec<RunRow>, i64)> {
+        on_backend!(self, s => s.run_list(filter).await)
+    }
+
+    /// The newest run of a job.
+    pub async fn run_latest(&self, job_id: &str) -> StoreResult<RunRow> {
+        on_backend!(self, s => s.run_latest(job_id).await)
+    }
+
+    /// Queues a manual run now; `Conflict` when the job's slots are taken.
+    pub async fn run_trigger(&self, run: &ManualRun) -> StoreResult<RunRow> {
+        on_backend!(self, s => s.run_trigger(run).await)
+    }
+
+    /// Cancels a run (a running one is flagged and its instance told).
+    pub async fn run_cancel(&self, run_id: Uuid, reason: &str) -> StoreResult<RunRow> {
+        on_backend!(self, s => s.run_cancel(run_id, reason).await)
+    }
+
+    /// Operator override of a run's state, recorded in its history.
+    pub async fn run_override_state(
+        &self,
+        run_id: Uuid,
+        state: crate::domain::RunState,
+        reason: &str,
+    ) -> StoreResult<RunRow> {
+        on_backend!(self, s => s.run_override_state(run_id, state, reason).await)
+    }
+
+    // Execution.
+
+    /// Claims up to `slots.limit` due queued runs for `slots.instance`.
+    pub async fn run_claim(&self, slots: &ClaimSlots) -> StoreResult<Vec<RunRow>> {
+        on_backend!(self, s => s.run_claim(slots).await)
+    }
+
+    /// The soonest start of a queued run that no lock key blocks.
+    pub async fn run_next_queued_in(&self) -> StoreResult<Option<std::time::Duration>> {
+        on_backend!(self, s => s.run_next_queued_in().await)
+    }
+
+    /// Renews the leases of this instance's running attempts.
+    pub async fn run_heartbeat(
+        &self,
+        instance: &str,
+        lease_ms: i64,
+        runs: &[(RunClaim, Option<Value>)],
+    ) -> StoreResult<Vec<HeartbeatAck>> {
+        on_backend!(self, s => s.run_heartbeat(instance, lease_ms, runs).await)
+    }
+
+    /// Records the end of an attempt; false when the claim is stale.
+    pub async fn run_finish(&self, claim: &RunClaim, outcome: &RunOutcome) -> StoreResult<bool> {
+        on_backend!(self, s => s.run_finish(claim, outcome).await)
+    }
+
+    /// [`Store::run_finish`] for many runs; returns those written.
+    pub async fn run_finish_many(
+        &self,
+        finished: &[(RunClaim, RunOutcome)],
+    ) -> StoreResult<Vec<Uuid>> {
+        on_backend!(self, s => s.run_finish_many(finished).await)
+    }
+
+    /// Queues a failed attempt again after its backoff; false when stale.
+    pub async fn run_retry(&self, claim: &RunClaim, retry: &RunRetry) -> StoreResult<bool> {
+        on_backend!(self, s => s.run_retry(claim, retry).await)
+    }
+
+    /// Hands runs back to the queue (graceful shutdown).
+    pub async fn run_hand_back(&self, claims: &[RunClaim], reason: &str) -> StoreResult<u64> {
+        on_backend!(self, s => s.run_hand_back(claims, reason).await)
+    }
+
+    /// Rescues running runs whose lease expired.
+    pub async fn run_rescue_expired(&self, limit: i64, rescuer: &str) -> StoreResult<Vec<RunRow>> {
+        on_backend!(self, s => s.run_rescue_expired(limit, rescuer).await)
+    }
+
+    /// Decides runs left waiting whose job has no running run left.
+    pub async fn run_settle_waiting(
+        &self,
+        among: Option<&[String]>,
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.run_settle_waiting(among, limit).await)
+    }
+
+    // Firing.
+
+    /// Locks up to `limit` due jobs, with their run counts, until the
+    /// batch is committed. None while the service is paused.
+    pub async fn due_jobs_claim(&self, limit: i64) -> StoreResult<DueBatch> {
+        on_backend!(self, s => s.due_jobs_claim(limit).await)
+    }
+
+    /// The next due time and how long until it.
+    pub async fn due_jobs_next(&self) -> StoreResult<Option<NextDue>> {
+        on_backend!(self, s => s.due_jobs_next().await)
+    }
+
+    // Replicas and service state.
+
+    /// Registers or refreshes this replica, and prunes silent ones.
+    pub async fn instance_heartbeat(
+        &self,
+        name: &str,
+        version: &str,
+        address: Option<&str>,
+        prune_after_ms: i64,
+    ) -> StoreResult<()> {
+        on_backend!(self, s => s.instance_heartbeat(name, version, address, prune_after_ms).await)
+    }
+
+    /// Removes this replica (graceful shutdown).
+    pub async fn instance_remove(&self, name: &str) -> StoreResult<()> {
+        on_backend!(self, s => s.instance_remove(name).await)
+    }
+
+    /// The registered replicas; `alive` means a heartbeat within `alive_ms`.
+    pub async fn instance_list(&self, alive_ms: i64) -> StoreResult<Vec<InstanceRow>> {
+        on_backend!(self, s => s.instance_list(alive_ms).await)
+    }
+
+    /// Lock keys held by running runs.
+    pub async fn lock_list(&self) -> StoreResult<Vec<LockRow>> {
+        on_backend!(self, s => s.lock_list().await)
+    }
+
+    /// Whether scheduling is paused service-wide.
+    pub async fn service_paused(&self) -> StoreResult<bool> {
+        on_backend!(self, s => s.service_paused().await)
+    }
+
+    /// Pauses or resumes all scheduling.
+    pub async fn service_set_paused(&self, paused: bool) -> StoreResult<()> {
+        on_backend!(self, s => s.service_set_paused(paused).await)
+    }
+
+    // Wake-ups.
+
+    /// A listener for the notices of every replica (or of this process).
+    pub async fn listen(&self) -> StoreResult<Listener> {
+        match self {
+            Store::Postgres(s) => Ok(Listener::Postgres(s.listen().await?)),
+        }
+    }
+
+    /// Sends `notice` on its own (after a commit whose changes it announces).
+    pub async fn notify(&self, notice: &Notice) -> StoreResult<()> {
+        on_backend!(self, s => s.notify(notice).await)
     }
 }

@@ -1,22 +1,13 @@
-//! Wake-ups for the schedulers and workers of every replica, through one
-//! LISTEN/NOTIFY channel; each loop still polls on a bounded interval in
-//! case a notification is lost (e.g. while a connection was re-opened).
-//!
-//! A transaction sends at most one notification, with every wake-up it
-//! carries in one [`Notice`]: PostgreSQL serializes the commits of
-//! transactions that notify, so one per transaction is the most it should
-//! cost. The payload is a typed, unambiguous encoding ([`Notice::encode`]);
-//! no job id is ever read as a hint.
+//! Wake-ups for the schedulers and workers: what a committed change tells
+//! them, as one [`Notice`] per transaction. PostgreSQL carries notices to
+//! every replica through one LISTEN/NOTIFY channel (a typed, unambiguous
+//! encoding, [`Notice::encode`]; no job id is ever read as a hint); the
+//! embedded store through an in-process broadcast. Each loop still polls on
+//! a bounded interval in case a notice is lost (e.g. while a connection was
+//! re-opened).
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
-use sqlx::{Executor, Postgres};
 use uuid::Uuid;
-
-use super::{Store, StoreResult};
-
-/// The one channel jobsd notifies on.
-pub const CHANNEL: &str = "jobsd_wake";
 
 /// What a change tells the schedulers, so a burst of job creations does not
 /// make every replica query the database each time.
@@ -127,53 +118,25 @@ impl Notice {
     }
 }
 
-/// Sends `notice` within the caller's transaction (delivered on commit), as
-/// its own statement; an empty notice sends nothing.
-pub async fn send<'e, E>(executor: E, notice: &Notice) -> StoreResult<()>
-where
-    E: Executor<'e, Database = Postgres>,
-{
-    if notice.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(notice.encode())
-        .execute(executor)
-        .await?;
-    Ok(())
+/// Where a loop receives notices.
+pub enum Listener {
+    Postgres(sqlx::postgres::PgListener),
+    Local(tokio::sync::broadcast::Receiver<Notice>),
 }
 
-impl Store {
-    /// A listener on the channel. It reconnects by itself after a lost
-    /// connection (notifications sent meanwhile are lost; callers poll).
-    pub async fn listen(&self) -> StoreResult<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        Ok(listener)
-    }
-
-    /// Sends `notice` on its own (after a commit whose changes it announces).
-    pub async fn notify(&self, notice: &Notice) -> StoreResult<()> {
-        send(&self.pool, notice).await
-    }
-}
-
-/// The next notification. Without a listener it never returns (callers
-/// poll on a timer beside it); after a listener error it pauses briefly and
-/// returns [`Notice::everything`], since notifications may have been lost.
-pub async fn next(listener: &mut Option<PgListener>) -> Notice {
-    let Some(l) = listener.as_mut() else {
-        return std::future::pending().await;
-    };
-    match l.recv().await {
-        Ok(n) if n.channel() == CHANNEL => Notice::parse(n.payload()),
-        Ok(_) => Notice::default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "notification listener failed; polling until it reconnects");
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            Notice::everything()
-        }
+/// The next notice. Without a listener it never returns (callers poll on a
+/// timer beside it); after a listener error it pauses briefly and returns
+/// [`Notice::everything`], since notices may have been lost.
+pub async fn next(listener: &mut Option<Listener>) -> Notice {
+    match listener.as_mut() {
+        None => std::future::pending().await,
+        Some(Listener::Postgres(l)) => super::postgres::notify::next(l).await,
+        Some(Listener::Local(rx)) => match rx.recv().await {
+            Ok(notice) => notice,
+            // Fell behind: notices were dropped, so assume everything.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Notice::everything(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
     }
 }
 

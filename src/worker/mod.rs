@@ -27,6 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::domain::RunState;
 use crate::handlers::{HandlerRegistry, RunContext};
 use crate::scheduler::backoff;
 use crate::store::notify;
@@ -160,7 +161,7 @@ impl Reservation {
     pub fn start(mut self, runs: Vec<RunRow>) -> usize {
         let mut started = 0;
         for run in runs {
-            if run.state != "running" {
+            if run.state != RunState::Running {
                 tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, "run missed: started later than misfire_grace_time");
                 continue;
             }

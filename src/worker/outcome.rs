@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::execute::{bound_result, Execution, StopReason};
 use super::retry::retry_delay;
+use crate::domain::RunState;
 use crate::store::{RunOutcome, RunRetry, RunRow};
 
 /// The write an ended attempt calls for.
@@ -22,14 +23,14 @@ pub enum Write {
 }
 
 fn finish(
-    state: &str,
+    state: RunState,
     result: Option<serde_json::Value>,
     error: Option<String>,
     traceback: Option<String>,
     reason: String,
 ) -> Write {
     Write::Finish(RunOutcome {
-        state: state.to_string(),
+        state,
         result,
         error,
         traceback,
@@ -61,7 +62,7 @@ pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitte
     };
     match execution {
         Execution::Succeeded(value) => finish(
-            "succeeded",
+            RunState::Succeeded,
             Some(bound_result(value, max_result_bytes)),
             None,
             None,
@@ -80,7 +81,13 @@ pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitte
                 } else {
                     "failed; not retryable"
                 };
-                finish("failed", None, Some(error), Some(traceback), reason.into())
+                finish(
+                    RunState::Failed,
+                    None,
+                    Some(error),
+                    Some(traceback),
+                    reason.into(),
+                )
             }
         }
         Execution::TimedOut(after) => {
@@ -88,12 +95,16 @@ pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitte
             if retries_left {
                 retry(error, None, "timed out")
             } else {
-                finish("timed_out", None, Some(error.clone()), None, error)
+                finish(RunState::TimedOut, None, Some(error.clone()), None, error)
             }
         }
-        Execution::Stopped(StopReason::Cancelled(reason)) => {
-            finish("cancelled", None, Some(reason.clone()), None, reason)
-        }
+        Execution::Stopped(StopReason::Cancelled(reason)) => finish(
+            RunState::Cancelled,
+            None,
+            Some(reason.clone()),
+            None,
+            reason,
+        ),
         Execution::Stopped(StopReason::LeaseLost) => Write::Nothing,
         Execution::Stopped(StopReason::Shutdown) => Write::HandBack,
     }
@@ -102,6 +113,7 @@ pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Trigger;
     use chrono::Utc;
     use serde_json::json;
 
@@ -111,13 +123,13 @@ mod tests {
             job_id: "j".into(),
             handler: "log".into(),
             kwargs: json!({}),
-            trigger: "manual".into(),
+            trigger: Trigger::Manual,
             scheduled_for: Utc::now(),
             run_after: Utc::now(),
             created_at: Utc::now(),
             started_at: Some(Utc::now()),
             finished_at: None,
-            state: "running".into(),
+            state: RunState::Running,
             attempt,
             max_retries,
             retry_backoff_ms: 1000,
@@ -145,7 +157,7 @@ mod tests {
 
     fn state(write: &Write) -> String {
         match write {
-            Write::Finish(o) => o.state.clone(),
+            Write::Finish(o) => o.state.to_string(),
             Write::Retry(_) => "retry".into(),
             Write::HandBack => "hand back".into(),
             Write::Nothing => "nothing".into(),
@@ -211,7 +223,7 @@ mod tests {
         let Write::Finish(o) = decide(&run(2, 1), after, 1024, 0.0) else {
             panic!()
         };
-        assert_eq!(o.state, "timed_out");
+        assert_eq!(o.state, RunState::TimedOut);
         assert_eq!(o.error.as_deref(), Some("timed out after 1.5s"));
     }
 

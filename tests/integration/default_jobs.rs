@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jobsd::default_jobs::{Loader, ScanReport};
+use jobsd::domain::JobState;
 use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
-use jobsd::store::notify::{FireHint, Notice, CHANNEL};
+use jobsd::store::notify::{self, FireHint};
 use jobsd::store::{FileUpsert, Store};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -306,8 +307,8 @@ async fn api_pause_and_resume_survive_restarts_until_the_file_state_changes() {
     let app = restart(app, &dir).await;
     assert_eq!(job(&app, "j").await["state"], "paused");
     assert_eq!(
-        app.store.job_file_state("j").await.unwrap().as_deref(),
-        Some("running")
+        app.store.job_file_state("j").await.unwrap(),
+        Some(JobState::Running)
     );
 
     // Other edits of the file apply, and the pause still stands.
@@ -939,21 +940,14 @@ async fn a_file_takes_over_an_api_job_but_never_a_failure_record() {
 #[tokio::test]
 async fn an_upsert_notifies_every_replica() {
     let app = TestApp::start().await;
-    let mut listener = app.store.listen().await.unwrap();
+    let mut listener = Some(app.store.listen().await.unwrap());
     let dir = JobsDir::new();
     dir.write("n.yaml", "job_id: n\nhandler: log\nmessage: x\n");
     scan(&app.store, &dir).await;
-    let note = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+    let notice = tokio::time::timeout(Duration::from_secs(10), notify::next(&mut listener))
         .await
-        .expect("a notification in time")
-        .unwrap();
-    assert_eq!(note.channel(), CHANNEL);
-    assert_eq!(
-        Notice::parse(note.payload()).jobs,
-        Some(FireHint::Recheck),
-        "{}",
-        note.payload()
-    );
+        .expect("a notice in time");
+    assert_eq!(notice.jobs, Some(FireHint::Recheck), "{notice:?}");
 }
 
 /// The repo's `default_jobs/`: valid, one example per built-in handler, each

@@ -10,7 +10,7 @@
 //! executions of a prepared statement (sqlx prepares them), forced with
 //! `plan_cache_mode` (PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`).
 
-use jobsd::store::hot::{hot_statements, PlanFixture};
+use jobsd::store::postgres::hot::{hot_statements, PlanFixture};
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;

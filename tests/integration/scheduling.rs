@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use jobsd::domain::{JobState, RunState, ScheduleKind};
 use serde_json::{json, Value};
 
 use crate::support::{assert_stays, wait_for, TestApp};
@@ -169,8 +170,8 @@ async fn a_one_shot_job_due_when_created_is_queued_by_the_creation_itself() {
 fn due_now(job_id: &str, lock_key: Option<&str>) -> jobsd::store::NewJob {
     let mut job = crate::support::failure_record(job_id, json!({"message": job_id}));
     job.handler = "log".into();
-    job.schedule_kind = "once".into();
-    job.state = "running".into();
+    job.schedule_kind = ScheduleKind::Once;
+    job.state = JobState::Running;
     job.next_run_at = Some(job.start_at);
     job.lock_key = lock_key.map(str::to_string);
     job
@@ -196,7 +197,7 @@ async fn creation_claims_due_runs_into_the_slots_offered_and_queues_the_rest() {
     // The first two without a lock key (a lock key needs the claim lock).
     assert_eq!(ids, vec!["a", "b"]);
     for run in &claimed {
-        assert_eq!(run.state, "running");
+        assert_eq!(run.state, RunState::Running);
         assert_eq!(run.attempt, 1);
         assert_eq!(run.instance.as_deref(), Some("elsewhere"));
         assert!(run.lease_expires_at.is_some() && run.started_at.is_some());

@@ -52,7 +52,12 @@ async fn invalid_database_url_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("invalid database URL"), "{stderr}");
+    assert!(
+        stderr
+            .contains("unknown database URL scheme (use postgres://, postgresql:// or sqlite://)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use jobsd::domain::{JobState, RunState, ScheduleKind};
 use jobsd::scheduler::{Scheduler, SchedulerConfig};
 use jobsd::store::{ClaimSlots, ManualRun, NewJob, RunClaim, RunOutcome, RunRow, Store};
 use serde_json::json;
@@ -49,7 +50,7 @@ fn claim_of(run: &RunRow) -> RunClaim {
 
 fn succeeded(ended_ago_ms: i64) -> RunOutcome {
     RunOutcome {
-        state: "succeeded".into(),
+        state: RunState::Succeeded,
         result: Some(json!({})),
         error: None,
         traceback: None,
@@ -79,7 +80,7 @@ async fn trigger_and_claim(store: &Store, job_id: &str, instance: &str) -> RunRo
 async fn expire_lease(store: &Store, run_id: Uuid) {
     sqlx::query("UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = $1")
         .bind(run_id)
-        .execute(store.pool())
+        .execute(store.as_postgres().expect("a PostgreSQL store").pool())
         .await
         .unwrap();
 }
@@ -101,7 +102,7 @@ async fn bug5_a_heartbeat_of_a_stale_attempt_does_not_renew_the_newer_one() {
     expire_lease(&store, first.run_id).await;
     let rescued = store.run_rescue_expired(10, "rescuer").await.unwrap();
     assert_eq!(rescued.len(), 1);
-    assert_eq!(rescued[0].state, "queued");
+    assert_eq!(rescued[0].state, RunState::Queued);
     let second = store.run_claim(&slots("w1")).await.unwrap().remove(0);
     assert_eq!((second.run_id, second.attempt), (first.run_id, 2));
     let (stale, current) = (claim_of(&first), claim_of(&second));
@@ -123,7 +124,7 @@ async fn bug5_a_heartbeat_of_a_stale_attempt_does_not_renew_the_newer_one() {
         "attempt 1 cannot record an outcome"
     );
     let run = store.run_get(first.run_id).await.unwrap();
-    assert_eq!((run.state.as_str(), run.attempt), ("running", 2));
+    assert_eq!((run.state, run.attempt), (RunState::Running, 2));
 
     // The current attempt is renewed and finishes.
     let acks = store
@@ -137,7 +138,7 @@ async fn bug5_a_heartbeat_of_a_stale_attempt_does_not_renew_the_newer_one() {
     assert!(store.run_finish(&current, &succeeded(0)).await.unwrap());
     assert_eq!(
         store.run_get(first.run_id).await.unwrap().state,
-        "succeeded"
+        RunState::Succeeded
     );
 }
 
@@ -154,7 +155,8 @@ async fn bug7_a_rescue_keeps_a_cancel_requested_before_the_lease_expired() {
     let run = trigger_and_claim(&store, "j", "w1").await;
     let cancelling = store.run_cancel(run.run_id, "stop it").await.unwrap();
     assert_eq!(
-        cancelling.state, "running",
+        cancelling.state,
+        RunState::Running,
         "cancel requested, not yet done"
     );
     assert!(cancelling.cancel_requested);
@@ -162,10 +164,10 @@ async fn bug7_a_rescue_keeps_a_cancel_requested_before_the_lease_expired() {
     expire_lease(&store, run.run_id).await;
     let rescued = store.run_rescue_expired(10, "rescuer").await.unwrap();
     assert_eq!(rescued.len(), 1);
-    assert_eq!(rescued[0].state, "cancelled", "{:#?}", rescued[0]);
+    assert_eq!(rescued[0].state, RunState::Cancelled, "{:#?}", rescued[0]);
 
     let run = store.run_get(run.run_id).await.unwrap();
-    assert_eq!(run.state, "cancelled", "{run:#?}");
+    assert_eq!(run.state, RunState::Cancelled, "{run:#?}");
     assert!(run.finished_at.is_some());
     assert!(
         run.error.as_deref().unwrap_or("").contains("cancel"),
@@ -185,11 +187,11 @@ async fn bug7_a_rescue_keeps_a_cancel_requested_before_the_lease_expired() {
 /// claim and the waiting run.
 async fn next_time_while_running(store: &Store) -> (RunClaim, RunRow) {
     let mut job = triggered_job("fast", 0);
-    job.schedule_kind = "interval".into();
+    job.schedule_kind = ScheduleKind::Interval;
     job.interval_ms = Some(3_600_000);
     job.start_at = Utc::now() - chrono::Duration::minutes(1);
     job.next_run_at = Some(job.start_at);
-    job.state = "running".into();
+    job.state = JobState::Running;
     store.job_insert(&job, "test").await.unwrap();
     let scheduler = Scheduler::new(
         store.clone(),
@@ -205,7 +207,7 @@ async fn next_time_while_running(store: &Store) -> (RunClaim, RunRow) {
     let running = claimed.into_iter().next().unwrap();
     // Its next time is now, while the run still runs.
     sqlx::query("UPDATE jobs SET next_run_at = now() WHERE job_id = 'fast'")
-        .execute(store.pool())
+        .execute(store.as_postgres().expect("a PostgreSQL store").pool())
         .await
         .unwrap();
     assert_eq!(scheduler.run_once().await.unwrap(), 1);
@@ -224,7 +226,8 @@ async fn next_time_while_running(store: &Store) -> (RunClaim, RunRow) {
         .find(|r| r.run_id != running.run_id)
         .unwrap();
     assert_eq!(
-        waiting.state, "waiting",
+        waiting.state,
+        RunState::Waiting,
         "a time that finds its slot held by a running run waits: {waiting:#?}"
     );
     assert!(waiting.scheduled_for >= running.started_at.unwrap());
@@ -242,7 +245,7 @@ async fn bug12_a_waiting_run_is_queued_when_the_handler_had_returned_by_its_time
         .await
         .unwrap());
     let decided = store.run_get(waiting.run_id).await.unwrap();
-    assert_eq!(decided.state, "queued", "{decided:#?}");
+    assert_eq!(decided.state, RunState::Queued, "{decided:#?}");
     let claimed = store.run_claim(&slots("w1")).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].run_id, waiting.run_id);
@@ -255,7 +258,7 @@ async fn bug12_a_waiting_run_is_skipped_when_the_handler_was_still_executing_at_
     // The handler returns only now, after the waiting run's time.
     assert!(store.run_finish(&claim, &succeeded(0)).await.unwrap());
     let decided = store.run_get(waiting.run_id).await.unwrap();
-    assert_eq!(decided.state, "missed", "{decided:#?}");
+    assert_eq!(decided.state, RunState::Missed, "{decided:#?}");
     assert!(
         decided.error.as_deref().unwrap_or("").contains("skipped"),
         "{decided:#?}"

@@ -1,9 +1,9 @@
 //! The `service_state` table: service-wide switches.
 
 use super::notify::{self, FireHint, Notice};
-use super::{Store, StoreResult};
+use super::{PgStore, StoreResult};
 
-impl Store {
+impl PgStore {
     /// Whether scheduling is paused service-wide.
     pub async fn service_paused(&self) -> StoreResult<bool> {
         Ok(
