@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{PgStore, Store};
+use super::{PgStore, SqliteOptions, SqliteStore, Store};
 
 /// Why the service could not reach its database, as one readable line.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +55,22 @@ impl Store {
         max_connections: u32,
         timeout: Duration,
     ) -> Result<Store, ConnectError> {
+        Self::connect_with(url, max_connections, timeout, &SqliteOptions::default()).await
+    }
+
+    /// [`Store::connect`] with the embedded store's settings.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+        sqlite: &SqliteOptions,
+    ) -> Result<Store, ConnectError> {
         match Backend::of_url(url) {
             Some(Backend::Postgres) => Ok(Store::Postgres(
                 PgStore::connect(url, max_connections, timeout).await?,
             )),
-            Some(Backend::Sqlite) => Err(ConnectError::new(
-                url,
-                "the embedded store is not available yet".into(),
-                "use postgres://",
+            Some(Backend::Sqlite) => Ok(Store::Sqlite(
+                SqliteStore::open(url, max_connections, timeout, sqlite).await?,
             )),
             None => Err(ConnectError::new(
                 url,

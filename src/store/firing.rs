@@ -71,6 +71,7 @@ pub struct DueBatch {
 /// The open transaction of a [`DueBatch`], per backend.
 pub(crate) enum DueTx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(super::sqlite::firing::SqliteDueTx),
 }
 
 impl DueBatch {
@@ -87,6 +88,7 @@ impl DueBatch {
     ) -> super::StoreResult<Vec<super::RunRow>> {
         match self.tx {
             DueTx::Postgres(tx) => super::postgres::firing::commit(tx, runs, advances, claim).await,
+            DueTx::Sqlite(due) => super::sqlite::firing::commit(due, runs, advances, claim).await,
         }
     }
 }

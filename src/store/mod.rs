@@ -18,6 +18,7 @@ pub(crate) mod jobs;
 pub mod notify;
 pub mod postgres;
 pub(crate) mod runs;
+pub mod sqlite;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -32,6 +33,7 @@ pub use jobs::{JobFilter, JobRow, JobType, NewJob};
 pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
+pub use sqlite::{ServeLock, SqliteOptions, SqliteStore, Synchronous};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
 /// to explain; `Database` is a fault (logged, answered with a 500).
@@ -55,6 +57,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, Debug)]
 pub enum Store {
     Postgres(PgStore),
+    /// The embedded store: one SQLite file, one replica.
+    Sqlite(SqliteStore),
 }
 
 /// Calls the same method on whichever backend `$store` is.
@@ -62,6 +66,7 @@ macro_rules! on_backend {
     ($store:expr, $s:ident => $call:expr) => {
         match $store {
             Store::Postgres($s) => $call,
+            Store::Sqlite($s) => $call,
         }
     };
 }
@@ -70,6 +75,7 @@ impl Store {
     pub fn backend(&self) -> Backend {
         match self {
             Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(_) => Backend::Sqlite,
         }
     }
 
@@ -77,6 +83,15 @@ impl Store {
     pub fn as_postgres(&self) -> Option<&PgStore> {
         match self {
             Store::Postgres(s) => Some(s),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The embedded store, if this is one.
+    pub fn as_sqlite(&self) -> Option<&SqliteStore> {
+        match self {
+            Store::Sqlite(s) => Some(s),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -334,6 +349,7 @@ impl Store {
     pub async fn listen(&self) -> StoreResult<Listener> {
         match self {
             Store::Postgres(s) => Ok(Listener::Postgres(s.listen().await?)),
+            Store::Sqlite(s) => Ok(Listener::Local(s.listen())),
         }
     }
 
