@@ -72,13 +72,14 @@ macro_rules! named_enum {
 
         impl<'q, DB: Database> Encode<'q, DB> for $name
         where
-            &'static str: Encode<'q, DB>,
+            &'q str: Encode<'q, DB>,
         {
             fn encode_by_ref(
                 &self,
                 buf: &mut <DB as Database>::ArgumentBuffer<'q>,
             ) -> Result<IsNull, BoxDynError> {
-                <&'static str as Encode<'q, DB>>::encode_by_ref(&self.as_str(), buf)
+                let name: &'q str = self.as_str();
+                <&'q str as Encode<'q, DB>>::encode_by_ref(&name, buf)
             }
         }
 

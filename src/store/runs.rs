@@ -87,3 +87,10 @@ pub struct ManualRun {
     pub kwargs: Option<Value>,
     pub reason: String,
 }
+
+/// The conflict answered when a job's slots are all taken.
+pub(crate) fn slots_full(job_id: &str, taken: i64, max_instances: i32) -> super::StoreError {
+    super::StoreError::Conflict(format!(
+        "job {job_id:?} already has {taken} run(s) queued, running or waiting; its max_instances is {max_instances}"
+    ))
+}

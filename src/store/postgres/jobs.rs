@@ -360,7 +360,7 @@ pub(crate) fn job_insert_many_sql() -> String {
             "'queued'",
             "$22::text",
             "$24",
-            &history_entry("NULL", "'queued'", "$24::text", "'due when created'")
+            &history_entry("NULL", "'queued'", "$22::text", "'due when created'")
         ),
         columns = RUN_COLUMNS,
     )

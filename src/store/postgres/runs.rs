@@ -14,6 +14,7 @@ use super::execution::{complete_one_shot_jobs, release_waiting, run_delete_orpha
 use super::notify::{self, Notice};
 use super::{ActiveCounts, ManualRun, PgStore, RunFilter, RunRow, StoreError, StoreResult};
 use crate::domain::RunState;
+use crate::store::runs::slots_full;
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
     created_at, started_at, finished_at, state, attempt, max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, instance, \
@@ -57,13 +58,6 @@ pub(crate) const RUN_COUNTS_ACTIVE_SQL: &str =
      FROM (SELECT job_id, state FROM runs WHERE job_id = ANY($1) AND state IN ('queued', 'running') \
        UNION ALL SELECT job_id, state FROM runs WHERE job_id = ANY($1) AND state = 'waiting') a \
      GROUP BY job_id";
-
-/// The conflict answered when a job's slots are all taken.
-fn slots_full(job_id: &str, taken: i64, max_instances: i32) -> StoreError {
-    StoreError::Conflict(format!(
-        "job {job_id:?} already has {taken} run(s) queued, running or waiting; its max_instances is {max_instances}"
-    ))
-}
 
 fn push_run_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &RunFilter) {
     qb.push(" WHERE true");

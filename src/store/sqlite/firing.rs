@@ -1,34 +1,285 @@
-//! The scheduler's statements on the embedded store.
+//! The scheduler's statements on the embedded store: due jobs are read in
+//! a write transaction (so nothing changes them until the batch commits),
+//! and their runs inserted with the unique (job, scheduled time) index
+//! behind them, as on PostgreSQL.
 
-use sqlx::{Sqlite, Transaction};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
+use super::execution::{active_counts, claimed_history, id_list};
+use super::rows::{from_micros, history_text, micros, opt_json_text, run_from_row, RUN_COLUMNS};
 use super::{
-    ClaimSlots, DueBatch, FiredRun, JobAdvance, NextDue, Notice, RunRow, SqliteStore, StoreResult,
+    now, ClaimSlots, DueBatch, DueJob, FiredRun, JobAdvance, NextDue, Notice, RunRow, SqliteStore,
+    StoreResult,
 };
+use crate::domain::{JobState, RunState};
+use crate::store::firing::DueTx;
 
 /// The open firing transaction of a [`DueBatch`] on the embedded store.
 pub(crate) struct SqliteDueTx {
     pub(crate) tx: Transaction<'static, Sqlite>,
-    pub(crate) now: chrono::DateTime<chrono::Utc>,
+    pub(crate) now: DateTime<Utc>,
     pub(crate) wake: broadcast::Sender<Notice>,
 }
 
 impl SqliteStore {
-    pub async fn due_jobs_claim(&self, _limit: i64) -> StoreResult<DueBatch> {
-        unimplemented!()
+    /// Reads up to `limit` due jobs with their run counts, in a write
+    /// transaction held until [`DueBatch::commit`]. None while the service
+    /// is paused.
+    pub async fn due_jobs_claim(&self, limit: i64) -> StoreResult<DueBatch> {
+        let at = now();
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "SELECT job_id, schedule_kind, interval_ms, cron, timezone, start_at, misfire_grace_ms, \
+             \"coalesce\", max_instances, next_run_at FROM jobs \
+             WHERE next_run_at <= ? AND NOT (SELECT paused FROM service_state WHERE id = 1) \
+             ORDER BY next_run_at LIMIT ?",
+        )
+        .bind(micros(at))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            jobs.push(DueJob {
+                job_id: row.try_get("job_id")?,
+                schedule_kind: row.try_get("schedule_kind")?,
+                interval_ms: row.try_get("interval_ms")?,
+                cron: row.try_get("cron")?,
+                timezone: row.try_get("timezone")?,
+                start_at: from_micros(row.try_get("start_at")?),
+                misfire_grace_ms: row.try_get("misfire_grace_ms")?,
+                coalesce: row.try_get("coalesce")?,
+                max_instances: row.try_get("max_instances")?,
+                runs: Default::default(),
+                next_run_at: from_micros(row.try_get("next_run_at")?),
+                db_now: at,
+            });
+        }
+        if !jobs.is_empty() {
+            let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+            let counts = active_counts(&mut tx, &ids).await?;
+            for job in &mut jobs {
+                if let Some(c) = counts.iter().find(|c| c.job_id == job.job_id) {
+                    job.runs = c.clone();
+                }
+            }
+        }
+        Ok(DueBatch {
+            jobs,
+            tx: DueTx::Sqlite(SqliteDueTx {
+                tx,
+                now: at,
+                wake: self.wake().clone(),
+            }),
+        })
     }
+
+    /// The next due time and how long until it; `None` when nothing is
+    /// scheduled or the service is paused.
     pub async fn due_jobs_next(&self) -> StoreResult<Option<NextDue>> {
-        unimplemented!()
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(next_run_at) FROM jobs WHERE state = 'running' AND next_run_at IS NOT NULL \
+             AND NOT (SELECT paused FROM service_state WHERE id = 1)",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(next.map(|us| NextDue {
+            at: from_micros(us),
+            wait: std::time::Duration::from_micros((us - micros(now())).max(0) as u64),
+        }))
     }
 }
 
-/// [`DueBatch::commit`] on the embedded store.
+/// What a fired run copies from its job.
+struct JobDefaults {
+    handler: String,
+    kwargs: String,
+    max_retries: i32,
+    retry_backoff_ms: i64,
+    timeout_ms: Option<i64>,
+    misfire_grace_ms: Option<i64>,
+    lock_key: Option<String>,
+}
+
+/// A run to insert, with its first history (and a claim, if claimed).
+pub(crate) struct RunInsert<'a> {
+    pub job_id: &'a str,
+    pub handler: &'a str,
+    pub kwargs: &'a str,
+    pub trigger: crate::domain::Trigger,
+    pub scheduled_for: DateTime<Utc>,
+    pub state: RunState,
+    pub reason: &'a str,
+    pub history_instance: Option<&'a str>,
+    pub result: Option<&'a serde_json::Value>,
+    pub max_retries: i32,
+    pub retry_backoff_ms: i64,
+    pub timeout_ms: Option<i64>,
+    pub misfire_grace_ms: Option<i64>,
+    pub lock_key: Option<&'a str>,
+    /// Claimed at insertion by this instance for this lease (ms).
+    pub claim: Option<(&'a str, i64)>,
+}
+
+/// Inserts a run (`queued`, `waiting`, `missed`, or `running` when claimed
+/// at once, exactly as a claim would leave it). A second scheduled run for
+/// the same (job, time) is dropped: `None`.
+pub(crate) async fn insert_run(
+    tx: &mut Transaction<'static, Sqlite>,
+    run: &RunInsert<'_>,
+    at: DateTime<Utc>,
+) -> StoreResult<Option<RunRow>> {
+    let mut history = vec![history_text(
+        at,
+        None,
+        run.state,
+        run.history_instance,
+        run.reason,
+    )];
+    let (state, attempt, started_at, instance, lease) = match run.claim {
+        Some((instance, lease_ms)) => {
+            history.push(claimed_history(at, instance, 1));
+            (
+                RunState::Running,
+                1,
+                Some(micros(at)),
+                Some(instance),
+                Some(micros(at + Duration::milliseconds(lease_ms))),
+            )
+        }
+        None => (run.state, 0, None, None, None),
+    };
+    let missed = run.state == RunState::Missed;
+    let row = sqlx::query(&format!(
+        "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
+         created_at, state, attempt, started_at, instance, lease_expires_at, max_retries, \
+         retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, finished_at, history) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(run.job_id)
+    .bind(run.handler)
+    .bind(run.kwargs)
+    .bind(run.trigger)
+    .bind(micros(run.scheduled_for))
+    .bind(micros(at))
+    .bind(micros(at))
+    .bind(state)
+    .bind(attempt)
+    .bind(started_at)
+    .bind(instance)
+    .bind(lease)
+    .bind(run.max_retries)
+    .bind(run.retry_backoff_ms)
+    .bind(run.timeout_ms)
+    .bind(run.misfire_grace_ms)
+    .bind(run.lock_key)
+    .bind(opt_json_text(run.result))
+    .bind(missed.then_some(run.reason))
+    .bind(missed.then(|| micros(at)))
+    .bind(format!("[{}]", history.join(",")))
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.as_ref().map(run_from_row).transpose()?)
+}
+
+/// [`DueBatch::commit`] on the embedded store: inserts the runs (up to
+/// `claim.limit` queued ones without a lock key claimed at once), advances
+/// the jobs, commits, and wakes the workers if runs were left queued.
 pub(crate) async fn commit(
-    _due: SqliteDueTx,
-    _runs: &[FiredRun],
-    _advances: &[JobAdvance],
-    _claim: &ClaimSlots,
+    due: SqliteDueTx,
+    runs: &[FiredRun],
+    advances: &[JobAdvance],
+    claim: &ClaimSlots,
 ) -> StoreResult<Vec<RunRow>> {
-    unimplemented!()
+    let SqliteDueTx {
+        mut tx,
+        now: at,
+        wake,
+    } = due;
+    let mut defaults: HashMap<String, JobDefaults> = HashMap::new();
+    if !runs.is_empty() {
+        let ids: Vec<&str> = runs.iter().map(|r| r.job_id.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT job_id, handler, kwargs, max_retries, retry_backoff_ms, timeout_ms, \
+             misfire_grace_ms, lock_key FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(id_list(ids))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            defaults.insert(
+                row.try_get("job_id")?,
+                JobDefaults {
+                    handler: row.try_get("handler")?,
+                    kwargs: row.try_get("kwargs")?,
+                    max_retries: row.try_get("max_retries")?,
+                    retry_backoff_ms: row.try_get("retry_backoff_ms")?,
+                    timeout_ms: row.try_get("timeout_ms")?,
+                    misfire_grace_ms: row.try_get("misfire_grace_ms")?,
+                    lock_key: row.try_get("lock_key")?,
+                },
+            );
+        }
+    }
+    let mut claimed = Vec::new();
+    let mut left_queued = false;
+    for run in runs {
+        let Some(job) = defaults.get(&run.job_id) else {
+            continue;
+        };
+        let claim_it = run.state == RunState::Queued
+            && job.lock_key.is_none()
+            && (claimed.len() as i64) < claim.limit;
+        let inserted = insert_run(
+            &mut tx,
+            &RunInsert {
+                job_id: &run.job_id,
+                handler: &job.handler,
+                kwargs: &job.kwargs,
+                trigger: run.trigger,
+                scheduled_for: run.scheduled_for,
+                state: run.state,
+                reason: &run.reason,
+                history_instance: Some(&claim.instance),
+                result: run.result.as_ref(),
+                max_retries: job.max_retries,
+                retry_backoff_ms: job.retry_backoff_ms,
+                timeout_ms: job.timeout_ms,
+                misfire_grace_ms: job.misfire_grace_ms,
+                lock_key: job.lock_key.as_deref(),
+                claim: claim_it.then_some((claim.instance.as_str(), claim.lease_ms)),
+            },
+            at,
+        )
+        .await?;
+        match inserted {
+            Some(row) if claim_it => claimed.push(row),
+            Some(_) if run.state == RunState::Queued => left_queued = true,
+            _ => {}
+        }
+    }
+    for advance in advances {
+        sqlx::query(
+            "UPDATE jobs SET next_run_at = ?, state = CASE WHEN ? THEN ? ELSE state END, \
+             version = version + 1 WHERE job_id = ?",
+        )
+        .bind(advance.next_run_at.map(micros))
+        .bind(advance.complete)
+        .bind(JobState::Completed)
+        .bind(&advance.job_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    if left_queued {
+        super::send(&wake, &Notice::runs_queued());
+    }
+    Ok(claimed)
 }
