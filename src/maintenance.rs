@@ -197,7 +197,7 @@ pub async fn copy(args: &CopyArgs) -> anyhow::Result<Copied> {
     // 2. The jobs, a page at a time, each page all or nothing.
     let mut copied = Copied::default();
     for page in source_jobs.chunks(PAGE as usize) {
-        let jobs: Vec<NewJob> = page.iter().map(new_job).collect();
+        let jobs: Vec<NewJob> = page.iter().map(definition_of).collect();
         match target
             .job_insert_many(&jobs, &ClaimSlots::none("copy"))
             .await
@@ -389,7 +389,7 @@ async fn file_state(source: &Store, job: &JobRow) -> anyhow::Result<Option<JobSt
 
 /// A stored job as the definition to insert elsewhere: everything, with
 /// its state and next fire time as they are.
-fn new_job(row: &JobRow) -> NewJob {
+pub fn definition_of(row: &JobRow) -> NewJob {
     NewJob {
         job_id: row.job_id.clone(),
         handler: row.handler.clone(),
