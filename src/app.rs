@@ -1,7 +1,9 @@
-//! Start-up and shutdown of `jobsd serve`: connect (creating the database),
-//! migrate, then run the API, the scheduler, the workers and the supervisor
-//! until SIGTERM/SIGINT. On shutdown the workers drain while the HTTP
-//! server keeps serving (readiness answering 503), and the server stops last.
+//! Start-up and shutdown of `jobsd serve`: connect (creating the database
+//! or the embedded store's file), on the embedded store take the lock that
+//! keeps a second `jobsd serve` off the file, migrate, then run the API,
+//! the scheduler, the workers and the supervisor until SIGTERM/SIGINT. On
+//! shutdown the workers drain while the HTTP server keeps serving
+//! (readiness answering 503), and the server stops last.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

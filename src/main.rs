@@ -67,11 +67,12 @@ enum Command {
     /// Runs: the runs still to do (queued, waiting, running) are always
     /// copied as they are, so no fired time is lost; a run left running by
     /// a service that stopped is rescued on the target once its lease has
-    /// expired, as after a crash (retried if it has retries left). So is the
-    /// scheduled run of each one-shot job that has fired, so that it never
-    /// fires again. --with-history copies every other run too (finished,
-    /// missed, cancelled). A run whose id, or whose job's scheduled time, is
-    /// in the target already is skipped; so are runs of jobs not copied.
+    /// expired, as after a crash (retried if it has retries left). The
+    /// scheduled run of each one-shot job that has fired is copied too,
+    /// finished or not, so that the job never fires again. --with-history
+    /// copies every other run as well (finished, missed, cancelled, manual).
+    /// A run whose id, or whose job's scheduled time, is in the target
+    /// already is skipped; so are runs of jobs not copied.
     ///
     /// The source must not be in use: an embedded store that a jobsd serves
     /// (its serve lock is held) is refused, and its lock is held while
