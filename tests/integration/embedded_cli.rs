@@ -1,7 +1,12 @@
 //! The embedded store from the command line, with the real binary: the
 //! default `./jobsd.db`, the serve lock, `jobsd migrate` beside a serving
 //! process, `jobsd backup`, bad URLs and files, and `jobsd copy` (SQLite to
-//! PostgreSQL, and PostgreSQL to PostgreSQL).
+//! PostgreSQL and back, and PostgreSQL to PostgreSQL).
+//!
+//! Each test names the stores it uses (an SQLite file in a directory of its
+//! own, a fresh PostgreSQL database), whatever `JOBSD_TEST_BACKEND` says:
+//! these are the tests of moving between the two, and of the embedded
+//! store's own commands.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::TestDb;
+use crate::support::admin_url;
 
 /// A directory of its own for one test, removed afterwards.
 struct TempDir(PathBuf);
@@ -42,6 +47,51 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh PostgreSQL database (created by whoever connects first), dropped
+/// at the end of the test.
+struct PgDb {
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    fn new() -> PgDb {
+        let name = format!("jobsd_test_{}", uuid::Uuid::new_v4().simple());
+        let mut url = reqwest::Url::parse(&admin_url()).expect("JOBSD_TEST_DATABASE_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        PgDb {
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A thread with its own runtime: drop runs inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url()).await
+                {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -185,7 +235,9 @@ impl Served {
 
 /// Creates a job of every kind through the API, lets the due ones run, and
 /// returns their ids: an interval job with a manual run besides, a paused
-/// one, a one-shot job in the future and one due at once (which runs).
+/// one, a one-shot job in the future, one due at once (which runs), and one
+/// whose run is still running (handed back to the queue when the service
+/// stops).
 async fn seed_jobs(app: &Served) -> Vec<&'static str> {
     let specs = [
         json!({"job_id": "every", "handler": "log", "kwargs": {"message": "every"},
@@ -195,6 +247,7 @@ async fn seed_jobs(app: &Served) -> Vec<&'static str> {
         json!({"job_id": "later", "handler": "log", "kwargs": {"message": "later"},
                "when": "2030-01-01T00:00:00Z", "max_retries": 2}),
         json!({"job_id": "now", "handler": "log", "kwargs": {"message": "now"}}),
+        json!({"job_id": "sleeper", "handler": "sleep", "kwargs": {"seconds": 600}}),
     ];
     for spec in specs {
         let (status, body) = app.post("/jobs", spec).await;
@@ -205,21 +258,25 @@ async fn seed_jobs(app: &Served) -> Vec<&'static str> {
         status == 201 || status == 202 || status == 200,
         "{status} {body}"
     );
-    for job in ["now", "every"] {
+    for (job, state) in [
+        ("now", "succeeded"),
+        ("every", "succeeded"),
+        ("sleeper", "running"),
+    ] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let (_, body) = app.get(&format!("/jobs/{job}/runs")).await;
-            if body["runs"][0]["state"] == "succeeded" {
+            if body["runs"][0]["state"] == state {
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the run of {job} succeeds: {body}"
+                "the run of {job} is {state}: {body}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    vec!["every", "later", "now", "paused"]
+    vec!["every", "later", "now", "paused", "sleeper"]
 }
 
 async fn open(url: &str) -> Store {
@@ -438,9 +495,9 @@ async fn backup_of_a_served_store_is_a_store_with_the_same_jobs() {
     // Never over a file.
     let out = run(dir.path(), &["backup", "copy.db"]).await;
     assert_one_line_failure(&out, &["copy.db exists already"]);
-    app.stop().await;
 
-    // The backup is a store of its own, with the same jobs and runs.
+    // The backup is a store of its own, with the same jobs and runs (the
+    // sleeper's run as it was then: running).
     let source = open(&dir.url("jobsd.db")).await;
     let backup = open(&dir.url("copy.db")).await;
     let jobs = jobs_of(&backup).await;
@@ -452,8 +509,13 @@ async fn backup_of_a_served_store_is_a_store_with_the_same_jobs() {
             .collect::<BTreeSet<_>>()
     );
     assert_same_jobs(&jobs_of(&source).await, &jobs);
-    assert_same_runs(&runs_of(&source).await, &runs_of(&backup).await);
+    let runs = runs_of(&backup).await;
+    assert_eq!(run_ids(&runs_of(&source).await), run_ids(&runs));
+    assert!(runs
+        .iter()
+        .any(|r| r.job_id == "sleeper" && r.state.as_str() == "running"));
     drop((source, backup));
+    app.stop().await;
     let served = Served::start(dir.path(), &["--database-url", &dir.url("copy.db")]).await;
     let (status, body) = served.get("/jobs").await;
     assert_eq!(status, 200);
@@ -512,6 +574,13 @@ async fn assert_copied_without_history(source: &Store, target: &Store) {
         expected.iter().any(|r| r.job_id == "now"),
         "the one-shot job's run is among those copied"
     );
+    assert!(
+        expected
+            .iter()
+            .any(|r| r.job_id == "sleeper" && r.state.as_str() == "queued"),
+        "the run handed back is among those copied: {expected:#?}"
+    );
+    assert!(!expected.iter().any(|r| r.trigger.as_str() == "manual"));
     assert_same_runs(&expected, &runs_of(target).await);
     let now = target.job_get("now").await.unwrap();
     assert!(now.has_fired, "the fired one-shot job stays fired");
@@ -523,8 +592,8 @@ async fn copy_from_sqlite_to_postgres_moves_jobs_and_history() {
     let app = Served::start(dir.path(), &[]).await;
     seed_jobs(&app).await;
     let from = dir.url("jobsd.db");
-    let plain = TestDb::new();
-    let full = TestDb::new();
+    let plain = PgDb::new();
+    let full = PgDb::new();
 
     // Not from a store being served.
     let out = copy(dir.path(), &from, &plain.url, false).await;
@@ -534,7 +603,7 @@ async fn copy_from_sqlite_to_postgres_moves_jobs_and_history() {
     let out = copy(dir.path(), &from, &plain.url, false).await;
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains("copied 4 jobs"),
+        stderr_of(&out).contains("copied 5 jobs"),
         "{}",
         stderr_of(&out)
     );
@@ -554,7 +623,7 @@ async fn copy_from_sqlite_to_postgres_moves_jobs_and_history() {
     assert_one_line_failure(
         &out,
         &[
-            "already has 4 of the jobs",
+            "already has 5 of the jobs",
             "\"every\"",
             "nothing was copied",
         ],
@@ -567,12 +636,12 @@ async fn copy_from_sqlite_to_postgres_moves_jobs_and_history() {
 #[tokio::test]
 async fn copy_between_postgres_databases() {
     let dir = TempDir::new();
-    let source_db = TestDb::new();
+    let source_db = PgDb::new();
     let app = Served::start(dir.path(), &["--database-url", &source_db.url]).await;
     seed_jobs(&app).await;
     app.stop().await;
-    let plain = TestDb::new();
-    let full = TestDb::new();
+    let plain = PgDb::new();
+    let full = PgDb::new();
 
     let out = copy(dir.path(), &source_db.url, &plain.url, false).await;
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -583,7 +652,7 @@ async fn copy_between_postgres_databases() {
     let out = copy(dir.path(), &source_db.url, &full.url, true).await;
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains("copied 4 jobs"),
+        stderr_of(&out).contains("copied 5 jobs"),
         "{}",
         stderr_of(&out)
     );
@@ -592,7 +661,7 @@ async fn copy_between_postgres_databases() {
     assert_same_runs(&runs_of(&source).await, &runs_of(&target_full).await);
 
     // A target holding one of the ids gets nothing.
-    let clash = TestDb::new();
+    let clash = PgDb::new();
     let store = open(&clash.url).await;
     let mut job = jobsd::maintenance::definition_of(&target.job_get("later").await.unwrap());
     job.job_id = "paused".into();
@@ -609,4 +678,36 @@ async fn copy_between_postgres_databases() {
 
     let out = copy(dir.path(), &source_db.url, &source_db.url, false).await;
     assert_one_line_failure(&out, &["the same store"]);
+}
+
+/// And back: PostgreSQL into a new embedded store, with the history.
+#[tokio::test]
+async fn copy_from_postgres_to_sqlite_keeps_everything() {
+    let dir = TempDir::new();
+    let source_db = PgDb::new();
+    let app = Served::start(dir.path(), &["--database-url", &source_db.url]).await;
+    seed_jobs(&app).await;
+    app.stop().await;
+
+    let to = dir.url("moved.db");
+    let out = copy(dir.path(), &source_db.url, &to, true).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let source = open(&source_db.url).await;
+    let target = open(&to).await;
+    assert_same_jobs(&jobs_of(&source).await, &jobs_of(&target).await);
+    assert_same_runs(&runs_of(&source).await, &runs_of(&target).await);
+    drop(target);
+
+    // The copy serves, and the run handed back on the source runs there.
+    let served = Served::start(dir.path(), &["--database-url", &to]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = served.get("/jobs/sleeper/runs").await;
+        if body["runs"][0]["state"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served.stop().await;
 }
