@@ -296,6 +296,8 @@ fn lock_source(source: &Store) -> anyhow::Result<Option<ServeLock>> {
     };
     match sqlite.lock_for_serving() {
         Ok(lock) => Ok(Some(lock)),
+        // The lock is held (`ServeLock::take`'s message for that case); any
+        // other reason (the lock file cannot be created) is told as it is.
         Err(reason) if reason.starts_with("another jobsd is already serving") => bail!(
             "{} is being served by a running jobsd; stop it first (copying a store in use \
              could miss its latest changes, and run a job twice)",
