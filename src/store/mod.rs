@@ -71,6 +71,9 @@ macro_rules! on_backend {
     };
 }
 
+// After `on_backend!`, which it uses.
+pub mod copy;
+
 impl Store {
     pub fn backend(&self) -> Backend {
         match self {

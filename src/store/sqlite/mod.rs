@@ -26,6 +26,7 @@
 //! records, waiting runs) come from [`crate::domain::rules`].
 
 mod connect;
+mod copy;
 pub(crate) mod default_jobs;
 pub(crate) mod execution;
 pub(crate) mod firing;
