@@ -1,6 +1,8 @@
 //! The benchmark harness must not rot: a tiny `jobsd bench` runs against
 //! the test PostgreSQL, reports its figures, and drops its database.
 //! (Not a timed test: no figure is checked against a target.)
+//!
+//! PostgreSQL only: the bench creates and drops PostgreSQL databases on the test server.
 
 use serde_json::Value;
 use sqlx::Connection;
