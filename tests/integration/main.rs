@@ -8,6 +8,7 @@ mod bench;
 mod conformance;
 mod default_jobs;
 mod embedded_cli;
+mod embedded_crash;
 mod jobs_api;
 mod plans;
 mod replicas;
