@@ -183,6 +183,7 @@ pub(crate) async fn complete_one_shot_jobs(
     .bind(id_list(job_ids))
     .fetch_all(&mut **tx)
     .await?;
+    let mut done = Vec::new();
     for row in &facts {
         let f = OneShotFacts {
             kind: row.try_get("schedule_kind")?,
@@ -194,15 +195,18 @@ pub(crate) async fn complete_one_shot_jobs(
             active_runs: row.try_get("active_runs")?,
         };
         if rules::one_shot_completes(&f) {
-            sqlx::query(
-                "UPDATE jobs SET state = 'completed', updated_at = ?, version = version + 1 \
-                 WHERE job_id = ?",
-            )
-            .bind(micros(at))
-            .bind(row.try_get::<String, _>("job_id")?)
-            .execute(&mut **tx)
-            .await?;
+            done.push(row.try_get::<String, _>("job_id")?);
         }
+    }
+    if !done.is_empty() {
+        sqlx::query(
+            "UPDATE jobs SET state = 'completed', updated_at = ?, version = version + 1 \
+             WHERE job_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(micros(at))
+        .bind(id_list(&done))
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -238,20 +242,25 @@ struct Ended {
     finished_at: DateTime<Utc>,
 }
 
+/// The columns [`Ended::from_row`] reads.
+const ENDED_COLUMNS: &str =
+    "run_id, job_id, handler, kwargs, state, error, traceback, lock_key, cancel_requested, finished_at";
+
 impl Ended {
     fn from_row(row: &SqliteRow) -> Result<Ended, sqlx::Error> {
-        let run = run_from_row(row)?;
         Ok(Ended {
-            finished_at: run.finished_at.unwrap_or_else(now),
-            run_id: run.run_id,
-            job_id: run.job_id,
-            handler: run.handler,
-            kwargs: run.kwargs,
-            state: run.state,
-            error: run.error,
-            traceback: run.traceback,
-            lock_key: run.lock_key,
-            cancel_requested: run.cancel_requested,
+            run_id: super::rows::uuid(row, "run_id")?,
+            job_id: row.try_get("job_id")?,
+            handler: row.try_get("handler")?,
+            kwargs: super::rows::json(row, "kwargs")?,
+            state: row.try_get("state")?,
+            error: row.try_get("error")?,
+            traceback: row.try_get("traceback")?,
+            lock_key: row.try_get("lock_key")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            finished_at: row
+                .try_get::<Option<i64>, _>("finished_at")?
+                .map_or_else(now, super::rows::from_micros),
         })
     }
 }
@@ -470,38 +479,45 @@ impl SqliteStore {
         }
         let at = now();
         let mut tx = self.write().await?;
-        let mut ended = Vec::with_capacity(finished.len());
-        for (claim, outcome) in finished {
-            // `finished_at` is when the handler returned, never before the start.
-            let returned = at - Duration::milliseconds(outcome.ended_ago_ms.max(0));
-            let row = sqlx::query(&format!(
-                "UPDATE runs SET state = ?, finished_at = max(COALESCE(started_at, ?), ?), \
-                 result = ?, error = ?, traceback = ?, lease_expires_at = NULL, history = {APPEND} \
-                 WHERE run_id = ? AND state = 'running' AND attempt = ? AND instance = ? \
-                 RETURNING {RUN_COLUMNS}"
-            ))
-            .bind(outcome.state)
-            .bind(micros(returned))
-            .bind(micros(returned))
-            .bind(opt_json_text(outcome.result.as_ref()))
-            .bind(&outcome.error)
-            .bind(&outcome.traceback)
-            .bind(history_text(
-                at,
-                Some(RunState::Running),
-                outcome.state,
-                Some(&claim.instance),
-                &outcome.reason,
-            ))
-            .bind(claim.run_id.to_string())
-            .bind(claim.attempt)
-            .bind(&claim.instance)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                ended.push(Ended::from_row(&row)?);
-            }
-        }
+        // One statement: each outcome is a JSON object, matched to its run
+        // by primary key and fenced by state, attempt and instance.
+        let outcomes: Vec<Value> = finished
+            .iter()
+            .map(|(claim, outcome)| {
+                // `finished_at` is when the handler returned, never before the start.
+                let returned = at - Duration::milliseconds(outcome.ended_ago_ms.max(0));
+                serde_json::json!({
+                    "run_id": claim.run_id.to_string(), "attempt": claim.attempt,
+                    "instance": claim.instance, "state": outcome.state.as_str(),
+                    "returned": micros(returned),
+                    "result": opt_json_text(outcome.result.as_ref()),
+                    "error": outcome.error, "traceback": outcome.traceback,
+                    "history": history_text(at, Some(RunState::Running), outcome.state,
+                        Some(&claim.instance), &outcome.reason),
+                })
+            })
+            .collect();
+        let rows = sqlx::query(&format!(
+            "UPDATE runs SET state = o.state, \
+             finished_at = max(COALESCE(runs.started_at, o.returned), o.returned), \
+             result = o.result, error = o.error, traceback = o.traceback, lease_expires_at = NULL, \
+             history = json_insert(runs.history, '$[#]', json(o.history)) \
+             FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'attempt' AS attempt, \
+                   value ->> 'instance' AS instance, value ->> 'state' AS state, \
+                   value ->> 'returned' AS returned, value ->> 'result' AS result, \
+                   value ->> 'error' AS error, value ->> 'traceback' AS traceback, \
+                   value ->> 'history' AS history FROM json_each(?)) AS o \
+             WHERE runs.run_id = o.run_id AND runs.state = 'running' \
+               AND runs.attempt = o.attempt AND runs.instance = o.instance \
+             RETURNING {ENDED_COLUMNS}"
+        ))
+        .bind(Value::from(outcomes).to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let ended = rows
+            .iter()
+            .map(Ended::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let wake_workers = after_ends(&mut tx, &ended, at).await?;
         tx.commit().await?;
         if wake_workers {

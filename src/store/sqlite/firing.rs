@@ -15,7 +15,7 @@ use super::{
     now, ClaimSlots, DueBatch, DueJob, FiredRun, JobAdvance, NextDue, Notice, RunRow, SqliteStore,
     StoreResult,
 };
-use crate::domain::{JobState, RunState};
+use crate::domain::RunState;
 use crate::store::firing::DueTx;
 
 /// The open firing transaction of a [`DueBatch`] on the embedded store.
@@ -127,68 +127,107 @@ pub(crate) struct RunInsert<'a> {
     pub claim: Option<(&'a str, i64)>,
 }
 
-/// Inserts a run (`queued`, `waiting`, `missed`, or `running` when claimed
-/// at once, exactly as a claim would leave it). A second scheduled run for
-/// the same (job, time) is dropped: `None`.
-pub(crate) async fn insert_run(
+impl RunInsert<'_> {
+    /// The row as one JSON object of column values (see [`insert_runs`]).
+    fn row(&self, at: DateTime<Utc>) -> serde_json::Value {
+        let mut history = vec![history_text(
+            at,
+            None,
+            self.state,
+            self.history_instance,
+            self.reason,
+        )];
+        let (state, attempt, started_at, instance, lease) = match self.claim {
+            Some((instance, lease_ms)) => {
+                history.push(claimed_history(at, instance, 1));
+                (
+                    RunState::Running,
+                    1,
+                    Some(micros(at)),
+                    Some(instance),
+                    Some(micros(at + Duration::milliseconds(lease_ms))),
+                )
+            }
+            None => (self.state, 0, None, None, None),
+        };
+        let missed = self.state == RunState::Missed;
+        serde_json::json!({
+            "run_id": uuid::Uuid::now_v7().to_string(),
+            "job_id": self.job_id,
+            "handler": self.handler,
+            "kwargs": self.kwargs,
+            "trigger": self.trigger.as_str(),
+            "scheduled_for": micros(self.scheduled_for),
+            "at": micros(at),
+            "state": state.as_str(),
+            "attempt": attempt,
+            "started_at": started_at,
+            "instance": instance,
+            "lease_expires_at": lease,
+            "max_retries": self.max_retries,
+            "retry_backoff_ms": self.retry_backoff_ms,
+            "timeout_ms": self.timeout_ms,
+            "misfire_grace_ms": self.misfire_grace_ms,
+            "lock_key": self.lock_key,
+            "result": opt_json_text(self.result),
+            "error": missed.then_some(self.reason),
+            "finished_at": missed.then(|| micros(at)),
+            "history": format!("[{}]", history.join(",")),
+        })
+    }
+}
+
+/// Inserts runs in one statement (`queued`, `waiting`, `missed`, or
+/// `running` when claimed at once, exactly as a claim would leave it). A
+/// second scheduled run for the same (job, time) is dropped. Returns the
+/// runs inserted, decoded when `decode` says so of their state.
+pub(crate) async fn insert_runs(
     tx: &mut Transaction<'static, Sqlite>,
-    run: &RunInsert<'_>,
+    runs: &[RunInsert<'_>],
     at: DateTime<Utc>,
-) -> StoreResult<Option<RunRow>> {
-    let mut history = vec![history_text(
-        at,
-        None,
-        run.state,
-        run.history_instance,
-        run.reason,
-    )];
-    let (state, attempt, started_at, instance, lease) = match run.claim {
-        Some((instance, lease_ms)) => {
-            history.push(claimed_history(at, instance, 1));
-            (
-                RunState::Running,
-                1,
-                Some(micros(at)),
-                Some(instance),
-                Some(micros(at + Duration::milliseconds(lease_ms))),
-            )
-        }
-        None => (run.state, 0, None, None, None),
-    };
-    let missed = run.state == RunState::Missed;
-    let row = sqlx::query(&format!(
+    decode: impl Fn(RunState) -> bool,
+) -> StoreResult<Inserted> {
+    let mut inserted = Inserted::default();
+    if runs.is_empty() {
+        return Ok(inserted);
+    }
+    let rows: Vec<serde_json::Value> = runs.iter().map(|r| r.row(at)).collect();
+    let c = |name: &str| format!("value ->> '{name}'");
+    let written = sqlx::query(&format!(
         "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
          created_at, state, attempt, started_at, instance, lease_expires_at, max_retries, \
          retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, finished_at, history) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         SELECT {}, {}, {}, {}, {}, {}, {at}, {at}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {} \
+         FROM json_each(?) WHERE true \
          ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
-         RETURNING {RUN_COLUMNS}"
+         RETURNING {RUN_COLUMNS}",
+        c("run_id"), c("job_id"), c("handler"), c("kwargs"), c("trigger"), c("scheduled_for"),
+        c("state"), c("attempt"), c("started_at"), c("instance"), c("lease_expires_at"),
+        c("max_retries"), c("retry_backoff_ms"), c("timeout_ms"), c("misfire_grace_ms"),
+        c("lock_key"), c("result"), c("error"), c("finished_at"), c("history"),
+        at = c("at"),
     ))
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(run.job_id)
-    .bind(run.handler)
-    .bind(run.kwargs)
-    .bind(run.trigger)
-    .bind(micros(run.scheduled_for))
-    .bind(micros(at))
-    .bind(micros(at))
-    .bind(state)
-    .bind(attempt)
-    .bind(started_at)
-    .bind(instance)
-    .bind(lease)
-    .bind(run.max_retries)
-    .bind(run.retry_backoff_ms)
-    .bind(run.timeout_ms)
-    .bind(run.misfire_grace_ms)
-    .bind(run.lock_key)
-    .bind(opt_json_text(run.result))
-    .bind(missed.then_some(run.reason))
-    .bind(missed.then(|| micros(at)))
-    .bind(format!("[{}]", history.join(",")))
-    .fetch_optional(&mut **tx)
+    .bind(serde_json::Value::from(rows).to_string())
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(row.as_ref().map(run_from_row).transpose()?)
+    for row in &written {
+        let state: RunState = row.try_get("state")?;
+        inserted.count += 1;
+        inserted.queued |= state == RunState::Queued;
+        if decode(state) {
+            inserted.rows.push(run_from_row(row)?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// What [`insert_runs`] stored.
+#[derive(Default)]
+pub(crate) struct Inserted {
+    pub count: usize,
+    /// One of them was left queued.
+    pub queued: bool,
+    pub rows: Vec<RunRow>,
 }
 
 /// [`DueBatch::commit`] on the embedded store: inserts the runs (up to
@@ -230,52 +269,54 @@ pub(crate) async fn commit(
             );
         }
     }
-    let mut claimed = Vec::new();
-    let mut left_queued = false;
+    let mut claims = 0;
+    let mut inserts = Vec::with_capacity(runs.len());
     for run in runs {
         let Some(job) = defaults.get(&run.job_id) else {
             continue;
         };
-        let claim_it = run.state == RunState::Queued
-            && job.lock_key.is_none()
-            && (claimed.len() as i64) < claim.limit;
-        let inserted = insert_run(
-            &mut tx,
-            &RunInsert {
-                job_id: &run.job_id,
-                handler: &job.handler,
-                kwargs: &job.kwargs,
-                trigger: run.trigger,
-                scheduled_for: run.scheduled_for,
-                state: run.state,
-                reason: &run.reason,
-                history_instance: Some(&claim.instance),
-                result: run.result.as_ref(),
-                max_retries: job.max_retries,
-                retry_backoff_ms: job.retry_backoff_ms,
-                timeout_ms: job.timeout_ms,
-                misfire_grace_ms: job.misfire_grace_ms,
-                lock_key: job.lock_key.as_deref(),
-                claim: claim_it.then_some((claim.instance.as_str(), claim.lease_ms)),
-            },
-            at,
-        )
-        .await?;
-        match inserted {
-            Some(row) if claim_it => claimed.push(row),
-            Some(_) if run.state == RunState::Queued => left_queued = true,
-            _ => {}
-        }
+        // Decided before the insert, as on PostgreSQL: a time dropped as a
+        // duplicate only leaves a slot unused until the next claim.
+        let claim_it =
+            run.state == RunState::Queued && job.lock_key.is_none() && claims < claim.limit;
+        claims += i64::from(claim_it);
+        inserts.push(RunInsert {
+            job_id: &run.job_id,
+            handler: &job.handler,
+            kwargs: &job.kwargs,
+            trigger: run.trigger,
+            scheduled_for: run.scheduled_for,
+            state: run.state,
+            reason: &run.reason,
+            history_instance: Some(&claim.instance),
+            result: run.result.as_ref(),
+            max_retries: job.max_retries,
+            retry_backoff_ms: job.retry_backoff_ms,
+            timeout_ms: job.timeout_ms,
+            misfire_grace_ms: job.misfire_grace_ms,
+            lock_key: job.lock_key.as_deref(),
+            claim: claim_it.then_some((claim.instance.as_str(), claim.lease_ms)),
+        });
     }
-    for advance in advances {
+    let inserted = insert_runs(&mut tx, &inserts, at, |s| s == RunState::Running).await?;
+    let (claimed, left_queued) = (inserted.rows, inserted.queued);
+    if !advances.is_empty() {
+        let rows: Vec<serde_json::Value> = advances
+            .iter()
+            .map(|a| {
+                serde_json::json!({"job_id": a.job_id, "next": a.next_run_at.map(micros),
+                                   "complete": a.complete})
+            })
+            .collect();
         sqlx::query(
-            "UPDATE jobs SET next_run_at = ?, state = CASE WHEN ? THEN ? ELSE state END, \
-             version = version + 1 WHERE job_id = ?",
+            "UPDATE jobs SET next_run_at = a.next, \
+             state = CASE WHEN a.complete THEN 'completed' ELSE jobs.state END, \
+             version = jobs.version + 1 \
+             FROM (SELECT value ->> 'job_id' AS job_id, value ->> 'next' AS next, \
+                   value ->> 'complete' AS complete FROM json_each(?)) AS a \
+             WHERE jobs.job_id = a.job_id",
         )
-        .bind(advance.next_run_at.map(micros))
-        .bind(advance.complete)
-        .bind(JobState::Completed)
-        .bind(&advance.job_id)
+        .bind(serde_json::Value::from(rows).to_string())
         .execute(&mut *tx)
         .await?;
     }

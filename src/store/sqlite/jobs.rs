@@ -1,11 +1,11 @@
 //! The `jobs` table on the embedded store.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::execution::id_list;
-use super::firing::{insert_run, RunInsert};
+use super::firing::{insert_runs, RunInsert};
 use super::rows::{job_from_row, json_text, micros, opt_micros, SELECT_JOB};
 use super::{
     conflict_on_unique, now, ClaimSlots, JobFilter, JobRow, JobType, NewJob, Notice, RunRow,
@@ -95,12 +95,11 @@ impl SqliteStore {
             .fetch_optional(&mut *tx)
             .await?
             .unwrap_or(false);
-        let insert = format!(
-            "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        let mut claimed = Vec::new();
-        let (mut left_queued, mut earliest) = (false, None::<DateTime<Utc>>);
+        // One statement for the jobs, one for the runs of those due now.
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut kwargs = Vec::new();
+        let mut due_now = Vec::new();
+        let mut earliest = None::<DateTime<Utc>>;
         for job in jobs {
             let due = !paused
                 && rules::due_at_creation(
@@ -110,37 +109,57 @@ impl SqliteStore {
                     job.misfire_grace_ms,
                     at,
                 );
-            let mut stored = job.clone();
             if due {
-                stored.next_run_at = None;
+                due_now.push(job);
+                kwargs.push(json_text(&job.kwargs));
             } else if let (JobState::Running, Some(t)) = (job.state, job.next_run_at) {
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
             }
-            bind_definition(sqlx::query(&insert), &stored)
-                .bind(job.failed_run_id.map(|id| id.to_string()))
-                .bind(micros(at))
-                .bind(micros(at))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    conflict_on_unique(e, || match jobs {
-                        [one] => format!("a job with job_id {:?} already exists", one.job_id),
-                        _ => "one of the job_ids already exists; nothing was created".to_string(),
-                    })
-                })?;
-            let (Some(scheduled_for), true) = (job.next_run_at, due) else {
-                continue;
-            };
-            let claim_it = job.lock_key.is_none() && (claimed.len() as i64) < claim.limit;
-            let kwargs = json_text(&job.kwargs);
-            let run = insert_run(
-                &mut tx,
-                &RunInsert {
+            rows.push(json!({
+                "job_id": job.job_id, "handler": job.handler, "kwargs": json_text(&job.kwargs),
+                "schedule_kind": job.schedule_kind.as_str(), "interval_ms": job.interval_ms,
+                "cron": job.cron, "timezone": job.timezone, "start_at": micros(job.start_at),
+                "misfire_grace_ms": job.misfire_grace_ms, "coalesce": job.coalesce,
+                "max_instances": job.max_instances, "lock_key": job.lock_key,
+                "timeout_ms": job.timeout_ms, "max_retries": job.max_retries,
+                "retry_backoff_ms": job.retry_backoff_ms, "state": job.state.as_str(),
+                "next_run_at": if due { None } else { opt_micros(job.next_run_at) },
+                "description": job.description, "tags": Value::from(job.tags.clone()).to_string(),
+                "source": job.source, "failed_run_id": job.failed_run_id.map(|id| id.to_string()),
+            }));
+        }
+        let values: Vec<String> = DEFINITION_COLUMNS
+            .split(',')
+            .map(|c| format!("value ->> '{}'", c.trim().trim_matches('"')))
+            .collect();
+        sqlx::query(&format!(
+            "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, created_at, updated_at) \
+             SELECT {}, value ->> 'failed_run_id', ?2, ?2 FROM json_each(?1)",
+            values.join(", ")
+        ))
+        .bind(Value::from(rows).to_string())
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            conflict_on_unique(e, || match jobs {
+                [one] => format!("a job with job_id {:?} already exists", one.job_id),
+                _ => "one of the job_ids already exists; nothing was created".to_string(),
+            })
+        })?;
+        let mut claims = 0;
+        let runs: Vec<RunInsert<'_>> = due_now
+            .iter()
+            .zip(&kwargs)
+            .filter_map(|(job, kwargs)| {
+                let claim_it = job.lock_key.is_none() && claims < claim.limit;
+                claims += i64::from(claim_it);
+                Some(RunInsert {
                     job_id: &job.job_id,
                     handler: &job.handler,
-                    kwargs: &kwargs,
+                    kwargs,
                     trigger: Trigger::Schedule,
-                    scheduled_for,
+                    scheduled_for: job.next_run_at?,
                     state: RunState::Queued,
                     reason: "due when created",
                     history_instance: Some(&claim.instance),
@@ -151,16 +170,11 @@ impl SqliteStore {
                     misfire_grace_ms: job.misfire_grace_ms,
                     lock_key: job.lock_key.as_deref(),
                     claim: claim_it.then_some((claim.instance.as_str(), claim.lease_ms)),
-                },
-                at,
-            )
-            .await?;
-            match run {
-                Some(row) if claim_it => claimed.push(row),
-                Some(_) => left_queued = true,
-                None => {}
-            }
-        }
+                })
+            })
+            .collect();
+        let inserted = insert_runs(&mut tx, &runs, at, |s| s == RunState::Running).await?;
+        let (claimed, left_queued) = (inserted.rows, inserted.queued);
         tx.commit().await?;
         self.send(&Notice {
             runs_queued: left_queued,

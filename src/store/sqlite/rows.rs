@@ -41,7 +41,7 @@ fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx
     Ok(row.try_get::<Option<i64>, _>(column)?.map(from_micros))
 }
 
-fn json(row: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> {
+pub(crate) fn json(row: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> {
     let text: String = row.try_get(column)?;
     serde_json::from_str(&text).map_err(|e| decode_err(column, e))
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::execution::{
     complete_one_shot_jobs, delete_orphans, release_waiting, slots_taken, APPEND,
 };
-use super::firing::{insert_run, RunInsert};
+use super::firing::{insert_runs, RunInsert};
 use super::rows::{history_text, micros, run_from_row, RUN_COLUMNS};
 use super::{now, ManualRun, Notice, RunFilter, RunRow, SqliteStore, StoreError, StoreResult};
 use crate::domain::{RunState, Trigger};
@@ -104,9 +104,9 @@ impl SqliteStore {
             None => job.try_get("kwargs")?,
         };
         let lock_key: Option<String> = job.try_get("lock_key")?;
-        let row = insert_run(
+        let row = insert_runs(
             &mut tx,
-            &RunInsert {
+            &[RunInsert {
                 job_id: &run.job_id,
                 handler: &handler,
                 kwargs: &kwargs,
@@ -122,10 +122,13 @@ impl SqliteStore {
                 misfire_grace_ms: None,
                 lock_key: lock_key.as_deref(),
                 claim: None,
-            },
+            }],
             at,
+            |_| true,
         )
         .await?
+        .rows
+        .pop()
         .ok_or_else(|| StoreError::Conflict("the run could not be stored".into()))?;
         tx.commit().await?;
         self.send(&Notice::runs_queued());
