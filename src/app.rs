@@ -1,7 +1,9 @@
-//! Start-up and shutdown of `jobsd serve`: connect (creating the database),
-//! migrate, then run the API, the scheduler, the workers and the supervisor
-//! until SIGTERM/SIGINT. On shutdown the workers drain while the HTTP
-//! server keeps serving (readiness answering 503), and the server stops last.
+//! Start-up and shutdown of `jobsd serve`: connect (creating the database
+//! or the embedded store's file), on the embedded store take the lock that
+//! keeps a second `jobsd serve` off the file, migrate, then run the API,
+//! the scheduler, the workers and the supervisor until SIGTERM/SIGINT. On
+//! shutdown the workers drain while the HTTP server keeps serving
+//! (readiness answering 503), and the server stops last.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -16,22 +18,54 @@ use crate::api::{self, AppState};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::handlers::HandlerRegistry;
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::store::Store;
+use crate::store::{ServeLock, SqliteOptions, Store};
 use crate::worker::{Supervisor, SupervisorConfig, WorkerConfig, WorkerPool};
 
 /// Connects to the database named in `config` and applies migrations.
 pub async fn open_store(config: &DatabaseConfig) -> anyhow::Result<Store> {
-    let store = Store::connect(
+    let store = connect_store(config).await?;
+    migrate_store(&store).await?;
+    Ok(store)
+}
+
+/// Opens the store named in `config` (creating the database or the file
+/// when missing), without applying migrations.
+pub async fn connect_store(config: &DatabaseConfig) -> anyhow::Result<Store> {
+    Ok(Store::connect_with(
         &config.database_url,
         config.db_max_connections,
         config.db_connect_timeout,
+        &SqliteOptions {
+            synchronous: config.sqlite_synchronous,
+        },
     )
-    .await?;
+    .await?)
+}
+
+/// Applies the store's migrations (idempotent).
+pub async fn migrate_store(store: &Store) -> anyhow::Result<()> {
     store
         .migrate()
         .await
-        .context("applying database migrations")?;
-    Ok(store)
+        .context("applying database migrations")
+}
+
+/// On the embedded store, takes the lock that only a serving process holds
+/// (so a second `jobsd serve` on the same file refuses to start, with the
+/// lock's one-line reason) and logs the line that says which store this
+/// is. `None` on PostgreSQL, where any number of replicas serve.
+fn take_serve_lock(store: &Store) -> anyhow::Result<Option<ServeLock>> {
+    let Some(sqlite) = store.as_sqlite() else {
+        return Ok(None);
+    };
+    let lock = sqlite.lock_for_serving().map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        "using the embedded store (SQLite, a single replica) at {}; to run replicas, \
+         switch to PostgreSQL with --database-url postgres://user:password@host:5432/jobsd \
+         (or DATABASE_URL)",
+        sqlite.path().display()
+    );
+    Ok(Some(lock))
 }
 
 /// A started service: its address and the task that serves until shutdown.
@@ -60,7 +94,10 @@ pub async fn start(
     crate::worker::check_lease_settings(config.lease, config.cancel_grace)
         .map_err(anyhow::Error::msg)?;
     let instance = config.instance_name();
-    let store = open_store(&config.database).await?;
+    let store = connect_store(&config.database).await?;
+    // Held by the service task below until the service has stopped.
+    let serve_lock = take_serve_lock(&store)?;
+    migrate_store(&store).await?;
     let registry = Arc::new(registry);
     crate::default_jobs::start(&store, &registry, &config, &shutdown).await;
     let workers = WorkerPool::new(
@@ -108,6 +145,7 @@ pub async fn start(
             .into_future(),
     );
     let task = tokio::spawn(async move {
+        let _serve_lock = serve_lock;
         let failed_early = tokio::select! {
             _ = shutdown.cancelled() => None,
             served = &mut server => Some(served),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::store::Synchronous;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -23,13 +25,25 @@ pub(crate) fn parse_flag_duration(s: &str) -> Result<Duration, String> {
 /// Settings shared by every subcommand that talks to the database.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL; the database is created when it does not exist.
+    /// Where jobs are kept. `sqlite://PATH` (the default, `./jobsd.db`) is
+    /// the embedded store: one SQLite file, created when missing, for one
+    /// replica. `postgres://user:password@host:5432/jobsd` selects
+    /// PostgreSQL (the database is created when it does not exist), for any
+    /// number of replicas.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://./jobsd.db")]
+    pub database_url: String,
+
+    /// Embedded store only: `normal` syncs at WAL checkpoints (a killed
+    /// process loses nothing acknowledged; a power loss or OS crash may lose
+    /// the last transactions); `full` syncs every commit (survives a power
+    /// loss, at a cost per write). Ignored on PostgreSQL.
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/jobsd"
+        env = "JOBSD_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "normal"
     )]
-    pub database_url: String,
+    pub sqlite_synchronous: Synchronous,
 
     /// Connections in the pool.
     #[arg(long, env = "JOBSD_DB_MAX_CONNECTIONS", default_value_t = 16)]

@@ -1,4 +1,5 @@
-//! jobsd: a job-scheduling service on PostgreSQL.
+//! jobsd: a job-scheduling service on PostgreSQL, or on an embedded SQLite
+//! file (one replica).
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library. Embedders
 //! build a [`handlers::HandlerRegistry`] with their own handlers and call
@@ -13,6 +14,7 @@ pub mod domain;
 pub mod handlers;
 pub mod job_spec;
 pub mod logging;
+pub mod maintenance;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

@@ -72,6 +72,9 @@ macro_rules! on_backend {
     };
 }
 
+// After `on_backend!`, which it uses.
+pub mod copy;
+
 impl Store {
     pub fn backend(&self) -> Backend {
         match self {
@@ -146,8 +149,9 @@ impl Store {
         on_backend!(self, s => s.job_list(filter).await)
     }
 
-    /// Pauses or resumes a job if the row is still at `version` (`Stale`
-    /// otherwise); `Conflict` for a completed one-shot job.
+    /// Pauses or resumes a job if the row is still at `version`; `Stale`
+    /// otherwise, and for a completed one-shot job, which is left alone
+    /// (the caller re-reads it and sees it completed).
     pub async fn job_set_state(
         &self,
         job_id: &str,

@@ -2,6 +2,11 @@
 //! the test PostgreSQL, reports its figures, and drops its database; and
 //! on the embedded store, in files it removes. (Not a timed test: no
 //! figure is checked against a target.)
+//!
+//! Each test names its store itself, whatever JOBSD_TEST_BACKEND says: the
+//! PostgreSQL ones create and drop databases on the test server, the SQLite
+//! ones use a temporary directory of their own. So they all run in the
+//! default run, and the sqlite profile leaves them out.
 
 use serde_json::Value;
 use sqlx::Connection;

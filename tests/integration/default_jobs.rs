@@ -651,9 +651,10 @@ async fn the_same_job_id_in_two_files_loads_neither_until_one_goes() {
 
 /// Two replicas loading the same directory at the same moment: each job is
 /// inserted (or updated) exactly once, and neither sees an error.
+// PostgreSQL only: two replicas loading one directory (the embedded store has one loader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_loading_at_once_neither_duplicate_nor_fail() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_on(TestDb::postgres(), &[]).await;
     let config = serve_config(&app.db, &[]);
     let a = jobsd::app::open_store(&config.database).await.unwrap();
     let b = jobsd::app::open_store(&config.database).await.unwrap();

@@ -1,9 +1,14 @@
-//! Integration tests: a real jobsd against a real PostgreSQL, one fresh
-//! database per test.
+//! Integration tests: a real jobsd against a real database, one fresh
+//! database per test: PostgreSQL, or the embedded SQLite store with
+//! `JOBSD_TEST_BACKEND=sqlite` (see `support::backend`). The store
+//! conformance suite (`conformance`) runs on both in every run.
 
 mod bad_input;
 mod bench;
+mod conformance;
 mod default_jobs;
+mod embedded_cli;
+mod embedded_crash;
 mod jobs_api;
 mod plans;
 mod replicas;

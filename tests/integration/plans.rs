@@ -9,6 +9,8 @@
 //! plan, and with the generic plan PostgreSQL switches to after five
 //! executions of a prepared statement (sqlx prepares them), forced with
 //! `plan_cache_mode` (PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`).
+//!
+//! PostgreSQL only: it checks PostgreSQL's query plans of PostgreSQL's statements.
 
 use jobsd::store::postgres::hot::{hot_statements, PlanFixture};
 use serde_json::Value;
@@ -125,7 +127,7 @@ async fn load(conn: &mut PgConnection) -> PlanFixture {
 
 #[tokio::test]
 async fn hot_statements_use_indexes_whatever_the_statistics_say() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let config = serve_config(&db, &[]);
     let store = jobsd::app::open_store(&config.database).await.unwrap();
     drop(store);

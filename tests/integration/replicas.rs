@@ -1,5 +1,7 @@
 //! Several real `jobsd` processes against one real PostgreSQL: exactly-once
 //! firing, fail-over after `kill -9`, graceful shutdown, database faults.
+//!
+//! PostgreSQL only: replicas need PostgreSQL (the embedded store serves one process).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,7 +58,7 @@ async fn hit_counter() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
 
 #[tokio::test]
 async fn three_replicas_fire_every_time_exactly_once() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let (server, hits) = hit_counter().await;
     let (a, b, c) = tokio::join!(
         Replica::spawn(&db, "r-a", &[]),
@@ -149,7 +151,7 @@ async fn three_replicas_fire_every_time_exactly_once() {
 
 #[tokio::test]
 async fn a_killed_replicas_run_is_rerun_elsewhere_within_the_lease() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let mut a = Replica::spawn(&db, "k-a", &[]).await;
     let (status, body) = a
         .post(
@@ -195,7 +197,7 @@ async fn a_killed_replicas_run_is_rerun_elsewhere_within_the_lease() {
 
 #[tokio::test]
 async fn sigterm_hands_running_runs_to_another_replica() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let mut a = Replica::spawn(&db, "t-a", &["--shutdown-grace", "300ms", "--workers", "4"]).await;
     let mut ids = Vec::new();
     for i in 0..4 {
@@ -264,7 +266,7 @@ async fn terminate_backends(db: &TestDb) -> u64 {
 
 #[tokio::test]
 async fn recovers_from_killed_connections_and_a_database_outage() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let r = Replica::spawn(&db, "f-a", &[]).await;
     r.post("/api/v1/jobs", json!({"job_id": "tick", "handler": "log", "kwargs": {"message": "t"}, "periodically": "200ms"}))
         .await;

@@ -617,14 +617,7 @@ async fn a_worker_that_loses_its_lease_stops_its_handler() {
     .await;
 
     // Another instance takes the run over (as the supervisor of a replica would).
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE runs SET instance = 'thief', lease_expires_at = now() + interval '1 hour' WHERE run_id = $1::uuid")
-        .bind(&run_id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    crate::support::take_over_run(&app.store, &run_id, "thief").await;
     // Within a heartbeat or two the handler is stopped: the file stops growing.
     let stopped_at = wait_for(
         "the process to be stopped",

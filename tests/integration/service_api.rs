@@ -187,15 +187,7 @@ async fn instances_are_listed_and_stale_ones_pruned() {
         .instance_heartbeat("gone", "0.0.1", None, 3_600_000 * 24)
         .await
         .unwrap();
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
-        .await
-        .unwrap();
-    sqlx::query(
-        "UPDATE instances SET heartbeat_at = now() - interval '1 hour' WHERE name = 'gone'",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    crate::support::age_heartbeat(&app.store, "gone", Duration::from_secs(3600)).await;
     let (_, body) = app.get("/api/v1/instances").await;
     let gone = body["instances"]
         .as_array()

@@ -1,18 +1,35 @@
-//! Test support: a fresh PostgreSQL database per test, and a real jobsd
+//! Test support: a fresh database per test (PostgreSQL, or an embedded
+//! SQLite file, as `JOBSD_TEST_BACKEND` says), and a real jobsd
 //! (in-process, or as a real child process) serving on a free port.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
 use jobsd::config::ServeConfig;
 use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
-use jobsd::store::Store;
+use jobsd::store::{Backend, Store};
 use serde_json::Value;
-use sqlx::Connection;
+use sqlx::{ConnectOptions, Connection};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+
+/// The backend the tests that start jobsd run on: `JOBSD_TEST_BACKEND` is
+/// `postgres` (the default) or `sqlite`. The conformance suite ignores it
+/// and runs every test on both.
+pub fn backend() -> Backend {
+    match std::env::var("JOBSD_TEST_BACKEND") {
+        Err(std::env::VarError::NotPresent) => Backend::Postgres,
+        Ok(name) => match name.as_str() {
+            "" | "postgres" => Backend::Postgres,
+            "sqlite" => Backend::Sqlite,
+            other => panic!("JOBSD_TEST_BACKEND={other:?}: use postgres or sqlite"),
+        },
+        Err(e) => panic!("JOBSD_TEST_BACKEND: {e}"),
+    }
+}
 
 /// Server URL of the PostgreSQL the tests use (any database on it).
 pub fn admin_url() -> String {
@@ -33,10 +50,16 @@ fn url_for(database: &str) -> String {
     format!("{}/{database}{query}", &base[..host_end])
 }
 
-/// A database that exists for one test and is dropped after it.
+/// A database that exists for one test and is removed after it: a
+/// PostgreSQL database (dropped), or an SQLite file in a directory of its
+/// own (removed, with its `-wal`, `-shm` and `.lock` files).
 pub struct TestDb {
+    /// The PostgreSQL database's name, or the SQLite file's directory name.
+    /// Empty once handed on to a restarted app ([`TestDb::take`]).
     pub name: String,
     pub url: String,
+    /// The SQLite file's directory; `None` on PostgreSQL.
+    dir: Option<PathBuf>,
 }
 
 impl TestDb {
@@ -45,13 +68,68 @@ impl TestDb {
         format!("jobsd_test_{}", uuid::Uuid::new_v4().simple())
     }
 
-    /// Reserves a fresh database name; the database is created by whoever
-    /// connects first (jobsd creates it on start), and dropped on drop.
+    /// A fresh database on the backend [`backend`] selects.
     pub fn new() -> TestDb {
-        let name = Self::unique_name();
-        TestDb {
-            url: url_for(&name),
-            name,
+        Self::on(backend())
+    }
+
+    /// A fresh database on `backend`. On PostgreSQL only a name is reserved:
+    /// whoever connects first creates the database (jobsd does on start).
+    /// On SQLite the directory is made; jobsd creates the file in it.
+    pub fn on(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Postgres => {
+                let name = Self::unique_name();
+                TestDb {
+                    url: url_for(&name),
+                    name,
+                    dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let name = format!("jobsd-test-{}", uuid::Uuid::new_v4());
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+                TestDb {
+                    url: format!("sqlite://{}", dir.join("jobsd.db").display()),
+                    name,
+                    dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    /// A fresh PostgreSQL database, whatever `JOBSD_TEST_BACKEND` says: for
+    /// the tests that exist for PostgreSQL only.
+    pub fn postgres() -> TestDb {
+        Self::on(Backend::Postgres)
+    }
+
+    /// Hands the database on (to an app restarted on it): the returned
+    /// value removes it when dropped, this one no longer does.
+    pub fn take(&mut self) -> TestDb {
+        let taken = TestDb {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            dir: self.dir.clone(),
+        };
+        self.name.clear();
+        taken
+    }
+
+    /// Whether the database exists yet (jobsd creates it on start).
+    pub async fn exists(&self) -> bool {
+        match &self.dir {
+            Some(dir) => dir.join("jobsd.db").is_file(),
+            None => {
+                let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&self.name)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
         }
     }
 }
@@ -60,6 +138,11 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if self.name.is_empty() {
             return; // moved on to a restarted app
+        }
+        if let Some(dir) = &self.dir {
+            // The file, its -wal and -shm files and the serving lock.
+            let _ = std::fs::remove_dir_all(dir);
+            return;
         }
         let name = self.name.clone();
         // Drop runs inside a runtime; a plain thread with its own runtime avoids blocking it.
@@ -81,6 +164,81 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Runs one statement on `store`'s database, as written for its backend,
+/// on a connection of its own, and returns how many rows it changed: for
+/// setting up what no API does (a lease taken over, a heartbeat an hour
+/// old). Values are written into the SQL; on SQLite, times are INTEGER
+/// microseconds since the epoch ([`micros`]) and UUIDs hyphenated TEXT
+/// (`migrations/sqlite/0001_init.sql`).
+pub async fn execute_sql(store: &Store, postgres: &str, sqlite: &str) -> u64 {
+    match store {
+        Store::Postgres(pg) => sqlx::query(postgres)
+            .execute(pg.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{postgres}: {e}"))
+            .rows_affected(),
+        Store::Sqlite(lite) => {
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(lite.path())
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("opening {}: {e}", lite.path().display()));
+            let done = sqlx::query(sqlite)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sqlite}: {e}"));
+            let _ = conn.close().await;
+            done.rows_affected()
+        }
+    }
+}
+
+/// A time as the embedded store keeps it: microseconds since the epoch.
+pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// Hands the running run `run_id` to `instance` with a lease of an hour,
+/// as a replica's rescue and claim would.
+pub async fn take_over_run(store: &Store, run_id: &str, instance: &str) {
+    let lease = chrono::Utc::now() + chrono::Duration::hours(1);
+    let changed = execute_sql(
+        store,
+        &format!(
+            "UPDATE runs SET instance = '{instance}', lease_expires_at = now() + interval '1 hour' \
+             WHERE run_id = '{run_id}'::uuid AND state = 'running'"
+        ),
+        &format!(
+            "UPDATE runs SET instance = '{instance}', lease_expires_at = {} \
+             WHERE run_id = '{run_id}' AND state = 'running'",
+            micros(lease)
+        ),
+    )
+    .await;
+    assert_eq!(changed, 1, "run {run_id} is running");
+}
+
+/// Makes the last heartbeat of instance `name` `ago` old.
+pub async fn age_heartbeat(store: &Store, name: &str, ago: Duration) {
+    let ms = ago.as_millis();
+    let at = chrono::Utc::now() - chrono::Duration::milliseconds(ms as i64);
+    let changed = execute_sql(
+        store,
+        &format!(
+            "UPDATE instances SET heartbeat_at = now() - {ms} * interval '1 millisecond' \
+             WHERE name = '{name}'"
+        ),
+        &format!(
+            "UPDATE instances SET heartbeat_at = {} WHERE name = '{name}'",
+            micros(at)
+        ),
+    )
+    .await;
+    assert_eq!(changed, 1, "instance {name} is registered");
 }
 
 #[derive(Parser)]
@@ -190,12 +348,7 @@ impl TestApp {
                 "jobsd stops cleanly: {stopped:?}"
             );
         }
-        let db = TestDb {
-            name: self.db.name.clone(),
-            url: self.db.url.clone(),
-        };
-        self.db.name.clear();
-        db
+        self.db.take()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -237,7 +237,7 @@ impl PgStore {
     /// Pauses or resumes a job, if the row is still at `version` (as read;
     /// `Stale` otherwise, see [`PgStore::job_replace`]). `next_run_at` is what
     /// the caller computed from the row it read (from now, on resume; none,
-    /// on pause). A completed one-shot job is left alone: `Conflict`.
+    /// on pause). A completed one-shot job is left alone: `Stale`.
     pub async fn job_set_state(
         &self,
         job_id: &str,
@@ -305,6 +305,15 @@ impl PgStore {
             .bind(&job_ids)
             .fetch_all(&mut *tx)
             .await?;
+            // A run that ended between the two statements above was kept
+            // (it was running) and not flagged (it no longer was): this
+            // statement's fresh snapshot sees it ended. One that ends later
+            // waits for this transaction, sees its cancel request, and is
+            // removed when its outcome is written.
+            sqlx::query("DELETE FROM runs WHERE job_id = ANY($1) AND state <> 'running'")
+                .bind(&job_ids)
+                .execute(&mut *tx)
+                .await?;
             notify::send(
                 &mut *tx,
                 &Notice {

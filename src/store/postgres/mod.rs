@@ -6,6 +6,7 @@
 
 pub mod bench;
 mod connect;
+mod copy;
 pub(crate) mod default_jobs;
 pub(crate) mod execution;
 pub(crate) mod firing;

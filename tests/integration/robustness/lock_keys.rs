@@ -51,9 +51,10 @@ async fn start_holder(r: &Replica, seconds: u64) -> Value {
     .await
 }
 
+// PostgreSQL only: two replicas, and PostgreSQL's commit statistics.
 #[tokio::test]
 async fn bug3_a_run_blocked_on_a_held_lock_key_costs_nothing_and_is_woken_on_another_replica() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     // Long polls: only a notification can wake a replica promptly.
     let quiet = ["--poll-interval", "30s", "--shutdown-grace", "30s"];
     let mut a = Replica::spawn(&db, "lock-a", &quiet).await;
@@ -122,9 +123,10 @@ async fn bug3_a_run_blocked_on_a_held_lock_key_costs_nothing_and_is_woken_on_ano
 /// replica that died (its lease is long, so no rescue comes first). The
 /// fix's override path sent no wake-up, so the waiter sat out the poll
 /// interval (30 s here); the old code's claim loop hid that by spinning.
+// PostgreSQL only: a waiter on another replica (replicas need PostgreSQL).
 #[tokio::test]
 async fn bug3_an_operator_ending_a_lock_holder_wakes_a_waiter_on_another_replica() {
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let quiet = [
         "--poll-interval",
         "30s",

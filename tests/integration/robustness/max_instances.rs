@@ -15,11 +15,12 @@ use crate::support::{wait_for, Replica, TestApp, TestDb};
 // --- Bug 6: `max_instances` is exact across replicas, manual triggers
 // racing the schedulers included.
 
+// PostgreSQL only: two replicas (replicas need PostgreSQL).
 #[tokio::test]
 async fn bug6_max_instances_holds_across_replicas_under_manual_triggers() {
     const JOBS: usize = 250;
     const SECONDS: i64 = 12;
-    let db = TestDb::new();
+    let db = TestDb::postgres();
     let (a, b) = tokio::join!(
         Replica::spawn(&db, "mi-a", &[]),
         Replica::spawn(&db, "mi-b", &[])

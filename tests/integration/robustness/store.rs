@@ -1,8 +1,8 @@
 //! Store-level regression tests: attempt fencing (bug 5), a rescue keeps a
 //! requested cancel (bug 7), runs waiting for a slot (bug 12). They drive
 //! `jobsd::store::Store` (and the scheduler's `run_once`) against a freshly
-//! migrated database with no service running, so each step of a race is
-//! taken by hand.
+//! migrated database (of the backend `JOBSD_TEST_BACKEND` selects) with no
+//! service running, so each step of a race is taken by hand.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use jobsd::store::{ClaimSlots, ManualRun, NewJob, RunClaim, RunOutcome, RunRow, 
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::{failure_record, TestDb};
+use crate::support::{execute_sql, failure_record, micros, TestDb};
 
 async fn migrated_store() -> (Store, TestDb) {
     let db = TestDb::new();
@@ -78,11 +78,17 @@ async fn trigger_and_claim(store: &Store, job_id: &str, instance: &str) -> RunRo
 
 /// Lets the lease of `run_id` run out, as if its replica had died.
 async fn expire_lease(store: &Store, run_id: Uuid) {
-    sqlx::query("UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = $1")
-        .bind(run_id)
-        .execute(store.as_postgres().expect("a PostgreSQL store").pool())
-        .await
-        .unwrap();
+    let past = micros(Utc::now() - chrono::Duration::seconds(1));
+    let changed = execute_sql(
+        store,
+        &format!(
+            "UPDATE runs SET lease_expires_at = now() - interval '1 second' \
+             WHERE run_id = '{run_id}'"
+        ),
+        &format!("UPDATE runs SET lease_expires_at = {past} WHERE run_id = '{run_id}'"),
+    )
+    .await;
+    assert_eq!(changed, 1);
 }
 
 // --- Bug 5: running attempts are fenced by (run, attempt): a heartbeat of
@@ -206,10 +212,9 @@ async fn next_time_while_running(store: &Store) -> (RunClaim, RunRow) {
     assert_eq!(claimed.len(), 1, "{claimed:#?}");
     let running = claimed.into_iter().next().unwrap();
     // Its next time is now, while the run still runs.
-    sqlx::query("UPDATE jobs SET next_run_at = now() WHERE job_id = 'fast'")
-        .execute(store.as_postgres().expect("a PostgreSQL store").pool())
-        .await
-        .unwrap();
+    let row = store.job_get("fast").await.unwrap();
+    job.next_run_at = Some(store.now().await.unwrap());
+    store.job_replace(&job, row.row_version).await.unwrap();
     assert_eq!(scheduler.run_once().await.unwrap(), 1);
     let runs = store
         .run_list(&jobsd::store::RunFilter {

@@ -65,13 +65,14 @@ async fn bulk_insert_active(conn: &mut sqlx::PgConnection, name: &str) -> bool {
         > 0
 }
 
+// PostgreSQL only: it sees the insert executing in PostgreSQL's pg_stat_activity.
 #[tokio::test]
 async fn bug9_a_client_disconnecting_mid_bulk_create_strands_no_runs() {
     const JOBS: usize = 2000;
     const ROUNDS: usize = 5;
     // A lease far longer than the test's deadlines: only starting the runs
     // at once, not a rescue, can make them succeed in time.
-    let app = TestApp::start_with(&["--lease", "60s"]).await;
+    let app = TestApp::start_on(TestDb::postgres(), &["--lease", "60s"]).await;
     let address = app.base.trim_start_matches("http://").to_string();
     let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
     let mut created = 0;
@@ -192,15 +193,19 @@ async fn bug10_a_slot_freed_while_saturated_is_filled_within_the_poll_interval()
 // whole lease without renewal, then the cancel grace: another replica could
 // take the run over while the handler still ran).
 
+// PostgreSQL only: it cuts the replica off from its database server (an embedded file cannot be).
 #[tokio::test]
 async fn a_replica_cut_off_from_the_database_stops_its_handlers_before_their_lease_expires() {
-    let app = TestApp::start_with(&[
-        "--enable-command-handler",
-        "--lease",
-        "3s",
-        "--cancel-grace",
-        "500ms",
-    ])
+    let app = TestApp::start_on(
+        TestDb::postgres(),
+        &[
+            "--enable-command-handler",
+            "--lease",
+            "3s",
+            "--cancel-grace",
+            "500ms",
+        ],
+    )
     .await;
     let file = std::env::temp_dir().join(format!("jobsd-fence-{}", uuid::Uuid::new_v4()));
     // Appends the time (ns since the epoch) every 20 ms until it is killed.
