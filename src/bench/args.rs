@@ -193,12 +193,15 @@ pub(super) fn default_workers() -> String {
 }
 
 /// The flags every replica gets besides its database, address and name.
-pub(super) fn replica_flags(args: &BenchArgs) -> String {
+pub(super) fn replica_flags(args: &BenchArgs, server: &crate::store::bench::BenchServer) -> String {
     let workers = args.workers.map_or_else(default_workers, |w| w.to_string());
     let mut flags = format!(
         "--workers {workers} --db-max-connections {}",
         args.database.db_max_connections
     );
+    for flag in server.replica_flags() {
+        flags = format!("{flags} {flag}");
+    }
     for extra in &args.serve_args {
         flags = format!("{flags} {extra}");
     }
@@ -233,6 +236,7 @@ pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
         "serve_args": args.serve_args,
         "serve_binary": args.serve_binary,
         "db_max_connections": args.database.db_max_connections,
+        "sqlite_synchronous": format!("{:?}", args.database.sqlite_synchronous).to_lowercase(),
         "database_url": crate::store::redact_url(&args.database.database_url),
         "baseline_database_url": args
             .baseline_database_url

@@ -151,7 +151,8 @@ impl<'a> Ctx<'a> {
         instance: &str,
         extra: &[&str],
     ) -> anyhow::Result<Service> {
-        let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut flags = self.server.replica_flags();
+        flags.extend(extra.iter().map(|s| s.to_string()));
         flags.extend(self.args.serve_args.iter().cloned());
         Service::spawn(&ServiceSpec {
             database_url: self.database_url(phase)?,
@@ -207,11 +208,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .filter(|s| args.scenario.contains(s))
             .collect()
     };
-    let server = BenchServer::of_url(&args.database.database_url, &args.serve_args)?;
+    let synchronous = args.database.sqlite_synchronous;
+    let server = BenchServer::of_url(&args.database.database_url, synchronous, &args.serve_args)?;
     let baseline = match &args.baseline_database_url {
         None => None,
         Some(url) => {
-            let baseline = BenchServer::of_url(url, &args.serve_args)?;
+            let baseline = BenchServer::of_url(url, synchronous, &args.serve_args)?;
             if !server.embedded() || baseline.embedded() {
                 bail!(
                     "--baseline-database-url compares the embedded store with a server: \
@@ -292,7 +294,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = Report {
         machine,
         settings: settings_json(&args),
-        replica_flags: replica_flags(&args),
+        replica_flags: replica_flags(&args, &server),
         figures,
         failures,
         left_out,

@@ -45,9 +45,14 @@ pub enum ServerFacts {
 }
 
 impl BenchServer {
-    /// The server (or directory) `url` names; `serve_args` are the flags
-    /// every replica gets, which may change how it opens an SQLite file.
-    pub fn of_url(url: &str, serve_args: &[String]) -> anyhow::Result<BenchServer> {
+    /// The server (or directory) `url` names. An SQLite file is opened
+    /// with `synchronous` (`--sqlite-synchronous` of the benchmark), unless
+    /// `serve_args`, the extra flags every replica gets, say otherwise.
+    pub fn of_url(
+        url: &str,
+        synchronous: Synchronous,
+        serve_args: &[String],
+    ) -> anyhow::Result<BenchServer> {
         match Backend::of_url(url) {
             Some(Backend::Postgres) => Ok(BenchServer::Postgres {
                 url: url.to_string(),
@@ -64,7 +69,7 @@ impl BenchServer {
                 }
                 Ok(BenchServer::Sqlite {
                     dir,
-                    options: sqlite_options(serve_args),
+                    options: sqlite_options(synchronous, serve_args),
                 })
             }
             None => Err(anyhow!(
@@ -101,6 +106,21 @@ impl BenchServer {
         match self {
             BenchServer::Postgres { .. } => Ok(()),
             BenchServer::Sqlite { .. } => Err(NEEDS_A_SERVER),
+        }
+    }
+
+    /// The flags a replica needs to open its store as described by
+    /// [`BenchServer::facts`] (before the user's `--serve-arg`s).
+    pub fn replica_flags(&self) -> Vec<String> {
+        match self {
+            BenchServer::Postgres { .. } => Vec::new(),
+            BenchServer::Sqlite { options, .. } => vec![
+                "--sqlite-synchronous".to_string(),
+                options
+                    .synchronous
+                    .to_possible_value()
+                    .map_or_else(|| "normal".to_string(), |v| v.get_name().to_string()),
+            ],
         }
     }
 
@@ -168,9 +188,10 @@ impl BenchServer {
     }
 }
 
-/// How a replica given `serve_args` opens its SQLite file.
-fn sqlite_options(serve_args: &[String]) -> SqliteOptions {
-    let mut options = SqliteOptions::default();
+/// How a replica opens its SQLite file: with `synchronous`, or the last
+/// `--sqlite-synchronous` of `serve_args`.
+fn sqlite_options(synchronous: Synchronous, serve_args: &[String]) -> SqliteOptions {
+    let mut options = SqliteOptions { synchronous };
     let mut args = serve_args.iter();
     while let Some(arg) = args.next() {
         let value = match arg.strip_prefix("--sqlite-synchronous") {
@@ -189,9 +210,12 @@ fn sqlite_options(serve_args: &[String]) -> SqliteOptions {
 mod tests {
     use super::*;
 
+    const NORMAL: Synchronous = Synchronous::Normal;
+
     #[test]
     fn picks_the_backend_by_scheme() {
-        let pg = BenchServer::of_url("postgres://postgres@localhost:5432/jobsd", &[]).unwrap();
+        let pg =
+            BenchServer::of_url("postgres://postgres@localhost:5432/jobsd", NORMAL, &[]).unwrap();
         assert_eq!(pg.backend(), Backend::Postgres);
         assert!(pg.several_replicas().is_ok());
         assert!(!pg.embedded());
@@ -206,10 +230,12 @@ mod tests {
 
         let dir = std::env::temp_dir();
         let url = format!("sqlite://{}/whatever.db", dir.display());
-        let lite = BenchServer::of_url(&url, &[]).unwrap();
+        let lite = BenchServer::of_url(&url, NORMAL, &[]).unwrap();
         assert_eq!(lite.backend(), Backend::Sqlite);
         assert!(lite.embedded());
         assert_eq!(lite.several_replicas(), Err(NEEDS_A_SERVER));
+        assert_eq!(lite.replica_flags(), ["--sqlite-synchronous", "normal"]);
+        assert!(pg.replica_flags().is_empty());
         assert_eq!(
             lite.database_url("jobsd_bench_x_lag").unwrap(),
             format!("sqlite://{}", dir.join("jobsd_bench_x_lag.db").display())
@@ -219,27 +245,37 @@ mod tests {
             format!("file {}", dir.join("jobsd_bench_x_lag.db").display())
         );
 
-        let err = BenchServer::of_url("sqlite:///no/such/dir/x.db", &[]).unwrap_err();
+        let err = BenchServer::of_url("sqlite:///no/such/dir/x.db", NORMAL, &[]).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
-        let err = BenchServer::of_url("mysql://x", &[]).unwrap_err();
+        let err = BenchServer::of_url("mysql://x", NORMAL, &[]).unwrap_err();
         assert!(err.to_string().contains("sqlite://"), "{err}");
     }
 
     #[test]
     fn reads_the_replicas_synchronous_setting() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(sqlite_options(&[]).synchronous, Synchronous::Normal);
+        let full = Synchronous::Full;
+        assert_eq!(sqlite_options(NORMAL, &[]).synchronous, NORMAL);
+        assert_eq!(sqlite_options(full, &[]).synchronous, full);
         assert_eq!(
-            sqlite_options(&args(&["--sqlite-synchronous=full"])).synchronous,
-            Synchronous::Full
+            sqlite_options(NORMAL, &args(&["--sqlite-synchronous=full"])).synchronous,
+            full
         );
         assert_eq!(
-            sqlite_options(&args(&["--workers=5", "--sqlite-synchronous", "FULL"])).synchronous,
-            Synchronous::Full
+            sqlite_options(
+                NORMAL,
+                &args(&["--workers=5", "--sqlite-synchronous", "FULL"])
+            )
+            .synchronous,
+            full
         );
         assert_eq!(
-            sqlite_options(&args(&["--sqlite-synchronous-x=full"])).synchronous,
-            Synchronous::Normal
+            sqlite_options(full, &args(&["--sqlite-synchronous=normal"])).synchronous,
+            NORMAL
+        );
+        assert_eq!(
+            sqlite_options(NORMAL, &args(&["--sqlite-synchronous-x=full"])).synchronous,
+            NORMAL
         );
     }
 }

@@ -257,6 +257,10 @@ async fn bench_drain_on_sqlite_compares_with_postgres_and_leaves_failover_out() 
     );
     assert!(stdout.contains("(the drain's baseline)"), "{stdout}");
     assert!(
+        stdout.contains("--sqlite-synchronous normal"),
+        "the replicas' flags: {stdout}"
+    );
+    assert!(
         stdout.contains("- failover: needs PostgreSQL: replicas share a server database"),
         "{stdout}"
     );
