@@ -296,21 +296,19 @@ impl JobSpec {
                 ));
             }
         }
-        let state = match self
-            .state
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("running") | Some("active") => JobState::Running,
-            Some("paused") => JobState::Paused,
-            Some(other) => {
-                problems.push(FieldError::new(
-                    "state",
-                    format!("unknown state {other:?}; use running (alias active) or paused"),
-                ));
-                JobState::Running
-            }
+        let state = match self.state.as_deref() {
+            None => JobState::Running,
+            Some(name) => match JobState::requested(name) {
+                Some(state) => state,
+                None => {
+                    let other = name.to_ascii_lowercase();
+                    problems.push(FieldError::new(
+                        "state",
+                        format!("unknown state {other:?}; use running (alias active) or paused"),
+                    ));
+                    JobState::Running
+                }
+            },
         };
         if self
             .description

@@ -197,7 +197,7 @@ pub async fn copy(args: &CopyArgs) -> anyhow::Result<Copied> {
     // 2. The jobs, a page at a time, each page all or nothing.
     let mut copied = Copied::default();
     for page in source_jobs.chunks(PAGE as usize) {
-        let jobs: Vec<NewJob> = page.iter().map(definition_of).collect();
+        let jobs: Vec<NewJob> = page.iter().map(JobRow::definition).collect();
         match target
             .job_insert_many(&jobs, &ClaimSlots::none("copy"))
             .await
@@ -386,34 +386,6 @@ async fn file_state(source: &Store, job: &JobRow) -> anyhow::Result<Option<JobSt
         Ok(state) => Ok(state),
         Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// A stored job as the definition to insert elsewhere: everything, with
-/// its state and next fire time as they are.
-pub fn definition_of(row: &JobRow) -> NewJob {
-    NewJob {
-        job_id: row.job_id.clone(),
-        handler: row.handler.clone(),
-        kwargs: row.kwargs.clone(),
-        schedule_kind: row.schedule_kind,
-        interval_ms: row.interval_ms,
-        cron: row.cron.clone(),
-        timezone: row.timezone.clone(),
-        start_at: row.start_at,
-        misfire_grace_ms: row.misfire_grace_ms,
-        coalesce: row.coalesce,
-        max_instances: row.max_instances,
-        lock_key: row.lock_key.clone(),
-        timeout_ms: row.timeout_ms,
-        max_retries: row.max_retries,
-        retry_backoff_ms: row.retry_backoff_ms,
-        state: row.state,
-        next_run_at: row.next_run_at,
-        description: row.description.clone(),
-        tags: row.tags.clone(),
-        source: row.source.clone(),
-        failed_run_id: row.failed_run_id,
     }
 }
 

@@ -77,6 +77,9 @@ CREATE INDEX runs_queue_idx ON runs (run_after) WHERE state = 'queued';
 CREATE INDEX runs_running_idx ON runs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX runs_running_lock_idx ON runs (lock_key) WHERE state = 'running' AND lock_key IS NOT NULL;
 CREATE INDEX runs_active_job_idx ON runs (job_id, state) WHERE state IN ('queued', 'running', 'waiting');
+-- Waiting runs by job: looked up whenever a run of the job ends (SQLite
+-- proves `state = 'waiting'` implies only an index's own `state = ...`).
+CREATE INDEX runs_waiting_job_idx ON runs (job_id) WHERE state = 'waiting';
 CREATE INDEX runs_job_idx ON runs (job_id, created_at);
 CREATE INDEX runs_created_idx ON runs (created_at, run_id);
 

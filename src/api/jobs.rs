@@ -386,14 +386,11 @@ async fn set_job_state(
     Path(job_id): Path<String>,
     QueryParams(q): QueryParams<StateQuery>,
 ) -> ApiResult<Json<JobEnvelope>> {
-    let state = match q.state.to_ascii_lowercase().as_str() {
-        "running" | "active" => JobState::Running,
-        "paused" => JobState::Paused,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "state: unknown state {other:?}; use running (alias active) or paused"
-            )))
-        }
+    let Some(state) = JobState::requested(&q.state) else {
+        return Err(ApiError::bad_request(format!(
+            "state: unknown state {:?}; use running (alias active) or paused",
+            q.state.to_ascii_lowercase()
+        )));
     };
     let app = &app;
     let row = reapply(app, &job_id, |row| async move {

@@ -148,6 +148,17 @@ named_enum! {
     }
 }
 
+impl JobState {
+    /// A state a client may ask a job to be in, in any case: `running`
+    /// (alias `active`, the original service's word) or `paused`.
+    pub fn requested(name: &str) -> Option<JobState> {
+        match name.to_ascii_lowercase().as_str() {
+            "active" => Some(JobState::Running),
+            other => other.parse().ok().filter(|s| *s != JobState::Completed),
+        }
+    }
+}
+
 named_enum! {
     /// Why a run exists.
     Trigger, "trigger" {

@@ -96,3 +96,33 @@ pub struct JobRow {
     /// was read are conditional on it ([`Store::job_replace`]).
     pub row_version: i64,
 }
+
+impl JobRow {
+    /// A stored job as the definition to insert elsewhere: everything, with
+    /// its state and next fire time as they are.
+    pub fn definition(&self) -> NewJob {
+        NewJob {
+            job_id: self.job_id.clone(),
+            handler: self.handler.clone(),
+            kwargs: self.kwargs.clone(),
+            schedule_kind: self.schedule_kind,
+            interval_ms: self.interval_ms,
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            start_at: self.start_at,
+            misfire_grace_ms: self.misfire_grace_ms,
+            coalesce: self.coalesce,
+            max_instances: self.max_instances,
+            lock_key: self.lock_key.clone(),
+            timeout_ms: self.timeout_ms,
+            max_retries: self.max_retries,
+            retry_backoff_ms: self.retry_backoff_ms,
+            state: self.state,
+            next_run_at: self.next_run_at,
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            source: self.source.clone(),
+            failed_run_id: self.failed_run_id,
+        }
+    }
+}

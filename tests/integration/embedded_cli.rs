@@ -663,7 +663,7 @@ async fn copy_between_postgres_databases() {
     // A target holding one of the ids gets nothing.
     let clash = PgDb::new();
     let store = open(&clash.url).await;
-    let mut job = jobsd::maintenance::definition_of(&target.job_get("later").await.unwrap());
+    let mut job = target.job_get("later").await.unwrap().definition();
     job.job_id = "paused".into();
     store.job_insert(&job, "test").await.unwrap();
     let out = copy(dir.path(), &source_db.url, &clash.url, true).await;

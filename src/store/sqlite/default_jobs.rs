@@ -6,6 +6,7 @@
 
 use sqlx::{QueryBuilder, Sqlite};
 
+use super::jobs::DEFINITION_COLUMNS;
 use super::rows::{self, job_from_row, SELECT_JOB};
 use super::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult, SqliteStore, StoreResult};
 use crate::domain::JobState;
@@ -75,11 +76,9 @@ impl SqliteStore {
         // The same columns as `job_insert` and `job_replace`, plus
         // `file_state`; an update keeps `failed_run_id` and `created_at`,
         // and bumps the row version.
-        sqlx::query(
-            "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
-             start_at, misfire_grace_ms, \"coalesce\", max_instances, lock_key, timeout_ms, max_retries, \
-             retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, file_state, \
-             created_at, updated_at) \
+        super::jobs::bind_definition(
+            sqlx::query(&format!(
+                "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, file_state, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
              ?19, ?20, ?21, ?22, ?23, ?23) \
              ON CONFLICT (job_id) DO UPDATE SET handler = excluded.handler, kwargs = excluded.kwargs, \
@@ -91,28 +90,10 @@ impl SqliteStore {
              retry_backoff_ms = excluded.retry_backoff_ms, state = excluded.state, \
              next_run_at = excluded.next_run_at, description = excluded.description, \
              tags = excluded.tags, source = excluded.source, file_state = excluded.file_state, \
-             updated_at = excluded.updated_at, version = jobs.version + 1",
+             updated_at = excluded.updated_at, version = jobs.version + 1"
+            )),
+            &job,
         )
-        .bind(&job.job_id)
-        .bind(&job.handler)
-        .bind(rows::json_text(&job.kwargs))
-        .bind(job.schedule_kind.as_str())
-        .bind(job.interval_ms)
-        .bind(&job.cron)
-        .bind(&job.timezone)
-        .bind(rows::micros(job.start_at))
-        .bind(job.misfire_grace_ms)
-        .bind(job.coalesce)
-        .bind(job.max_instances)
-        .bind(&job.lock_key)
-        .bind(job.timeout_ms)
-        .bind(job.max_retries)
-        .bind(job.retry_backoff_ms)
-        .bind(job.state.as_str())
-        .bind(rows::opt_micros(job.next_run_at))
-        .bind(&job.description)
-        .bind(serde_json::Value::from(job.tags.clone()).to_string())
-        .bind(&job.source)
         .bind(job.failed_run_id.map(|id| id.to_string()))
         .bind(file_state.as_str())
         .bind(now)

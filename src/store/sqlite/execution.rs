@@ -122,7 +122,9 @@ pub(crate) async fn release_waiting(
         return Ok((0, false));
     }
     let waiting = sqlx::query(
-        "SELECT run_id, job_id, scheduled_for FROM runs \
+        // Named: without statistics the planner would walk all of the
+        // job's runs by `runs_job_idx`.
+        "SELECT run_id, job_id, scheduled_for FROM runs INDEXED BY runs_waiting_job_idx \
          WHERE job_id IN (SELECT value FROM json_each(?)) AND state = 'waiting'",
     )
     .bind(id_list(ended.keys()))
@@ -308,7 +310,7 @@ impl SqliteStore {
         let candidates = sqlx::query(&format!(
             "SELECT r.run_id, r.lock_key, r.scheduled_for, r.misfire_grace_ms, r.started_at \
              FROM runs r WHERE r.state = 'queued' AND r.run_after <= ? AND {UNBLOCKED} \
-             ORDER BY r.run_after, r.run_id LIMIT ?"
+             ORDER BY r.run_after LIMIT ?"
         ))
         .bind(micros(at))
         .bind(slots.limit * 2 + 16)
@@ -398,10 +400,13 @@ impl SqliteStore {
     /// The soonest `run_after` of a queued run that its lock key does not
     /// block, as a wait from now.
     pub async fn run_next_queued_in(&self) -> StoreResult<Option<std::time::Duration>> {
+        // In the queue index's order, stopping at the first unblocked run
+        // (a min() with a condition would visit every queued run).
         let next: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT min(r.run_after) FROM runs r WHERE r.state = 'queued' AND {UNBLOCKED}"
+            "SELECT r.run_after FROM runs r WHERE r.state = 'queued' AND {UNBLOCKED} \
+             ORDER BY r.run_after LIMIT 1"
         ))
-        .fetch_one(&self.readers)
+        .fetch_optional(&self.readers)
         .await?;
         Ok(next.map(|us| std::time::Duration::from_micros((us - micros(now())).max(0) as u64)))
     }
@@ -654,7 +659,8 @@ impl SqliteStore {
                ORDER BY r.created_at DESC LIMIT 3) x) AS ended_at \
              FROM (SELECT DISTINCT w.job_id FROM runs w WHERE w.state = 'waiting' \
                AND (?1 IS NULL OR w.job_id IN (SELECT value FROM json_each(?1))) \
-               AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = w.job_id AND r.state = 'running') \
+               AND NOT EXISTS (SELECT 1 FROM runs r INDEXED BY runs_active_job_idx WHERE r.job_id = w.job_id \
+                 AND r.state IN ('queued', 'running', 'waiting') AND r.state = 'running') \
                LIMIT ?2) c",
         )
         .bind(among.map(id_list))

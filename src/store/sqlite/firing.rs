@@ -81,11 +81,13 @@ impl SqliteStore {
     /// The next due time and how long until it; `None` when nothing is
     /// scheduled or the service is paused.
     pub async fn due_jobs_next(&self) -> StoreResult<Option<NextDue>> {
+        // The due index's first entry (only a running job has a time).
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT min(next_run_at) FROM jobs WHERE state = 'running' AND next_run_at IS NOT NULL \
-             AND NOT (SELECT paused FROM service_state WHERE id = 1)",
+            "SELECT next_run_at FROM jobs WHERE next_run_at IS NOT NULL \
+             AND NOT (SELECT paused FROM service_state WHERE id = 1) \
+             ORDER BY next_run_at LIMIT 1",
         )
-        .fetch_one(&self.readers)
+        .fetch_optional(&self.readers)
         .await?;
         Ok(next.map(|us| NextDue {
             at: from_micros(us),

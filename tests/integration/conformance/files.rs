@@ -49,7 +49,7 @@ async fn a_file_job_is_inserted_kept_updated_or_refused(store: Store) {
         .await
         .unwrap();
     assert_eq!(result, outcome_only(FileUpsert::Inserted));
-    assert_eq!(definition(&store.job_get("a").await.unwrap()), v1);
+    assert_eq!(store.job_get("a").await.unwrap().definition(), v1);
     assert_eq!(
         store.job_file_state("a").await.unwrap(),
         Some(JobState::Running)
@@ -59,7 +59,7 @@ async fn a_file_job_is_inserted_kept_updated_or_refused(store: Store) {
         .job_upsert_from_file("a", |row| {
             let row = row.expect("the stored job");
             assert_eq!(row.file_state, Some(JobState::Running));
-            assert_eq!(definition(&row.row), v1);
+            assert_eq!(row.row.definition(), v1);
             FileJobPlan::Keep
         })
         .await
@@ -74,7 +74,7 @@ async fn a_file_job_is_inserted_kept_updated_or_refused(store: Store) {
         .await
         .unwrap();
     assert_eq!(result, outcome_only(FileUpsert::Updated));
-    assert_eq!(definition(&store.job_get("a").await.unwrap()), v2);
+    assert_eq!(store.job_get("a").await.unwrap().definition(), v2);
     assert_eq!(
         store.job_file_state("a").await.unwrap(),
         Some(JobState::Paused)
@@ -89,7 +89,7 @@ async fn a_file_job_is_inserted_kept_updated_or_refused(store: Store) {
         outcome_only(FileUpsert::Refused("it is broken".into()))
     );
     assert_eq!(
-        definition(&store.job_get("a").await.unwrap()),
+        store.job_get("a").await.unwrap().definition(),
         v2,
         "left alone"
     );
@@ -105,7 +105,7 @@ async fn a_file_job_is_inserted_kept_updated_or_refused(store: Store) {
         .await
         .unwrap();
     assert_eq!(result, outcome_only(FileUpsert::Updated));
-    assert_eq!(definition(&store.job_get("api").await.unwrap()), mine);
+    assert_eq!(store.job_get("api").await.unwrap().definition(), mine);
     assert_eq!(
         store.job_file_state("api").await.unwrap(),
         Some(JobState::Running)

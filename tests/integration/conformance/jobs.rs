@@ -45,9 +45,9 @@ async fn a_job_reads_back_as_written(store: Store) {
     for job in [&interval, &cron] {
         let before = Utc::now() - seconds(1);
         let inserted = store.job_insert(job, "test").await.unwrap();
-        assert_eq!(definition(&inserted), *job);
+        assert_eq!(inserted.definition(), *job);
         let read = store.job_get(&job.job_id).await.unwrap();
-        assert_eq!(definition(&read), *job);
+        assert_eq!(read.definition(), *job);
         assert_eq!(read.row_version, inserted.row_version);
         assert!(
             read.created_at >= before && read.created_at <= Utc::now(),
@@ -167,7 +167,7 @@ async fn a_replace_applies_only_to_the_version_read(store: Store) {
     changed.max_retries = 4;
     changed.next_run_at = Some(now() + chrono::Duration::hours(2));
     let row = store.job_replace(&changed, v1).await.unwrap();
-    assert_eq!(definition(&row), changed);
+    assert_eq!(row.definition(), changed);
     assert_ne!(row.row_version, v1);
     assert_eq!(
         store.job_get("j").await.unwrap().row_version,
@@ -178,7 +178,7 @@ async fn a_replace_applies_only_to_the_version_read(store: Store) {
     lost.kwargs = json!({"message": "a lost update"});
     let err = store.job_replace(&lost, v1).await.unwrap_err();
     assert!(matches!(err, StoreError::Stale), "{err:?}");
-    assert_eq!(definition(&store.job_get("j").await.unwrap()), changed);
+    assert_eq!(store.job_get("j").await.unwrap().definition(), changed);
     assert_eq!(
         store.run_get(run.run_id).await.unwrap().state,
         RunState::Queued,

@@ -130,33 +130,6 @@ pub fn once_due(job_id: &str) -> NewJob {
     job
 }
 
-/// The definition a stored job was written with.
-pub fn definition(row: &JobRow) -> NewJob {
-    NewJob {
-        job_id: row.job_id.clone(),
-        handler: row.handler.clone(),
-        kwargs: row.kwargs.clone(),
-        schedule_kind: row.schedule_kind,
-        interval_ms: row.interval_ms,
-        cron: row.cron.clone(),
-        timezone: row.timezone.clone(),
-        start_at: row.start_at,
-        misfire_grace_ms: row.misfire_grace_ms,
-        coalesce: row.coalesce,
-        max_instances: row.max_instances,
-        lock_key: row.lock_key.clone(),
-        timeout_ms: row.timeout_ms,
-        max_retries: row.max_retries,
-        retry_backoff_ms: row.retry_backoff_ms,
-        state: row.state,
-        next_run_at: row.next_run_at,
-        description: row.description.clone(),
-        tags: row.tags.clone(),
-        source: row.source.clone(),
-        failed_run_id: row.failed_run_id,
-    }
-}
-
 /// A job's runs by state (`{}` when it has none).
 pub fn counts(row: &JobRow) -> Value {
     row.run_counts.clone().unwrap_or_else(|| json!({}))
