@@ -85,8 +85,9 @@ enum Command {
     Validate(ValidateConfig),
     /// Print the OpenAPI document (JSON) of the built-in handlers.
     Openapi,
-    /// Benchmark real `jobsd serve` children against a PostgreSQL server,
-    /// each scenario on a throw-away database (see docs/benchmarks.md).
+    /// Benchmark real `jobsd serve` children against a PostgreSQL server or
+    /// the embedded store, each scenario on a throw-away database or file
+    /// (see docs/benchmarks.md).
     Bench(jobsd::bench::BenchArgs),
 }
 

@@ -11,9 +11,18 @@ use crate::config::{parse_flag_duration, DatabaseConfig};
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Server to benchmark against (the database named in the URL is not
-    /// used: each scenario makes and drops its own `jobsd_bench_*` database).
+    /// used: each scenario makes and drops its own `jobsd_bench_*` database),
+    /// or `sqlite://DIR/name.db` for the embedded store (each scenario on a
+    /// new file `DIR/jobsd_bench_*.db`, removed afterwards; `name.db` is
+    /// not opened).
     #[command(flatten)]
     pub database: DatabaseConfig,
+
+    /// drain on the embedded store: run the same drain on this PostgreSQL
+    /// server right after, and report the embedded store's figure ÷ the
+    /// server's (target ≥ 0.5×).
+    #[arg(long)]
+    pub baseline_database_url: Option<String>,
 
     /// Scenarios to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
@@ -150,6 +159,14 @@ impl Scenario {
         Scenario::Failover,
     ];
 
+    /// How many replicas the scenario runs at once.
+    pub(super) fn replicas(self) -> usize {
+        match self {
+            Scenario::Failover => 2,
+            _ => 1,
+        }
+    }
+
     pub(super) fn name(self) -> &'static str {
         match self {
             Scenario::All => "all",
@@ -176,12 +193,15 @@ pub(super) fn default_workers() -> String {
 }
 
 /// The flags every replica gets besides its database, address and name.
-pub(super) fn replica_flags(args: &BenchArgs) -> String {
+pub(super) fn replica_flags(args: &BenchArgs, server: &crate::store::bench::BenchServer) -> String {
     let workers = args.workers.map_or_else(default_workers, |w| w.to_string());
     let mut flags = format!(
         "--workers {workers} --db-max-connections {}",
         args.database.db_max_connections
     );
+    for flag in server.replica_flags() {
+        flags = format!("{flags} {flag}");
+    }
     for extra in &args.serve_args {
         flags = format!("{flags} {extra}");
     }
@@ -216,5 +236,11 @@ pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
         "serve_args": args.serve_args,
         "serve_binary": args.serve_binary,
         "db_max_connections": args.database.db_max_connections,
+        "sqlite_synchronous": format!("{:?}", args.database.sqlite_synchronous).to_lowercase(),
+        "database_url": crate::store::redact_url(&args.database.database_url),
+        "baseline_database_url": args
+            .baseline_database_url
+            .as_deref()
+            .map(crate::store::redact_url),
     })
 }

@@ -14,7 +14,7 @@
 //! not (jobs created already due are run by their creation, not fired by
 //! the scheduler). The figure is end to end from the due instant: jobs ÷
 //! (last run's `finished_at` − the runs' `scheduled_for`), both written by
-//! the database. Lag is each run's `started_at − scheduled_for`. The warm
+//! the store (the database's clock, or the replica's on the embedded one). Lag is each run's `started_at − scheduled_for`. The warm
 //! figure should be at least 0.8× the fresh one: a planner misled by the
 //! statistics of a quiet database must not slow the burst down.
 
@@ -27,7 +27,6 @@ use super::client::{seconds_between, sleep_until, Api, Created, LogJobs, Run, Ru
 use super::lag::{lag_figures, sorted_lags_us};
 use super::report::{Cmp, Figure};
 use super::{say, Ctx};
-use crate::store::postgres::bench::bench_database_analyze;
 
 const SCENARIO: &str = "burst";
 /// The warm figure ÷ the fresh one.
@@ -72,7 +71,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let warm = async {
         let quiet_runs = quiet_period(ctx, &api).await?;
         say(SCENARIO, "warm: ANALYZE");
-        bench_database_analyze(&ctx.database_url(Some("warm"))?)
+        ctx.analyze(Some("warm"))
             .await
             .context("ANALYZE of the warm database")?;
         burst(ctx, &api, quiet_runs).await

@@ -5,8 +5,8 @@
 //! the steady state rather than the creation burst, waits `--idle-settle`,
 //! then samples its CPU time (`/proc/<pid>/stat`, user + system) over
 //! `--idle-duration`, and reads its resident memory (`/proc/<pid>/status`:
-//! VmRSS now, VmHWM the peak since the restart). PostgreSQL's own CPU is
-//! not included.
+//! VmRSS now, VmHWM the peak since the restart). A database server's own
+//! CPU is not included; an embedded store's is (it runs in the replica).
 
 use std::time::Instant;
 
@@ -71,10 +71,18 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
         wall.as_secs_f64(),
         ctx.args.idle_settle.as_secs_f64()
     );
+    let scope = if ctx.embedded() {
+        format!(
+            "{} embedded: the replica's CPU is all the service uses (no database server)",
+            ctx.backend_name()
+        )
+    } else {
+        format!("{}'s own CPU not included", ctx.backend_name())
+    };
     Ok(vec![
         Figure::new(SCENARIO, "CPU, one replica", cpu_percent, "%")
             .target(Cmp::Below, TARGET_CPU_PERCENT)
-            .note(format!("% of one core; {window}")),
+            .note(format!("% of one core; {window}; {scope}")),
         Figure::new(
             SCENARIO,
             "resident memory (VmRSS)",

@@ -1,19 +1,24 @@
 //! `jobsd bench`: the benchmark that ships with the project (SPEC §14).
 //!
 //! It drives real `jobsd serve` children (this executable) over HTTP
-//! against a real PostgreSQL and prints figures beside their targets. It
-//! never fails on a missed target: benchmarks are not timed tests. It exits
+//! against a real store and prints figures beside their targets. It never
+//! fails on a missed target: benchmarks are not timed tests. It exits
 //! non-zero only when a scenario could not be measured at all.
 //!
-//! Each scenario gets a fresh database `jobsd_bench_<random>_<scenario>` on
-//! the server of `--database-url` (created by the first child, as `serve`
-//! creates a missing database); one that compares phases (burst) gets one
-//! per phase, `…_<scenario>_<phase>`. Every database a scenario was handed
-//! is dropped afterwards, also on Ctrl-C, so it never touches a real `jobsd`
-//! database. The benchmark itself speaks only HTTP; the exceptions
-//! (dropping and analysing its databases, reading server settings) are in
-//! `store::postgres::bench`. `docs/benchmarks.md` describes the method of every
-//! figure.
+//! Each scenario gets a fresh database `jobsd_bench_<random>_<scenario>`:
+//! on the PostgreSQL server of `--database-url`, or with
+//! `sqlite://DIR/name.db` a file `DIR/jobsd_bench_<random>_<scenario>.db`
+//! (created by the first child, as `serve` creates a missing database or
+//! file); one that compares phases (burst) gets one per phase,
+//! `…_<scenario>_<phase>`. Every database a scenario was handed is removed
+//! afterwards (dropped, or the file deleted with its `-wal`, `-shm` and
+//! `.lock`), also on Ctrl-C, so it never touches a real `jobsd` database.
+//! Scenarios with several replicas are left out on the embedded store, with
+//! the reason. The benchmark itself speaks only HTTP; the exceptions
+//! (naming, removing and analysing its databases, reading the database's
+//! settings) go through `store::bench`, which picks the backend by URL
+//! scheme, so no scenario holds anything specific to one.
+//! `docs/benchmarks.md` describes the method of every figure.
 
 mod api;
 mod args;
@@ -31,32 +36,51 @@ mod steady;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
-use crate::store::postgres::bench::{
-    bench_database_drop, bench_server_facts, BENCH_DATABASE_PREFIX,
-};
+use crate::store::bench::{BenchServer, BENCH_DATABASE_PREFIX};
 use args::{replica_flags, settings_json};
 pub use args::{BenchArgs, CreateMode, Scenario};
 use client::CreatePath;
 use proc::{Service, ServiceSpec};
-use report::{Failure, Figure, Machine, Report};
+use report::{Failure, Figure, LeftOut, Machine, Report};
 
 /// What a scenario needs: the flags, and a way to start replicas on its
 /// own database(s).
 pub(crate) struct Ctx<'a> {
     args: &'a BenchArgs,
     scenario: Scenario,
-    server_url: String,
+    server: &'a BenchServer,
     /// `jobsd_bench_<random>_<scenario>`: the scenario's database, and the
     /// stem of its phases' ones.
     database: String,
     jobs_dir: PathBuf,
-    /// Every database handed out so far, dropped after the scenario.
+    /// Every database handed out so far, removed after the scenario.
     handed_out: Mutex<Vec<String>>,
+    /// The same scenario on `--baseline-database-url` (the drain on an
+    /// embedded store), to compare with.
+    baseline: Option<Box<Ctx<'a>>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(
+        args: &'a BenchArgs,
+        scenario: Scenario,
+        server: &'a BenchServer,
+        database: &str,
+        jobs_dir: &std::path::Path,
+    ) -> Ctx<'a> {
+        Ctx {
+            args,
+            scenario,
+            server,
+            database: database.to_string(),
+            jobs_dir: jobs_dir.to_path_buf(),
+            handed_out: Mutex::new(Vec::new()),
+            baseline: None,
+        }
+    }
+
     fn create_path(&self) -> CreatePath {
         match self.args.create {
             CreateMode::Bulk => CreatePath::Bulk(self.args.bulk_size),
@@ -73,7 +97,7 @@ impl Ctx<'_> {
     }
 
     /// The name of the scenario's database, or with `phase` of a separate
-    /// one for that phase. Announced on stderr the first time, and dropped
+    /// one for that phase. Announced on stderr the first time, and removed
     /// after the scenario.
     fn database_name(&self, phase: Option<&str>) -> String {
         let name = match phase {
@@ -82,7 +106,7 @@ impl Ctx<'_> {
         };
         let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
         if !handed_out.contains(&name) {
-            say(self.scenario.name(), format_args!("database {name}"));
+            say(self.scenario.name(), self.server.describe_database(&name));
             handed_out.push(name.clone());
         }
         name
@@ -90,7 +114,28 @@ impl Ctx<'_> {
 
     /// The URL of [`Ctx::database_name`].
     fn database_url(&self, phase: Option<&str>) -> anyhow::Result<String> {
-        with_database(&self.server_url, &self.database_name(phase))
+        self.server.database_url(&self.database_name(phase))
+    }
+
+    /// `ANALYZE` of the database of `phase` (see [`Ctx::database_name`]).
+    async fn analyze(&self, phase: Option<&str>) -> anyhow::Result<()> {
+        self.server.analyze(&self.database_name(phase)).await
+    }
+
+    /// True when the database runs inside the replica (no server of its
+    /// own): the replica's CPU is all the service uses.
+    fn embedded(&self) -> bool {
+        self.server.embedded()
+    }
+
+    /// The backend's name (`PostgreSQL`, `SQLite`).
+    fn backend_name(&self) -> &'static str {
+        self.server.name()
+    }
+
+    /// The same scenario on the baseline server, if one was given.
+    fn baseline(&self) -> Option<&Ctx<'a>> {
+        self.baseline.as_deref()
     }
 
     /// Starts a `jobsd serve` named `instance` on this scenario's database,
@@ -106,7 +151,8 @@ impl Ctx<'_> {
         instance: &str,
         extra: &[&str],
     ) -> anyhow::Result<Service> {
-        let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut flags = self.server.replica_flags();
+        flags.extend(extra.iter().map(|s| s.to_string()));
         flags.extend(self.args.serve_args.iter().cloned());
         Service::spawn(&ServiceSpec {
             database_url: self.database_url(phase)?,
@@ -121,16 +167,25 @@ impl Ctx<'_> {
         .await
     }
 
-    /// Drops every database handed out; failures are reported, not fatal.
-    async fn drop_databases(&self) {
-        let names = std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(|e| e.into_inner()));
-        for name in names {
-            if let Err(e) = bench_database_drop(&self.server_url, &name).await {
-                say(
-                    self.scenario.name(),
-                    format_args!("could not drop database {name}: {e}"),
-                );
+    /// Removes every database handed out (the baseline's too); failures
+    /// are reported, not fatal.
+    async fn remove_databases(&self) {
+        let mut ctx = Some(self);
+        while let Some(c) = ctx {
+            let names =
+                std::mem::take(&mut *c.handed_out.lock().unwrap_or_else(|e| e.into_inner()));
+            for name in names {
+                if let Err(e) = c.server.remove(&name).await {
+                    say(
+                        c.scenario.name(),
+                        format_args!(
+                            "could not remove {}: {e:#}",
+                            c.server.describe_database(&name)
+                        ),
+                    );
+                }
             }
+            ctx = c.baseline();
         }
     }
 }
@@ -138,14 +193,6 @@ impl Ctx<'_> {
 /// Progress for the operator, on stderr (stdout carries the report).
 fn say(scenario: &str, message: impl std::fmt::Display) {
     eprintln!("bench: {scenario}: {message}");
-}
-
-/// `url` naming database `name` instead of its own.
-fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let mut parsed = reqwest::Url::parse(url)
-        .with_context(|| format!("--database-url {}", crate::store::redact_url(url)))?;
-    parsed.set_path(&format!("/{name}"));
-    Ok(parsed.to_string())
 }
 
 /// Runs the selected scenarios and prints the report.
@@ -161,43 +208,72 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .filter(|s| args.scenario.contains(s))
             .collect()
     };
-    let server_url = args.database.database_url.clone();
-    let facts = bench_server_facts(&server_url).await.with_context(|| {
-        format!(
-            "cannot reach PostgreSQL at {}",
-            crate::store::redact_url(&server_url)
-        )
-    })?;
-    let mut machine = Machine::observe(Some(facts));
+    let synchronous = args.database.sqlite_synchronous;
+    let server = BenchServer::of_url(&args.database.database_url, synchronous, &args.serve_args)?;
+    let baseline = match &args.baseline_database_url {
+        None => None,
+        Some(url) => {
+            let baseline = BenchServer::of_url(url, synchronous, &args.serve_args)?;
+            if !server.embedded() || baseline.embedded() {
+                bail!(
+                    "--baseline-database-url compares the embedded store with a server: \
+                     give --database-url sqlite://DIR/name.db and a postgres:// baseline"
+                );
+            }
+            Some(baseline)
+        }
+    };
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let timeout = args.database.db_connect_timeout;
+    let probe = format!("{BENCH_DATABASE_PREFIX}{tag}_facts");
+    let facts = server.facts(&probe, timeout).await?;
+    let baseline_facts = match &baseline {
+        Some(b) => Some(
+            b.facts(&probe, timeout)
+                .await
+                .context("the baseline server")?,
+        ),
+        None => None,
+    };
+    let mut machine = Machine::observe(facts, baseline_facts);
     if machine.build == "debug" {
         say(
             "all",
             "this is a debug build; figures will be far below release ones",
         );
     }
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let jobs_dir = std::env::temp_dir().join(format!("jobsd-bench-{tag}"));
     std::fs::create_dir_all(&jobs_dir)
         .with_context(|| format!("creating the empty default-jobs directory {jobs_dir:?}"))?;
 
     let mut figures = Vec::new();
     let mut failures = Vec::new();
+    let mut left_out = Vec::new();
     for scenario in selected {
-        let ctx = Ctx {
-            args: &args,
-            scenario,
-            server_url: server_url.clone(),
-            database: format!("{BENCH_DATABASE_PREFIX}{tag}_{}", scenario.name()),
-            jobs_dir: jobs_dir.clone(),
-            handed_out: Mutex::new(Vec::new()),
-        };
+        if scenario.replicas() > 1 {
+            if let Err(reason) = server.several_replicas() {
+                say(scenario.name(), format_args!("left out: {reason}"));
+                left_out.push(LeftOut {
+                    scenario: scenario.name(),
+                    reason: reason.to_string(),
+                });
+                continue;
+            }
+        }
+        let database = format!("{BENCH_DATABASE_PREFIX}{tag}_{}", scenario.name());
+        let mut ctx = Ctx::new(&args, scenario, &server, &database, &jobs_dir);
+        if scenario == Scenario::Drain {
+            ctx.baseline = baseline
+                .as_ref()
+                .map(|b| Box::new(Ctx::new(&args, scenario, b, &database, &jobs_dir)));
+        }
         let outcome = tokio::select! {
             outcome = run_scenario(scenario, &ctx) => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,
         };
         // The scenario's children are gone (killed when dropped), so its
         // databases can go too.
-        ctx.drop_databases().await;
+        ctx.remove_databases().await;
         let Some(outcome) = outcome else {
             let _ = std::fs::remove_dir_all(&jobs_dir);
             anyhow::bail!("interrupted during the {} scenario", scenario.name());
@@ -218,9 +294,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = Report {
         machine,
         settings: settings_json(&args),
-        replica_flags: replica_flags(&args),
+        replica_flags: replica_flags(&args, &server),
         figures,
         failures,
+        left_out,
     };
     if args.json {
         println!(
@@ -250,27 +327,5 @@ async fn run_scenario(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<F
         Scenario::Api => api::run(ctx).await,
         Scenario::Failover => failover::run(ctx).await,
         Scenario::All => Ok(Vec::new()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn names_the_bench_database_on_the_same_server() {
-        assert_eq!(
-            with_database("postgres://postgres@localhost:5432/jobsd", "jobsd_bench_x").unwrap(),
-            "postgres://postgres@localhost:5432/jobsd_bench_x"
-        );
-        assert_eq!(
-            with_database(
-                "postgres://u:p@db/postgres?sslmode=disable",
-                "jobsd_bench_x"
-            )
-            .unwrap(),
-            "postgres://u:p@db/jobsd_bench_x?sslmode=disable"
-        );
-        assert!(with_database("not a url", "x").is_err());
     }
 }

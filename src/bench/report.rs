@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::store::postgres::bench::ServerFacts;
+use crate::store::bench::{PostgresFacts, ServerFacts, SqliteFacts};
 
 /// How a figure is compared with its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,7 +89,11 @@ pub struct Machine {
     pub jobsd_version: String,
     /// `release` or `debug`: a debug build's figures mean little.
     pub build: String,
-    pub postgres: Option<ServerFacts>,
+    /// The PostgreSQL server measured (or compared with, for the drain on
+    /// the embedded store).
+    pub postgres: Option<PostgresFacts>,
+    /// The embedded store measured, as its replicas open their files.
+    pub sqlite: Option<SqliteFacts>,
 }
 
 fn read(path: &str) -> String {
@@ -106,8 +110,16 @@ pub fn load_average() -> f64 {
 }
 
 impl Machine {
-    /// What this process can see of its machine.
-    pub fn observe(postgres: Option<ServerFacts>) -> Machine {
+    /// What this process can see of its machine, and the facts of the
+    /// database measured (and of a baseline server, if any).
+    pub fn observe(database: ServerFacts, baseline: Option<ServerFacts>) -> Machine {
+        let (mut postgres, mut sqlite) = (None, None);
+        for facts in std::iter::once(database).chain(baseline) {
+            match facts {
+                ServerFacts::Postgres(f) => postgres = Some(f),
+                ServerFacts::Sqlite(f) => sqlite = Some(f),
+            }
+        }
         let cpuinfo = read("/proc/cpuinfo");
         let cpu_model = cpuinfo
             .lines()
@@ -135,8 +147,16 @@ impl Machine {
             }
             .to_string(),
             postgres,
+            sqlite,
         }
     }
+}
+
+/// A scenario that does not apply to the store measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOut {
+    pub scenario: &'static str,
+    pub reason: String,
 }
 
 /// A scenario that could not be measured.
@@ -155,6 +175,8 @@ pub struct Report {
     pub replica_flags: String,
     pub figures: Vec<Figure>,
     pub failures: Vec<Failure>,
+    /// Scenarios not run on this store, with why.
+    pub left_out: Vec<LeftOut>,
 }
 
 /// A number with thousands separators and `decimals` decimals.
@@ -200,9 +222,25 @@ impl Report {
             "- load average (1 min): {:.2} before, {:.2} after\n",
             m.load_before, m.load_after
         );
-        if let Some(pg) = &m.postgres {
+        if let Some(lite) = &m.sqlite {
             out += &format!(
-                "- PostgreSQL {}: shared_buffers {}, synchronous_commit {}, fsync {}, max_connections {}\n",
+                "- SQLite {}, embedded in each replica: journal_mode {}, synchronous {}, busy_timeout {} ms; \
+                 a file per scenario in {}; no database server, so a replica's CPU is all the service uses\n",
+                lite.sqlite_version,
+                lite.journal_mode,
+                lite.synchronous,
+                lite.busy_timeout_ms,
+                lite.directory
+            );
+        }
+        if let Some(pg) = &m.postgres {
+            let role = if m.sqlite.is_some() {
+                " (the drain's baseline)"
+            } else {
+                ""
+            };
+            out += &format!(
+                "- PostgreSQL {}{role}: shared_buffers {}, synchronous_commit {}, fsync {}, max_connections {}\n",
                 pg.server_version, pg.shared_buffers, pg.synchronous_commit, pg.fsync, pg.max_connections
             );
         }
@@ -239,6 +277,12 @@ impl Report {
                 show(f.value, f.unit),
                 f.note
             );
+        }
+        if !self.left_out.is_empty() {
+            out += "\nScenarios left out:\n\n";
+            for left in &self.left_out {
+                out += &format!("- {}: {}\n", left.scenario, left.reason);
+            }
         }
         if !self.failures.is_empty() {
             out += "\nScenarios that could not be measured:\n\n";

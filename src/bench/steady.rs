@@ -21,9 +21,10 @@
 //!   job's previous run is still queued or running).
 //!
 //! CPU over the window (the benchmark's clock, from the first due time to
-//! the window's end): the replica's from `/proc/<pid>/stat`; PostgreSQL's
-//! as [`PostgresCpu`] describes, the whole server and the backends of this
-//! benchmark's database.
+//! the window's end): the replica's from `/proc/<pid>/stat`; a database
+//! server's (PostgreSQL) as [`PostgresCpu`] describes, the whole server and
+//! the backends of this benchmark's database. An embedded store has no
+//! server: the replica's CPU is all there is, and the report says so.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,16 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// How long the wait for the last runs accepts no progress.
 const STALL: Duration = Duration::from_secs(60);
 
+/// The database's CPU over the window.
+enum ServerCpu {
+    /// PostgreSQL's, its processes seen in this host's `/proc`.
+    Server(PostgresCpu),
+    /// A server whose processes this host does not show.
+    NotVisible,
+    /// The store runs inside the replica: no server to measure.
+    Embedded,
+}
+
 /// What the window measured.
 struct Window {
     /// Scheduled times inside the window.
@@ -57,8 +68,8 @@ struct Window {
     lags_us: Vec<i64>,
     /// CPU ticks of the replica over `wall`.
     jobsd_ticks: u64,
-    /// PostgreSQL's over `wall`, when its processes are visible here.
-    postgres: Option<PostgresCpu>,
+    /// The database server's over `wall`.
+    server: ServerCpu,
     wall: Duration,
     created: Created,
     /// Set when creation was not over before the first due time.
@@ -110,20 +121,14 @@ async fn measure(ctx: &Ctx<'_>, api: &Api, pid: u32) -> anyhow::Result<Window> {
     let start = jobs.first_due;
     let end = start + chrono::Duration::from_std(length)?;
     let database = ctx.database_name(None);
+    // A database server's processes; an embedded store has none.
+    let server_cpu = || (!ctx.embedded()).then(|| postgres_cpu_ticks(&database));
 
     sleep_until(start).await;
     say(SCENARIO, format_args!("firing for {length:?}"));
-    let (jobsd_before, postgres_before, clock) = (
-        cpu_ticks(pid)?,
-        postgres_cpu_ticks(&database),
-        Instant::now(),
-    );
+    let (jobsd_before, postgres_before, clock) = (cpu_ticks(pid)?, server_cpu(), Instant::now());
     sleep_until(end).await;
-    let (jobsd_after, postgres_after, wall) = (
-        cpu_ticks(pid)?,
-        postgres_cpu_ticks(&database),
-        clock.elapsed(),
-    );
+    let (jobsd_after, postgres_after, wall) = (cpu_ticks(pid)?, server_cpu(), clock.elapsed());
     sleep_until(end + chrono::Duration::from_std(SETTLE)?).await;
     api.put("/api/v1/service/state?state=paused", 200)
         .await
@@ -146,21 +151,24 @@ async fn measure(ctx: &Ctx<'_>, api: &Api, pid: u32) -> anyhow::Result<Window> {
         .collect();
     let missed = in_window.iter().filter(|r| r.state == "missed").count() as u64;
     let lags_us = sorted_lags_us(in_window.iter().copied().filter(|r| r.state != "missed"));
-    let postgres =
-        (postgres_before.processes > 0 && postgres_after.processes > 0).then(|| PostgresCpu {
-            all: postgres_after.all.saturating_sub(postgres_before.all),
-            database: postgres_after
-                .database
-                .saturating_sub(postgres_before.database),
-            processes: postgres_after.processes,
-        });
+    let server = match (postgres_before, postgres_after) {
+        (Some(before), Some(after)) if before.processes > 0 && after.processes > 0 => {
+            ServerCpu::Server(PostgresCpu {
+                all: after.all.saturating_sub(before.all),
+                database: after.database.saturating_sub(before.database),
+                processes: after.processes,
+            })
+        }
+        (Some(_), Some(_)) => ServerCpu::NotVisible,
+        _ => ServerCpu::Embedded,
+    };
     Ok(Window {
         scheduled: scheduled_before(&jobs, end),
         fired: in_window.len() as u64 - missed,
         missed,
         lags_us,
         jobsd_ticks: jobsd_after.saturating_sub(jobsd_before),
-        postgres,
+        server,
         wall,
         created,
         warning,
@@ -230,6 +238,13 @@ fn figures(ctx: &Ctx<'_>, w: &Window) -> Vec<Figure> {
         "% of one core over the {:.1} s window",
         w.wall.as_secs_f64()
     );
+    let embedded = match w.server {
+        ServerCpu::Embedded => format!(
+            "; {} embedded, no database server: this is all the service's CPU",
+            ctx.backend_name()
+        ),
+        _ => String::new(),
+    };
     figures.push(
         Figure::new(
             SCENARIO,
@@ -238,12 +253,12 @@ fn figures(ctx: &Ctx<'_>, w: &Window) -> Vec<Figure> {
             "%",
         )
         .note(format!(
-            "{window}; the replica's utime + stime (/proc/<pid>/stat); {:.0} µs per fire",
+            "{window}; the replica's utime + stime (/proc/<pid>/stat); {:.0} µs per fire{embedded}",
             per_fire_us(w.jobsd_ticks)
         )),
     );
-    match &w.postgres {
-        Some(pg) => {
+    match &w.server {
+        ServerCpu::Server(pg) => {
             figures.push(
                 Figure::new(SCENARIO, "CPU, PostgreSQL", cpu_percent(pg.all, w.wall), "%").note(format!(
                     "{window}; every postgres process on this host plus the postmaster's exited children \
@@ -264,10 +279,11 @@ fn figures(ctx: &Ctx<'_>, w: &Window) -> Vec<Figure> {
                 )),
             );
         }
-        None => say(
+        ServerCpu::NotVisible => say(
             SCENARIO,
             "no postgres process visible in /proc: PostgreSQL's CPU not measured",
         ),
+        ServerCpu::Embedded => {}
     }
     figures
 }

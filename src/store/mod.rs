@@ -9,6 +9,7 @@
 //! lives in its own folder with its own SQL and migrations; the rules both
 //! would otherwise repeat are pure functions in [`crate::domain::rules`].
 
+pub mod bench;
 mod connect;
 pub(crate) mod default_jobs;
 pub(crate) mod execution;

@@ -1,19 +1,29 @@
 //! The benchmark harness must not rot: a tiny `jobsd bench` runs against
-//! the test PostgreSQL, reports its figures, and drops its database.
-//! (Not a timed test: no figure is checked against a target.)
+//! the test PostgreSQL, reports its figures, and drops its database; and
+//! on the embedded store, in files it removes. (Not a timed test: no
+//! figure is checked against a target.)
 //!
-//! PostgreSQL only: the bench creates and drops PostgreSQL databases on the test server.
+//! Each test names its store itself, whatever JOBSD_TEST_BACKEND says: the
+//! PostgreSQL ones create and drop databases on the test server, the SQLite
+//! ones use a temporary directory of their own. So they all run in the
+//! default run, and the sqlite profile leaves them out.
 
 use serde_json::Value;
 use sqlx::Connection;
 
 use crate::support::admin_url;
 
-/// Runs `jobsd bench` with `args`; returns (success, stdout, stderr).
+/// Runs `jobsd bench` on the test PostgreSQL with `args`; returns
+/// (success, stdout, stderr).
 async fn bench(args: &[&str]) -> (bool, String, String) {
+    bench_on(&admin_url(), args).await
+}
+
+/// Runs `jobsd bench --database-url url` with `args`.
+async fn bench_on(url: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobsd"))
         .arg("bench")
-        .args(["--database-url", &admin_url()])
+        .args(["--database-url", url])
         .args(args)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -172,4 +182,155 @@ async fn bench_steady_reports_fires_lag_missed_and_cpu() {
         "{stdout}\n{stderr}"
     );
     assert_dropped(&stderr, "steady").await;
+}
+
+/// A new empty directory for an embedded-store bench, and its
+/// `sqlite://DIR/jobsd.db` URL (the file itself is never made).
+fn sqlite_dir() -> (std::path::PathBuf, String) {
+    let dir =
+        std::env::temp_dir().join(format!("jobsd-bench-it-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/jobsd.db", dir.display());
+    (dir, url)
+}
+
+/// Every file the bench announced on stderr for `scenario` (at least
+/// `count`) is gone, with its companions, and nothing is left in `dir`.
+fn assert_removed_all(stderr: &str, scenario: &str, count: usize, dir: &std::path::Path) {
+    let prefix = format!("bench: {scenario}: file ");
+    let files: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    assert!(
+        files.len() >= count,
+        "the bench names its {count} file(s): {stderr}"
+    );
+    for file in files {
+        let path = std::path::Path::new(file);
+        assert_eq!(path.parent(), Some(dir), "{file} is beside the URL's file");
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(
+            name.starts_with("jobsd_bench_") && name.ends_with(".db"),
+            "{name}"
+        );
+        assert!(!path.exists(), "{file} is removed");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing is left in {dir:?}: {left:?}");
+}
+
+#[tokio::test]
+async fn bench_drain_on_sqlite_compares_with_postgres_and_leaves_failover_out() {
+    let (dir, url) = sqlite_dir();
+    let (ok, stdout, stderr) = bench_on(
+        &url,
+        &[
+            "--scenario",
+            "drain,failover",
+            "--jobs",
+            "50",
+            "--drain-rounds",
+            "2",
+            "--baseline-database-url",
+            &admin_url(),
+        ],
+    )
+    .await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = figure_line(&stdout, "drain", "end to end, 50 jobs");
+    assert!(line.contains("median of 2 round(s) of 50 jobs"), "{line}");
+    assert!(
+        line.contains("target on an embedded store") && !line.contains("≥ 20,000"),
+        "{line}"
+    );
+    figure_line(&stdout, "drain", "end to end on PostgreSQL, 50 jobs");
+    let ratio = figure_line(&stdout, "drain", "end to end ÷ PostgreSQL's");
+    assert!(ratio.contains("≥ 0.50 ×"), "{ratio}");
+    assert!(stdout.contains("- SQLite 3."), "machine facts: {stdout}");
+    assert!(
+        stdout.contains("journal_mode wal, synchronous NORMAL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(the drain's baseline)"), "{stdout}");
+    assert!(
+        stdout.contains("--sqlite-synchronous normal"),
+        "the replicas' flags: {stdout}"
+    );
+    assert!(
+        stdout.contains("- failover: needs PostgreSQL: replicas share a server database"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("bench: failover: left out: needs PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("| failover |"), "{stdout}");
+    assert_removed_all(&stderr, "drain", 1, &dir);
+    // The baseline's database on the server is dropped too.
+    assert_dropped(&stderr, "drain").await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn bench_burst_and_steady_on_sqlite_analyse_and_report_one_process() {
+    let (dir, url) = sqlite_dir();
+    let (ok, stdout, stderr) = bench_on(
+        &url,
+        &[
+            "--scenario",
+            "burst,steady",
+            "--burst-jobs",
+            "200",
+            "--burst-quiet-jobs",
+            "20",
+            "--burst-quiet-duration",
+            "1s",
+            "--steady-jobs",
+            "100",
+            "--steady-duration",
+            "2s",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(ok, "exits 0\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    let lite = &report["machine"]["sqlite"];
+    assert!(
+        lite["sqlite_version"].as_str().unwrap().starts_with('3'),
+        "{lite}"
+    );
+    assert_eq!(lite["journal_mode"], "wal");
+    assert!(report["machine"]["postgres"].is_null(), "{report}");
+    let figures = report["figures"].as_array().expect("figures");
+    let named = |scenario: &str, name: &str| {
+        figures
+            .iter()
+            .find(|f| f["scenario"] == scenario && f["name"] == name)
+            .unwrap_or_else(|| panic!("{scenario}: {name} in {report}"))
+    };
+    assert!(
+        named("burst", "after a quiet period, 200 jobs")["value"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let cpu = named("steady", "CPU, jobsd");
+    assert!(
+        cpu["note"].as_str().unwrap().contains("no database server"),
+        "{cpu}"
+    );
+    assert!(
+        !figures.iter().any(|f| f["name"] == "CPU, PostgreSQL"),
+        "no server to measure: {report}"
+    );
+    assert!(stderr.contains("warm: ANALYZE"), "{stderr}");
+    assert_eq!(report["failures"], serde_json::json!([]));
+    assert_removed_all(&stderr, "burst", 2, &dir);
+    assert_removed_all(&stderr, "steady", 1, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,7 +1,8 @@
-//! The only SQL the benchmark (`jobsd bench`) needs: drop the throw-away
-//! databases it made, analyse one of them (the burst scenario's quiet
-//! period ends with `ANALYZE`), and read a few server settings for its
-//! report.
+//! The only SQL the benchmark (`jobsd bench`) needs on PostgreSQL: name,
+//! drop and analyse the throw-away databases it makes (the burst
+//! scenario's quiet period ends with `ANALYZE`), and read a few server
+//! settings for its report. The benchmark reaches these through
+//! [`crate::store::bench`], which picks the backend by URL scheme.
 //!
 //! Dropping and reading settings connect to the `postgres` maintenance
 //! database of the server named by a URL (as database creation in
@@ -17,12 +18,11 @@ use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-/// Every database the benchmark creates (and may drop) starts with this.
-pub const BENCH_DATABASE_PREFIX: &str = "jobsd_bench_";
+pub use crate::store::bench::BENCH_DATABASE_PREFIX;
 
 /// PostgreSQL settings that shape the benchmark's figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerFacts {
+pub struct PostgresFacts {
     pub server_version: String,
     pub shared_buffers: String,
     pub synchronous_commit: String,
@@ -39,6 +39,14 @@ fn bench_database_check(name: &str, doing: &str) -> Result<(), sqlx::Error> {
             "refusing to {doing} {name:?}: not a benchmark database ({BENCH_DATABASE_PREFIX}*)"
         )))
     }
+}
+
+/// `url` (a server's) naming database `name` instead of its own; query
+/// parameters are kept.
+pub fn bench_database_url(url: &str, name: &str) -> Result<String, String> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(parsed.to_string())
 }
 
 async fn maintenance_connection(url: &str) -> Result<PgConnection, sqlx::Error> {
@@ -80,7 +88,7 @@ pub async fn bench_database_analyze(url: &str) -> Result<(), sqlx::Error> {
 }
 
 /// The server's version and the settings that matter for throughput.
-pub async fn bench_server_facts(url: &str) -> Result<ServerFacts, sqlx::Error> {
+pub async fn bench_server_facts(url: &str) -> Result<PostgresFacts, sqlx::Error> {
     let mut conn = maintenance_connection(url).await?;
     let mut facts = Vec::with_capacity(5);
     for setting in [
@@ -98,7 +106,7 @@ pub async fn bench_server_facts(url: &str) -> Result<ServerFacts, sqlx::Error> {
     let _ = conn.close().await;
     let mut facts = facts.into_iter();
     let mut next = || facts.next().unwrap_or_default();
-    Ok(ServerFacts {
+    Ok(PostgresFacts {
         server_version: next(),
         shared_buffers: next(),
         synchronous_commit: next(),
@@ -110,6 +118,24 @@ pub async fn bench_server_facts(url: &str) -> Result<ServerFacts, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_the_bench_database_on_the_same_server() {
+        assert_eq!(
+            bench_database_url("postgres://postgres@localhost:5432/jobsd", "jobsd_bench_x")
+                .unwrap(),
+            "postgres://postgres@localhost:5432/jobsd_bench_x"
+        );
+        assert_eq!(
+            bench_database_url(
+                "postgres://u:p@db/postgres?sslmode=disable",
+                "jobsd_bench_x"
+            )
+            .unwrap(),
+            "postgres://u:p@db/jobsd_bench_x?sslmode=disable"
+        );
+        assert!(bench_database_url("not a url", "x").is_err());
+    }
 
     #[tokio::test]
     async fn refuses_to_drop_or_analyse_a_non_benchmark_database() {

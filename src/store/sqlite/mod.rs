@@ -25,6 +25,7 @@
 //! The rules every backend applies (lateness, completion, rescue, failure
 //! records, waiting runs) come from [`crate::domain::rules`].
 
+pub mod bench;
 mod connect;
 mod copy;
 pub(crate) mod default_jobs;
