@@ -5,6 +5,11 @@
 //!
 //! Fencing is PostgreSQL's: every write about a running run demands
 //! `state = 'running'`, the claiming instance and the claimed attempt.
+//!
+//! Writes that find their runs by id write that state test as
+//! `+state = ...`: the unary plus keeps it from qualifying a partial index
+//! on `state`, so no statistics (taken when, say, no run was running) can
+//! turn a lookup by primary key into a scan of that index for every row.
 
 use std::collections::HashMap;
 
@@ -141,7 +146,7 @@ pub(crate) async fn release_waiting(
         let is_queued = decision.state == RunState::Queued;
         sqlx::query(&format!(
             "UPDATE runs SET state = ?, run_after = ?, finished_at = ?, error = ?, result = ?, \
-             history = {APPEND} WHERE run_id = ? AND state = 'waiting'"
+             history = {APPEND} WHERE run_id = ? AND +state = 'waiting'"
         ))
         .bind(decision.state)
         .bind(micros(at))
@@ -361,7 +366,7 @@ impl SqliteStore {
                  instance = ?2, lease_expires_at = ?3, \
                  history = json_insert(history, '$[#]', json_object('at', ?4, 'from', 'queued', \
                    'to', 'running', 'instance', ?2, 'reason', 'claimed (attempt ' || (attempt + 1) || ')')) \
-                 WHERE run_id IN (SELECT value FROM json_each(?5)) AND state = 'queued' \
+                 WHERE run_id IN (SELECT value FROM json_each(?5)) AND +state = 'queued' \
                  RETURNING {RUN_COLUMNS}"
             ))
             .bind(micros(at))
@@ -380,7 +385,7 @@ impl SqliteStore {
             let row = sqlx::query(&format!(
                 "UPDATE runs SET state = 'missed', finished_at = ?, error = ?, instance = ?, \
                  lease_expires_at = NULL, history = {APPEND} \
-                 WHERE run_id = ? AND state = 'queued' RETURNING {RUN_COLUMNS}"
+                 WHERE run_id = ? AND +state = 'queued' RETURNING {RUN_COLUMNS}"
             ))
             .bind(micros(at))
             .bind(rules::LATE_ERROR)
@@ -437,7 +442,7 @@ impl SqliteStore {
         for (claim, progress) in runs {
             let row = sqlx::query(
                 "UPDATE runs SET lease_expires_at = ?, progress = COALESCE(?, progress) \
-                 WHERE run_id = ? AND attempt = ? AND state = 'running' AND instance = ? \
+                 WHERE run_id = ? AND attempt = ? AND +state = 'running' AND instance = ? \
                  RETURNING cancel_requested",
             )
             .bind(micros(at + Duration::milliseconds(lease_ms)))
@@ -507,7 +512,7 @@ impl SqliteStore {
                    value ->> 'returned' AS returned, value ->> 'result' AS result, \
                    value ->> 'error' AS error, value ->> 'traceback' AS traceback, \
                    value ->> 'history' AS history FROM json_each(?)) AS o \
-             WHERE runs.run_id = o.run_id AND runs.state = 'running' \
+             WHERE runs.run_id = o.run_id AND +runs.state = 'running' \
                AND runs.attempt = o.attempt AND runs.instance = o.instance \
              RETURNING {ENDED_COLUMNS}"
         ))
@@ -533,7 +538,7 @@ impl SqliteStore {
         let updated = sqlx::query(&format!(
             "UPDATE runs SET state = 'queued', run_after = ?, error = ?, traceback = ?, \
              lease_expires_at = NULL, history = {APPEND} \
-             WHERE run_id = ? AND state = 'running' AND attempt = ? AND instance = ?"
+             WHERE run_id = ? AND +state = 'running' AND attempt = ? AND instance = ?"
         ))
         .bind(micros(at + Duration::milliseconds(retry.delay_ms)))
         .bind(&retry.error)
@@ -568,7 +573,7 @@ impl SqliteStore {
             let updated = sqlx::query(&format!(
                 "UPDATE runs SET state = 'queued', run_after = ?, attempt = attempt - 1, \
                  lease_expires_at = NULL, history = {APPEND} \
-                 WHERE run_id = ? AND attempt = ? AND state = 'running' AND instance = ?"
+                 WHERE run_id = ? AND attempt = ? AND +state = 'running' AND instance = ?"
             ))
             .bind(micros(at))
             .bind(history_text(
@@ -632,7 +637,7 @@ impl SqliteStore {
             let written = sqlx::query(&format!(
                 "UPDATE runs SET state = ?, run_after = ?, lease_expires_at = NULL, finished_at = ?, \
                  error = ?, history = json_insert(history, '$[#]', json(?), '$[#]', json(?)) \
-                 WHERE run_id = ? AND state = 'running' RETURNING {RUN_COLUMNS}"
+                 WHERE run_id = ? AND +state = 'running' RETURNING {RUN_COLUMNS}"
             ))
             .bind(lost.next)
             .bind(micros(at))
