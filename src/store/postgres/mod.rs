@@ -7,6 +7,7 @@
 pub mod bench;
 mod connect;
 pub(crate) mod default_jobs;
+pub(crate) mod ends;
 pub(crate) mod execution;
 pub(crate) mod firing;
 pub mod hot;
