@@ -45,10 +45,20 @@ pub fn due_at_creation(
     now: DateTime<Utc>,
 ) -> bool {
     let Some(at) = next_run_at else { return false };
-    kind == ScheduleKind::Once
-        && state == JobState::Running
+    may_be_due_at_creation(kind, state, next_run_at)
         && at <= now
         && !start_is_late(true, at, misfire_grace_ms, now)
+}
+
+/// Whether [`due_at_creation`] can hold at some `now`: the job is a running
+/// one-shot job with a time. A store creating no such job need not read
+/// its clock.
+pub fn may_be_due_at_creation(
+    kind: ScheduleKind,
+    state: JobState,
+    next_run_at: Option<DateTime<Utc>>,
+) -> bool {
+    kind == ScheduleKind::Once && state == JobState::Running && next_run_at.is_some()
 }
 
 /// What the store knows of a one-shot job when one of its runs ends.
@@ -247,6 +257,26 @@ mod tests {
             None,
             t(5)
         ));
+    }
+
+    #[test]
+    fn only_a_running_one_shot_job_with_a_time_may_be_due_at_creation() {
+        let may = |kind, state, at| may_be_due_at_creation(kind, state, at);
+        assert!(may(ScheduleKind::Once, JobState::Running, Some(t(0))));
+        assert!(!may(ScheduleKind::Once, JobState::Running, None));
+        assert!(!may(ScheduleKind::Once, JobState::Paused, Some(t(0))));
+        assert!(!may(ScheduleKind::Cron, JobState::Running, Some(t(0))));
+        // Whenever it may not be, it is not, at any time.
+        for now in [t(-3600), t(0), t(3600)] {
+            for (kind, state, at) in [
+                (ScheduleKind::Once, JobState::Running, None),
+                (ScheduleKind::Once, JobState::Paused, Some(t(0))),
+                (ScheduleKind::Interval, JobState::Running, Some(t(0))),
+            ] {
+                assert!(!may(kind, state, at));
+                assert!(!due_at_creation(kind, state, at, None, now));
+            }
+        }
     }
 
     #[test]

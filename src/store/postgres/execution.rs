@@ -1,32 +1,37 @@
 //! The workers' statements: claim queued runs, renew leases, record
 //! outcomes, retry, hand back at shutdown, and rescue runs whose instance
-//! died.
+//! died. What an end does next (failure records, waiting runs, one-shot
+//! completion) is in `ends.rs`; the rules deciding them (lateness, the lost
+//! lease, ...) are [`crate::domain::rules`], fed with facts these
+//! statements read.
 //!
 //! Fencing: every write about a running run demands `state = 'running'`, the
 //! claiming `instance` and the claimed `attempt`, and reports whether it took
 //! effect. A worker whose lease was taken over, or whose run an operator
 //! ended, therefore cannot overwrite the newer state.
 
-use serde_json::Value;
-use sqlx::{Postgres, Transaction};
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::ends::{
+    complete_one_shot_jobs, decide_waiting, insert_failure_records, one_shot_columns,
+    release_waiting, run_delete_orphans, OneShotRow, PgTx, WaitingRun,
+};
 use super::notify::{self, Notice};
-use super::runs::{history_entry, RUN_COLUMNS};
+use super::runs::{any_of, history_entry, RUN_COLUMNS};
 use super::{
     ClaimSlots, HeartbeatAck, PgStore, RunClaim, RunOutcome, RunRetry, RunRow, StoreResult,
 };
-use crate::domain::RunState;
-use crate::handlers::ERROR_HANDLER;
+use crate::domain::rules::{self, FailedRun};
+use crate::domain::{JobState, RunState, ScheduleKind};
 
 /// Claims are serialized across replicas by this advisory lock, so the
 /// `max_instances` and `lock_key` counts each claim sees are exact.
 const CLAIM_LOCK: i64 = 0x6a6f_6273_645f_636c; // "jobsd_cl"
-
-/// Whether the run in `r` starts later than its misfire grace allows (first
-/// start only; retries and manual runs are never late).
-const LATE: &str = "(r.started_at IS NULL AND r.misfire_grace_ms IS NOT NULL \
-    AND now() > r.scheduled_for + r.misfire_grace_ms * interval '1 millisecond')";
 
 /// Whether the queued run `r` is free of its `lock_key`: it has none, or no
 /// running run holds it. Blocked runs are left out of the claim's window
@@ -71,28 +76,146 @@ pub(crate) fn inserted_claim_values(
     )
 }
 
+/// A run the claim picked, with the facts its lateness depends on.
+#[derive(Debug, FromRow)]
+struct Picked {
+    run_id: Uuid,
+    first_start: bool,
+    scheduled_for: DateTime<Utc>,
+    misfire_grace_ms: Option<i64>,
+    /// The database clock (the transaction's `now()`, which the update
+    /// that follows writes too).
+    now: DateTime<Utc>,
+}
+
+/// What the finishing statement returns of each run it ended: what the
+/// steps after an end need, the one-shot facts of its job (when it is one)
+/// and its job's waiting runs.
+#[derive(Debug, FromRow)]
+struct Finished {
+    run_id: Uuid,
+    job_id: String,
+    state: RunState,
+    lock_key: Option<String>,
+    finished_at: DateTime<Utc>,
+    cancel_requested: bool,
+    error: Option<String>,
+    traceback: Option<String>,
+    /// Only for an outcome that leaves a failure record.
+    handler: Option<String>,
+    kwargs: Option<Value>,
+    job_kind: Option<ScheduleKind>,
+    job_state: Option<JobState>,
+    job_next_run_at: Option<DateTime<Utc>>,
+    job_has_fired: Option<bool>,
+    job_active_runs: Option<i64>,
+    job_version: Option<i64>,
+    waiting_ids: Option<Vec<Uuid>>,
+    waiting_times: Option<Vec<DateTime<Utc>>>,
+}
+
+impl Finished {
+    /// Its job's one-shot facts, when its job is a one-shot job.
+    fn one_shot(&self) -> Option<OneShotRow> {
+        Some(OneShotRow {
+            job_id: self.job_id.clone(),
+            schedule_kind: self.job_kind?,
+            state: self.job_state?,
+            next_run_at: self.job_next_run_at,
+            has_fired: self.job_has_fired?,
+            active_runs: self.job_active_runs?,
+            version: self.job_version?,
+        })
+    }
+
+    fn failed_run(&self) -> FailedRun<'_> {
+        FailedRun {
+            run_id: self.run_id,
+            job_id: &self.job_id,
+            handler: self.handler.as_deref().unwrap_or_default(),
+            kwargs: self.kwargs.as_ref().unwrap_or(&Value::Null),
+            state: self.state,
+            error: self.error.as_deref(),
+            traceback: self.traceback.as_deref(),
+        }
+    }
+}
+
+/// A running run whose lease expired, with what the rescue rule needs.
+#[derive(Debug, FromRow)]
+struct Expired {
+    run_id: Uuid,
+    cancel_requested: bool,
+    attempt: i32,
+    max_retries: i32,
+    instance: Option<String>,
+}
+
+/// The failure record of a run as written.
+fn failed_run(run: &RunRow) -> FailedRun<'_> {
+    FailedRun {
+        run_id: run.run_id,
+        job_id: &run.job_id,
+        handler: &run.handler,
+        kwargs: &run.kwargs,
+        state: run.state,
+        error: run.error.as_deref(),
+        traceback: run.traceback.as_deref(),
+    }
+}
+
 impl PgStore {
     /// Claims up to `limit` due queued runs for `instance`, honouring every
     /// `lock_key` across all replicas. `max_instances` needs no check here:
     /// runs are only ever queued while the job has fewer than
     /// `max_instances` runs queued or running (the scheduler skips, manual
     /// triggers and overrides answer 409), and retries re-use their slot.
-    /// Rows are not locked while choosing (the advisory lock serializes
-    /// claimers); the update re-checks `state = 'queued'`, so a run cancelled
-    /// meanwhile is skipped. A run
+    ///
+    /// Under the advisory lock (which serializes claimers, so rows need no
+    /// lock while choosing), one statement picks the runs with the facts of
+    /// their lateness and the database clock; [`rules::start_is_late`]
+    /// decides each; one update writes the decisions, re-checking
+    /// `state = 'queued'` (a run cancelled meanwhile is skipped). A run
     /// started later than its misfire grace allows is marked `missed`
     /// instead (returned too, in that state, so the caller can log it).
     pub async fn run_claim(&self, slots: &ClaimSlots) -> StoreResult<Vec<RunRow>> {
+        if slots.limit <= 0 {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
-        let sql = run_claim_sql();
-        let runs = sqlx::query_as::<_, RunRow>(&sql)
-            .bind(&slots.instance)
+        let picked: Vec<Picked> = sqlx::query_as(&run_claim_pick_sql())
             .bind(slots.limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        if picked.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let decisions: serde_json::Map<String, Value> = picked
+            .iter()
+            .map(|p| {
+                let late =
+                    rules::start_is_late(p.first_start, p.scheduled_for, p.misfire_grace_ms, p.now);
+                let state = if late {
+                    RunState::Missed
+                } else {
+                    RunState::Running
+                };
+                (p.run_id.to_string(), Value::from(state.as_str()))
+            })
+            .collect();
+        let ids: Vec<Uuid> = picked.iter().map(|p| p.run_id).collect();
+        let runs = sqlx::query_as::<_, RunRow>(&run_claim_sql())
+            .bind(&slots.instance)
+            .bind(&ids)
             .bind(slots.lease_ms)
+            .bind(Value::Object(decisions))
+            .bind(rules::LATE_ERROR)
+            .bind(rules::LATE_REASON)
             .fetch_all(&mut *tx)
             .await?;
         let missed: Vec<String> = runs
@@ -100,7 +223,7 @@ impl PgStore {
             .filter(|r| r.state == RunState::Missed)
             .map(|r| r.job_id.clone())
             .collect();
-        complete_one_shot_jobs(&mut tx, &missed).await?;
+        complete_one_shot_jobs(&mut tx, &[], &missed).await?;
         tx.commit().await?;
         Ok(runs)
     }
@@ -159,14 +282,17 @@ impl PgStore {
         Ok(written.contains(&claim.run_id))
     }
 
-    /// [`PgStore::run_finish`] for many runs in one statement; returns the
-    /// runs whose outcome was written (the others' claims were stale).
+    /// [`PgStore::run_finish`] for many runs in one transaction; returns
+    /// the runs whose outcome was written (the others' claims were stale).
     ///
-    /// Runs waiting for a slot of these runs' jobs are decided in the same
-    /// statement ([`release_waiting_sql`]). When runs were queued by that,
-    /// or a lock key was released, the workers of every replica are told
-    /// (one notification, after the commit). Runs of a job deleted while
-    /// they ran are removed once their outcome is in.
+    /// One statement writes the outcomes and reads what the steps after
+    /// them need: the failed runs' facts, the one-shot facts of their jobs
+    /// and the runs waiting for their jobs' slots. The rules then decide,
+    /// and the same transaction writes the failure records, the waiting
+    /// runs' decisions and the completions (see `ends.rs`). When runs were
+    /// queued by that, or a lock key was released, the workers of every
+    /// replica are told (one notification, at the commit). Runs of a job
+    /// deleted while they ran are removed once their outcome is in.
     pub async fn run_finish_many(
         &self,
         finished: &[(RunClaim, RunOutcome)],
@@ -177,35 +303,28 @@ impl PgStore {
         let outcomes: serde_json::Map<String, Value> = finished
             .iter()
             .map(|(c, o)| {
-                let outcome = serde_json::json!({
+                let mut outcome = json!({
                     "attempt": c.attempt, "instance": c.instance, "state": o.state,
                     "result": o.result, "error": o.error, "traceback": o.traceback,
                     "reason": o.reason, "ago": o.ended_ago_ms.max(0),
                 });
+                if o.state.leaves_failure_record() {
+                    // The statement returns what the failure record needs.
+                    outcome["record"] = Value::Bool(true);
+                }
                 (c.run_id.to_string(), outcome)
             })
             .collect();
         let ids: Vec<Uuid> = finished.iter().map(|(c, _)| c.run_id).collect();
-        let rows: Vec<(Uuid, bool, bool, i64)> = sqlx::query_as(&run_finish_many_sql())
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Finished> = sqlx::query_as(&run_finish_many_sql())
             .bind(Value::Object(outcomes))
             .bind(&ids)
-            .bind(ERROR_HANDLER)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        // Only a run whose cancel was requested can belong to a deleted job
-        // (the delete requests it). Whether its job is gone is checked by a
-        // later statement: this one's snapshot may predate a delete it
-        // waited for (its update then saw the delete's cancel request, but
-        // its reads still see the job).
-        let maybe_orphans: Vec<Uuid> = rows.iter().filter(|r| r.2).map(|r| r.0).collect();
-        if !maybe_orphans.is_empty() {
-            run_delete_orphans(&self.pool, &maybe_orphans).await?;
-        }
-        let runs_queued = rows.iter().any(|r| r.1 || r.3 > 0);
-        if runs_queued {
-            self.notify(&Notice::runs_queued()).await?;
-        }
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        after_finish(&mut tx, &rows).await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.run_id).collect())
     }
 
     /// Queues a failed attempt again after its backoff. Returns false when
@@ -255,35 +374,61 @@ impl PgStore {
     }
 
     /// Finds running runs whose lease expired (their instance died or lost
-    /// the database), records `dead` in their history, and queues them again
-    /// while retries remain; otherwise they fail with a failure record. A
-    /// run whose cancel was requested is `cancelled` instead: a cancel is
-    /// never lost to a rescue. Safe to run on every replica at once (rows
-    /// are locked and skipped).
+    /// the database), records `dead` in their history, and decides each by
+    /// [`rules::after_lost_lease`]: queued again while retries remain,
+    /// otherwise failed with a failure record; `cancelled` when its cancel
+    /// was requested (a cancel is never lost to a rescue). Safe to run on
+    /// every replica at once (rows are locked and skipped).
     pub async fn run_rescue_expired(&self, limit: i64, rescuer: &str) -> StoreResult<Vec<RunRow>> {
         let mut tx = self.pool.begin().await?;
-        let sql = run_rescue_expired_sql();
-        let rows = sqlx::query_as::<_, RunRow>(&sql)
+        let expired: Vec<Expired> = sqlx::query_as(RUN_RESCUE_PICK_SQL)
             .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        if expired.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let decisions: serde_json::Map<String, Value> = expired
+            .iter()
+            .map(|e| {
+                let lost = rules::after_lost_lease(
+                    e.cancel_requested,
+                    e.attempt,
+                    e.max_retries,
+                    e.instance.as_deref(),
+                );
+                let decision = json!({
+                    "state": lost.next, "ended": lost.next != RunState::Queued,
+                    "error": lost.error, "dead": lost.dead_reason, "next": lost.next_reason,
+                });
+                (e.run_id.to_string(), decision)
+            })
+            .collect();
+        let ids: Vec<Uuid> = expired.iter().map(|e| e.run_id).collect();
+        let rows = sqlx::query_as::<_, RunRow>(&run_rescue_expired_sql())
+            .bind(&ids)
             .bind(rescuer)
+            .bind(Value::Object(decisions))
             .fetch_all(&mut *tx)
             .await?;
         let ended: Vec<&RunRow> = rows
             .iter()
             .filter(|r| r.state != RunState::Queued)
             .collect();
-        let failed_ids: Vec<Uuid> = ended
+        let failed: Vec<FailedRun<'_>> = ended
             .iter()
-            .filter(|r| r.state == RunState::Failed)
-            .map(|r| r.run_id)
+            .filter(|r| r.state.leaves_failure_record())
+            .map(|r| failed_run(r))
             .collect();
-        insert_failure_records(&mut tx, &failed_ids).await?;
-        let ended_jobs: Vec<String> = ended.iter().map(|r| r.job_id.clone()).collect();
-        let released = release_waiting(&mut tx, &ended_jobs).await?;
-        complete_one_shot_jobs(&mut tx, &ended_jobs).await?;
+        insert_failure_records(&mut tx, &failed).await?;
+        let first_end = first_ends(ended.iter().map(|r| (&r.job_id, r.finished_at)));
+        let released = release_waiting(&mut tx, &first_end).await?;
+        let ended_jobs: Vec<String> = first_end.into_keys().collect();
+        complete_one_shot_jobs(&mut tx, &[], &ended_jobs).await?;
         let ended_ids: Vec<Uuid> = ended.iter().map(|r| r.run_id).collect();
         run_delete_orphans(&mut *tx, &ended_ids).await?;
-        let queued = released
+        let queued = released.queued
             || rows
                 .iter()
                 .any(|r| r.state == RunState::Queued || r.lock_key.is_some());
@@ -299,85 +444,173 @@ impl PgStore {
     /// was written concurrently with the firing that stored them (neither
     /// statement saw the other's rows), or by a replica of an older version.
     /// They are decided by the same rule, with the end of the job's latest
-    /// executed run. `among` limits it to those jobs (the scheduler checks
-    /// the jobs it just stored waiting runs for; the supervisor sweeps all).
-    /// Returns how many jobs' waiting runs were decided.
+    /// executed run (now, if it has none). `among` limits it to those jobs
+    /// (the scheduler checks the jobs it just stored waiting runs for; the
+    /// supervisor sweeps all). Returns how many waiting runs were decided.
     pub async fn run_settle_waiting(
         &self,
         among: Option<&[String]>,
         limit: i64,
     ) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
-        let ended = "WITH candidates AS (SELECT DISTINCT w.job_id FROM runs w \
-              WHERE w.state = 'waiting' AND ($2::text[] IS NULL OR w.job_id = ANY($2)) \
-              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = w.job_id AND r.state = 'running') \
-              LIMIT $1) \
-            SELECT c.job_id, COALESCE((SELECT max(x.finished_at) FROM (SELECT r.finished_at FROM runs r \
-              WHERE r.job_id = c.job_id AND r.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') \
-              ORDER BY r.created_at DESC LIMIT 3) x), now()) AS ended_at FROM candidates c";
-        let states: Vec<String> = sqlx::query_scalar(&release_waiting_sql(ended))
-            .bind(limit)
-            .bind(among)
-            .fetch_all(&mut *tx)
-            .await?;
-        if states.iter().any(|s| s == "queued") {
+        let ended: Vec<(String, Option<DateTime<Utc>>, DateTime<Utc>)> =
+            sqlx::query_as(RUN_SETTLE_CANDIDATES_SQL)
+                .bind(limit)
+                .bind(among)
+                .fetch_all(&mut *tx)
+                .await?;
+        let first_end: HashMap<String, DateTime<Utc>> = ended
+            .into_iter()
+            .map(|(job_id, ended_at, now)| (job_id, ended_at.unwrap_or(now)))
+            .collect();
+        let released = release_waiting(&mut tx, &first_end).await?;
+        if released.queued {
             notify::send(&mut *tx, &Notice::runs_queued()).await?;
         }
         tx.commit().await?;
-        Ok(states.len() as u64)
+        Ok(released.decided)
     }
 }
 
-/// The claim statement of [`PgStore::run_claim`]: `$1` instance, `$2` limit,
-/// `$3` lease in ms.
-pub(crate) fn run_claim_sql() -> String {
+/// The first end among each job's runs (job id and when it stopped
+/// executing, `None` for a run not ended).
+pub(crate) fn first_ends<'a>(
+    ends: impl IntoIterator<Item = (&'a String, Option<DateTime<Utc>>)>,
+) -> HashMap<String, DateTime<Utc>> {
+    let mut first: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for (job_id, at) in ends {
+        let Some(at) = at else { continue };
+        first
+            .entry(job_id.clone())
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+    }
+    first
+}
+
+/// The steps after the ends in `rows`, in their transaction: failure
+/// records, the waiting runs of their jobs, one-shot completion, runs of
+/// deleted jobs, and the workers' wake-up.
+async fn after_finish(tx: &mut PgTx, rows: &[Finished]) -> StoreResult<()> {
+    let failed: Vec<FailedRun<'_>> = rows
+        .iter()
+        .filter(|r| r.state.leaves_failure_record())
+        .map(Finished::failed_run)
+        .collect();
+    insert_failure_records(tx, &failed).await?;
+    // A waiting run is decided by the first end among its job's runs.
+    let first_end = first_ends(rows.iter().map(|r| (&r.job_id, Some(r.finished_at))));
+    let waiting: Vec<WaitingRun> = rows
+        .iter()
+        .flat_map(|r| {
+            let ids = r.waiting_ids.iter().flatten();
+            let times = r.waiting_times.iter().flatten();
+            ids.zip(times).map(|(id, at)| WaitingRun {
+                run_id: *id,
+                job_id: r.job_id.clone(),
+                scheduled_for: *at,
+            })
+        })
+        .collect();
+    let released = decide_waiting(tx, &waiting, &first_end).await?;
+    // The one-shot facts were read with the outcomes; those of a job whose
+    // waiting runs were just decided no longer hold, and are read again.
+    let mut seen = HashSet::new();
+    let (mut read, mut again) = (Vec::new(), Vec::new());
+    for row in rows {
+        let Some(facts) = row.one_shot() else {
+            continue;
+        };
+        if !seen.insert(row.job_id.as_str()) {
+            continue;
+        }
+        if released.jobs.contains(&row.job_id) {
+            again.push(row.job_id.clone());
+        } else {
+            read.push(facts);
+        }
+    }
+    complete_one_shot_jobs(tx, &read, &again).await?;
+    // Only a run whose cancel was requested can belong to a deleted job
+    // (the delete requests it). Whether its job is gone is checked by this
+    // later statement: the finishing one's snapshot may predate a delete
+    // it waited for (its update then saw the delete's cancel request, but
+    // its reads still saw the job).
+    let maybe_orphans: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.cancel_requested)
+        .map(|r| r.run_id)
+        .collect();
+    run_delete_orphans(&mut **tx, &maybe_orphans).await?;
+    if released.queued || rows.iter().any(|r| r.lock_key.is_some()) {
+        notify::send(&mut **tx, &Notice::runs_queued()).await?;
+    }
+    Ok(())
+}
+
+/// The choice of [`PgStore::run_claim`]: `$1` limit. The first due queued
+/// runs that no lock key blocks, at most one per key, with their lateness
+/// facts and the database clock.
+pub(crate) fn run_claim_pick_sql() -> String {
     format!(
         "WITH due AS ( \
-            SELECT r.run_id, r.lock_key, r.run_after FROM runs r \
-            WHERE r.state = 'queued' AND r.run_after <= now() AND {unblocked} \
-            ORDER BY r.run_after LIMIT $2 * 2 + 16 \
+            SELECT r.run_id, r.lock_key, r.run_after, r.started_at IS NULL AS first_start, \
+              r.scheduled_for, r.misfire_grace_ms FROM runs r \
+            WHERE r.state = 'queued' AND r.run_after <= now() AND {UNBLOCKED} \
+            ORDER BY r.run_after LIMIT $1 * 2 + 16 \
          ), free_of_lock AS ( \
-            SELECT d.run_id, d.run_after FROM due d WHERE d.lock_key IS NULL \
+            SELECT d.* FROM due d WHERE d.lock_key IS NULL \
             UNION ALL \
-            SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.run_id, d.run_after FROM due d \
+            SELECT * FROM (SELECT DISTINCT ON (d.lock_key) d.* FROM due d \
               WHERE d.lock_key IS NOT NULL \
               ORDER BY d.lock_key, d.run_after, d.run_id) first_per_key \
-         ), picked AS ( \
-            SELECT run_id FROM free_of_lock ORDER BY run_after LIMIT $2 \
          ) \
-         UPDATE runs r SET \
-            state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
-            attempt = CASE WHEN {late} THEN r.attempt ELSE r.attempt + 1 END, \
-            started_at = CASE WHEN {late} THEN r.started_at ELSE now() END, \
-            finished_at = CASE WHEN {late} THEN now() END, \
-            error = CASE WHEN {late} THEN 'missed: not started within misfire_grace_time' ELSE r.error END, \
-            instance = $1, \
-            lease_expires_at = CASE WHEN {late} THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
-            history = r.history || {history} \
-         WHERE r.run_id = ANY(ARRAY(SELECT run_id FROM picked)) AND r.state = 'queued' \
-         RETURNING {columns}",
-        late = LATE,
-        unblocked = UNBLOCKED,
-        history = history_entry(
-            "'queued'",
-            &format!("CASE WHEN {LATE} THEN 'missed' ELSE 'running' END"),
-            "$1::text",
-            &format!(
-                "CASE WHEN {LATE} THEN 'start was later than misfire_grace_time allows' \
-                 ELSE {} END",
-                claimed_reason("r.attempt + 1")
-            )
-        ),
-        columns = RUN_COLUMNS,
+         SELECT run_id, first_start, scheduled_for, misfire_grace_ms, now() AS now \
+         FROM free_of_lock ORDER BY run_after LIMIT $1"
     )
 }
 
-/// The statement of [`PgStore::run_finish_many`] (its parameters are bound
-/// there).
+/// The update of [`PgStore::run_claim`]: `$1` instance, `$2` the picked
+/// run ids, `$3` lease in ms, `$4` maps each run id to its decided state
+/// (`running`, or `missed` when late), `$5` and `$6` the error and the
+/// history reason of a late run.
+pub(crate) fn run_claim_sql() -> String {
+    let state = "($4::jsonb ->> r.run_id::text)";
+    let start = format!("({state} = 'running')");
+    format!(
+        "UPDATE runs r SET \
+            state = {state}, \
+            attempt = CASE WHEN {start} THEN r.attempt + 1 ELSE r.attempt END, \
+            started_at = CASE WHEN {start} THEN now() ELSE r.started_at END, \
+            finished_at = CASE WHEN {start} THEN NULL ELSE now() END, \
+            error = CASE WHEN {start} THEN r.error ELSE $5::text END, \
+            instance = $1, \
+            lease_expires_at = CASE WHEN {start} THEN now() + $3 * interval '1 millisecond' END, \
+            history = r.history || {history} \
+         WHERE r.run_id = {ids} AND {QUEUED} \
+         RETURNING {RUN_COLUMNS}",
+        ids = any_of("$2", "uuid"),
+        history = history_entry(
+            "'queued'",
+            state,
+            "$1::text",
+            &format!(
+                "CASE WHEN {start} THEN {} ELSE $6::text END",
+                claimed_reason("r.attempt + 1")
+            )
+        ),
+    )
+}
+
+/// The statement of [`PgStore::run_finish_many`]: `$1` maps each run id to
+/// its outcome, `$2` the run ids.
 pub(crate) fn run_finish_many_sql() -> String {
     // `$1` maps each run id to its outcome (a jsonb object: key lookups
     // are binary searches), so the update reads nothing but `runs`, by
     // primary key: no join that a stale estimate could turn quadratic.
+    // The facts of the finished runs' jobs are read by primary key or job
+    // id, once per finished run; this statement's snapshot still sees its
+    // runs running, so the one-shot facts leave them out.
     let o = "($1::jsonb -> r.run_id::text)";
     format!(
         "WITH finished AS (UPDATE runs r SET state = {o} ->> 'state', \
@@ -385,32 +618,29 @@ pub(crate) fn run_finish_many_sql() -> String {
            result = NULLIF({o} -> 'result', 'null'::jsonb), error = {o} ->> 'error', \
            traceback = {o} ->> 'traceback', lease_expires_at = NULL, \
            history = r.history || {history} \
-         WHERE r.run_id = ANY($2) AND {fence} \
+         WHERE r.run_id = ANY($2) AND {RUNNING} \
            AND r.attempt = ({o} ->> 'attempt')::int4 AND r.instance = {o} ->> 'instance' \
-         RETURNING r.run_id, r.job_id, r.handler, r.kwargs, r.state, r.error, r.traceback, \
-           r.lock_key, r.finished_at, r.cancel_requested), \
-         failure_records AS ({failure_records}), \
-         released AS ({released}), \
-         completed AS ({completed}) \
-         SELECT f.run_id, f.lock_key IS NOT NULL AS held_lock, f.cancel_requested, \
-           (SELECT count(*) FROM released WHERE state = 'queued') AS released \
-         FROM finished f",
+         RETURNING r.run_id, r.job_id, r.state, r.lock_key, r.finished_at, r.cancel_requested, \
+           r.error, r.traceback, \
+           CASE WHEN {o} ? 'record' THEN r.handler END AS handler, \
+           CASE WHEN {o} ? 'record' THEN r.kwargs END AS kwargs) \
+         SELECT f.*, o.schedule_kind AS job_kind, o.state AS job_state, \
+           o.next_run_at AS job_next_run_at, o.has_fired AS job_has_fired, \
+           o.active_runs AS job_active_runs, o.version AS job_version, \
+           w.waiting_ids, w.waiting_times \
+         FROM finished f \
+         LEFT JOIN LATERAL (SELECT {one_shot} FROM jobs j \
+           WHERE j.job_id = f.job_id AND j.schedule_kind = 'once') o ON true \
+         LEFT JOIN LATERAL (SELECT array_agg(w.run_id) AS waiting_ids, \
+             array_agg(w.scheduled_for) AS waiting_times \
+           FROM runs w WHERE w.job_id = f.job_id AND w.state = 'waiting') w ON true",
         history = history_entry(
             "'running'",
             &format!("{o} ->> 'state'"),
             &format!("{o} ->> 'instance'"),
             &format!("{o} ->> 'reason'")
         ),
-        fence = RUNNING,
-        failure_records = failure_records_sql(
-            "finished r WHERE r.state IN ('failed', 'timed_out')",
-            "$3"
-        ),
-        released = release_waiting_sql("SELECT job_id, finished_at AS ended_at FROM finished"),
-        completed = complete_one_shot_jobs_sql(
-            "SELECT job_id FROM finished",
-            "SELECT run_id FROM finished"
-        ),
+        one_shot = one_shot_columns("AND a.run_id <> ALL(ARRAY(SELECT run_id FROM finished))"),
     )
 }
 
@@ -433,37 +663,6 @@ pub(crate) fn run_hand_back_sql() -> String {
          WHERE r.run_id = ANY($1) AND r.attempt = ($2::jsonb ->> r.run_id::text)::int4 \
            AND {RUNNING} AND r.instance = $3",
         history_entry("'running'", "'queued'", "$3::text", "$4::text")
-    )
-}
-
-/// The statement of [`PgStore::run_rescue_expired`]: `$1` limit, `$2` rescuer.
-pub(crate) fn run_rescue_expired_sql() -> String {
-    let next = "CASE WHEN r.cancel_requested THEN 'cancelled' \
-        WHEN r.attempt <= r.max_retries THEN 'queued' ELSE 'failed' END";
-    format!(
-        "WITH expired AS ( \
-            SELECT run_id FROM runs WHERE state = 'running' AND lease_expires_at < now() \
-            ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED \
-         ) \
-         UPDATE runs r SET \
-            state = {next}, run_after = now(), lease_expires_at = NULL, \
-            finished_at = CASE WHEN {next} = 'queued' THEN NULL ELSE now() END, \
-            error = CASE WHEN r.cancel_requested THEN 'cancelled; its instance ' || COALESCE(r.instance, '?') \
-              || ' stopped heartbeating before it had stopped the run' \
-              ELSE 'lease expired: instance ' || COALESCE(r.instance, '?') || ' stopped heartbeating' END, \
-            history = r.history || {dead} || {then} \
-         FROM expired e WHERE r.run_id = e.run_id AND r.run_id = ANY(ARRAY(SELECT run_id FROM expired)) \
-         RETURNING {columns}",
-        dead = history_entry("'running'", "'dead'", "$2::text", "'lease expired on ' || COALESCE(r.instance, '?')"),
-        then = history_entry(
-            "'dead'",
-            next,
-            "$2::text",
-            "CASE WHEN r.cancel_requested THEN 'cancel requested before the lease was lost' \
-             WHEN r.attempt <= r.max_retries THEN 're-queued after a lost lease' \
-             ELSE 'no retries left after a lost lease' END"
-        ),
-        columns = RUN_COLUMNS.replace("run_id,", "r.run_id,")
     )
 }
 
@@ -497,154 +696,56 @@ pub(crate) fn run_next_queued_sql() -> String {
 const RUNNING: &str = "(r.state = 'running') IS TRUE";
 /// [`RUNNING`] for a statement without the `r` alias.
 const RUNNING_BARE: &str = "(state = 'running') IS TRUE";
+/// The choice of [`PgStore::run_rescue_expired`]: `$1` limit. Running runs
+/// whose lease expired, locked (those another rescuer holds are skipped),
+/// with what the rescue rule needs.
+pub(crate) const RUN_RESCUE_PICK_SQL: &str =
+    "SELECT r.run_id, r.cancel_requested, r.attempt, r.max_retries, r.instance FROM runs r \
+     WHERE r.state = 'running' AND r.lease_expires_at < now() \
+     ORDER BY r.lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-/// SQL deciding the `waiting` runs of the jobs in `ended` (a query of
-/// `job_id, ended_at`: runs of those jobs that stopped executing at
-/// `ended_at`). The rule: a run waits only because every slot of its job
-/// was held by a running run when it came due; if the first of those to end
-/// had returned by the waiting run's scheduled time, the slot was in truth
-/// free then (only its outcome was not written yet), and the run is queued
-/// now; otherwise a run was still executing at that time, and the time is
-/// skipped (`missed`), as `max_instances` asks. Returns the decided runs'
-/// `state`.
-pub(crate) fn release_waiting_sql(ended: &str) -> String {
-    // The waiting runs are found through their index by job id; each
-    // looks up when its job's run ended.
-    let queue =
-        "(SELECT min(e.ended_at) FROM ended_runs e WHERE e.job_id = w.job_id) <= w.scheduled_for";
+/// The update of [`PgStore::run_rescue_expired`]: `$1` the locked run ids,
+/// `$2` rescuer, `$3` maps each run id to its decision
+/// (`{state, ended, error, dead, next}`: the next state, whether it ends
+/// the run, the error and the reasons of the `running → dead` and
+/// `dead → next` steps).
+pub(crate) fn run_rescue_expired_sql() -> String {
+    let d = "($3::jsonb -> r.run_id::text)";
     format!(
-        "WITH ended_runs AS MATERIALIZED ({ended}) \
-         UPDATE runs w SET state = CASE WHEN {queue} THEN 'queued' ELSE 'missed' END, \
-           run_after = now(), finished_at = CASE WHEN {queue} THEN NULL ELSE now() END, \
-           error = CASE WHEN {queue} THEN NULL ELSE '{SKIPPED}' END, \
-           result = CASE WHEN {queue} THEN NULL ELSE '{{\"skipped\": \"max_instances\"}}'::jsonb END, \
-           history = w.history || {history} \
-         WHERE w.job_id = ANY(ARRAY(SELECT job_id FROM ended_runs)) AND w.state = 'waiting' \
-         RETURNING w.state",
-        history = history_entry(
-            "'waiting'",
-            &format!("CASE WHEN {queue} THEN 'queued' ELSE 'missed' END"),
-            "NULL",
-            &format!(
-                "CASE WHEN {queue} THEN 'the run holding its slot had ended by its time' \
-                 ELSE '{SKIPPED}' END"
-            )
+        "UPDATE runs r SET state = {d} ->> 'state', run_after = now(), lease_expires_at = NULL, \
+            finished_at = CASE WHEN ({d} ->> 'ended')::bool THEN now() END, \
+            error = {d} ->> 'error', history = r.history || {dead} || {then} \
+         WHERE r.run_id = {ids} AND {RUNNING} \
+         RETURNING {RUN_COLUMNS}",
+        ids = any_of("$1", "uuid"),
+        dead = history_entry(
+            "'running'",
+            "'dead'",
+            "$2::text",
+            &format!("{d} ->> 'dead'")
+        ),
+        then = history_entry(
+            "'dead'",
+            &format!("{d} ->> 'state'"),
+            "$2::text",
+            &format!("{d} ->> 'next'")
         ),
     )
 }
 
-/// Why a scheduled time was skipped for `max_instances`.
-pub(crate) const SKIPPED: &str =
-    "skipped: max_instances runs of this job were queued or executing at its time";
+/// The jobs [`PgStore::run_settle_waiting`] decides: `$1` limit, `$2` the
+/// jobs to look at (all when NULL). Each with the end of its latest
+/// executed run (NULL when none) and the database clock.
+pub(crate) const RUN_SETTLE_CANDIDATES_SQL: &str =
+    "WITH candidates AS (SELECT DISTINCT w.job_id FROM runs w \
+       WHERE w.state = 'waiting' AND ($2::text[] IS NULL OR w.job_id = ANY($2)) \
+       AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = w.job_id AND r.state = 'running') \
+       LIMIT $1) \
+     SELECT c.job_id, (SELECT max(x.finished_at) FROM (SELECT r.finished_at FROM runs r \
+       WHERE r.job_id = c.job_id AND r.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') \
+       ORDER BY r.created_at DESC LIMIT 3) x) AS ended_at, now() AS now FROM candidates c";
 
-/// Decides the waiting runs of `job_ids`, whose running run ends now (see
-/// [`release_waiting_sql`]). Returns whether any was queued.
-pub(crate) async fn release_waiting(
-    tx: &mut Transaction<'static, Postgres>,
-    job_ids: &[String],
-) -> StoreResult<bool> {
-    if job_ids.is_empty() {
-        return Ok(false);
-    }
-    let states: Vec<String> = sqlx::query_scalar(&release_waiting_sql(
-        "SELECT unnest($1::text[]) AS job_id, now() AS ended_at",
-    ))
-    .bind(job_ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(states.iter().any(|s| s == "queued"))
-}
-
-/// Deletes the ended runs among `run_ids` whose job no longer exists (it
-/// was deleted while they ran: they were kept until their handler stopped,
-/// holding their lock key).
-pub(crate) async fn run_delete_orphans<'e, E>(executor: E, run_ids: &[Uuid]) -> StoreResult<()>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
-    if run_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "DELETE FROM runs r WHERE r.run_id = ANY($1) AND r.state NOT IN ('queued', 'running') \
-         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = r.job_id)",
-    )
-    .bind(run_ids)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// An `INSERT` of the failure records (the original service's inert
-/// `ErrorHandler` jobs: paused, never fire, kwargs describe the failure) of
-/// the failed runs `r` in `runs_source` (`<relation> r WHERE ...`, with the
-/// run columns), with the handler name bound at `handler_param`.
-fn failure_records_sql(runs_source: &str, handler_param: &str) -> String {
-    format!(
-        "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, source, \
-         failed_run_id, description) \
-         SELECT 'failed-' || r.run_id, {handler_param}, jsonb_build_object('exc_str', COALESCE(r.error, 'failed'), \
-           'exc_traceback', r.traceback, 'failed_job_id', r.job_id, 'failed_job_handler', r.handler, \
-           'failed_handler_kwargs', r.kwargs, 'failed_run_id', r.run_id::text), \
-           'never', now(), 'paused', 'jobsd', r.run_id, \
-           'run ' || r.run_id || ' of job ' || r.job_id || ' ended ' || r.state \
-         FROM {runs_source} \
-         ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now()"
-    )
-}
-
-/// An `UPDATE` that completes the one-shot jobs among `job_ids` (a query):
-/// those that have fired (a scheduled run exists), have no future time and
-/// no run queued, running or waiting, not counting the runs in
-/// `ending_runs` (a query; those this statement ends). Whether the job was
-/// paused meanwhile does not matter: a one-shot job whose run has ended is
-/// done, and resuming it cannot fire it again.
-fn complete_one_shot_jobs_sql(job_ids: &str, ending_runs: &str) -> String {
-    format!(
-        "UPDATE jobs j SET state = 'completed', updated_at = now() \
-         WHERE j.job_id = ANY(ARRAY({job_ids})) AND j.schedule_kind = 'once' AND j.state <> 'completed' \
-           AND j.next_run_at IS NULL \
-           AND EXISTS (SELECT 1 FROM runs f WHERE f.job_id = j.job_id AND f.trigger <> 'manual') \
-           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = j.job_id \
-             AND r.state IN ('queued', 'running', 'waiting') \
-             AND r.run_id <> ALL(ARRAY({ending_runs})))"
-    )
-}
-
-/// Writes the failure records of the failed runs `run_ids`.
-async fn insert_failure_records(
-    tx: &mut Transaction<'static, Postgres>,
-    run_ids: &[Uuid],
-) -> StoreResult<()> {
-    if run_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(&failure_records_sql(
-        "runs r WHERE r.run_id = ANY($1)",
-        "$2",
-    ))
-    .bind(run_ids)
-    .bind(ERROR_HANDLER)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// A one-shot job is `completed` once it has no future time and no run
-/// queued or running.
-pub(crate) async fn complete_one_shot_jobs(
-    tx: &mut Transaction<'static, Postgres>,
-    job_ids: &[String],
-) -> StoreResult<()> {
-    if job_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(&complete_one_shot_jobs_sql(
-        "SELECT unnest($1::text[])",
-        "SELECT NULL::uuid WHERE false",
-    ))
-    .bind(job_ids)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
+/// The fence of the claim's update: the run is still queued (written so
+/// that no partial index on `state` serves as the access path, see
+/// [`RUNNING`]).
+const QUEUED: &str = "(r.state = 'queued') IS TRUE";

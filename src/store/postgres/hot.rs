@@ -9,12 +9,17 @@
 
 use uuid::Uuid;
 
+use super::ends::{
+    complete_jobs_sql, one_shot_facts_sql, release_waiting_sql, FAILURE_RECORDS_SQL,
+    WAITING_RUNS_SQL,
+};
 use super::execution::{
-    release_waiting_sql, run_claim_sql, run_finish_many_sql, run_hand_back_sql, run_heartbeat_sql,
-    run_next_queued_sql, run_rescue_expired_sql, run_retry_sql,
+    run_claim_pick_sql, run_claim_sql, run_finish_many_sql, run_hand_back_sql, run_heartbeat_sql,
+    run_next_queued_sql, run_rescue_expired_sql, run_retry_sql, RUN_RESCUE_PICK_SQL,
 };
 use super::firing::{fire_commit_sql, DUE_JOBS_LOCK_SQL, DUE_JOBS_NEXT_SQL, FIRING_SETTINGS};
 use super::runs::RUN_COUNTS_ACTIVE_SQL;
+use crate::domain::rules;
 
 /// Rows of a loaded database to aim the statements at.
 #[derive(Debug, Clone)]
@@ -61,12 +66,22 @@ fn json_map(ids: &[Uuid], value: impl Fn(&Uuid) -> String) -> String {
     format!("'{{{}}}'::jsonb", entries.join(",").replace('\'', "''"))
 }
 
+/// [`json_map`] keyed by job ids.
+fn json_job_map(ids: &[String], value: &str) -> String {
+    let entries: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{}: {value}", serde_json::Value::from(id.as_str())))
+        .collect();
+    format!("'{{{}}}'::jsonb", entries.join(",").replace('\'', "''"))
+}
+
 fn repeat(value: &str, n: usize, ty: &str) -> String {
     format!("array_fill(({value})::{ty}, ARRAY[{n}])")
 }
 
 /// The statements the scheduler and workers execute for every run: claim,
-/// firing, completion, heartbeat, retry, hand-back and rescue.
+/// firing, completion (and the steps after it), heartbeat, retry,
+/// hand-back and rescue.
 pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
     let ids = uuid_array(&f.running);
     let jobs = text_array(f.jobs.iter().cloned());
@@ -75,9 +90,22 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
     let inst = text(&f.instance);
     vec![
         HotStatement {
-            name: "claim",
+            name: "claim: pick",
+            sql: run_claim_pick_sql(),
+            args: vec!["500".into()],
+            settings: None,
+        },
+        HotStatement {
+            name: "claim: write",
             sql: run_claim_sql(),
-            args: vec![inst.clone(), "500".into(), "30000".into()],
+            args: vec![
+                inst.clone(),
+                ids.clone(),
+                "30000".into(),
+                json_map(&f.running, |_| r#""running""#.into()),
+                text(rules::LATE_ERROR),
+                text(rules::LATE_REASON),
+            ],
             settings: None,
         },
         HotStatement {
@@ -108,8 +136,45 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
                     )
                 }),
                 ids.clone(),
-                text("ErrorHandler"),
             ],
+            settings: None,
+        },
+        HotStatement {
+            name: "completion: failure records",
+            sql: FAILURE_RECORDS_SQL.to_string(),
+            args: vec![
+                text("ErrorHandler"),
+                text("never"),
+                text("paused"),
+                text_array(f.running.iter().map(|id| format!("failed-{id}"))),
+                repeat(r#"'{"exc_str": "boom"}'"#, f.running.len(), "jsonb"),
+                ids.clone(),
+                repeat("'run ended failed'", f.running.len(), "text"),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "completion: waiting runs' decisions",
+            sql: release_waiting_sql(),
+            args: vec![
+                json_map(&f.running, |_| {
+                    r#"{"state": "queued", "ended": false, "error": null, "result": null, "reason": "free"}"#
+                        .into()
+                }),
+                ids.clone(),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "completion: one-shot jobs",
+            sql: complete_jobs_sql(),
+            args: vec![jobs.clone(), json_job_map(&f.jobs, "1")],
+            settings: None,
+        },
+        HotStatement {
+            name: "one-shot facts",
+            sql: one_shot_facts_sql(),
+            args: vec![jobs.clone()],
             settings: None,
         },
         HotStatement {
@@ -138,14 +203,27 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
             settings: None,
         },
         HotStatement {
-            name: "rescue",
-            sql: run_rescue_expired_sql(),
-            args: vec!["100".into(), inst.clone()],
+            name: "rescue: pick",
+            sql: RUN_RESCUE_PICK_SQL.to_string(),
+            args: vec!["100".into()],
             settings: None,
         },
         HotStatement {
-            name: "release waiting",
-            sql: release_waiting_sql("SELECT unnest($1::text[]) AS job_id, now() AS ended_at"),
+            name: "rescue: write",
+            sql: run_rescue_expired_sql(),
+            args: vec![
+                ids.clone(),
+                inst.clone(),
+                json_map(&f.running, |_| {
+                    r#"{"state": "queued", "ended": false, "error": "lost", "dead": "lost", "next": "again"}"#
+                        .into()
+                }),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "waiting runs of jobs",
+            sql: WAITING_RUNS_SQL.to_string(),
             args: vec![jobs.clone()],
             settings: None,
         },

@@ -14,6 +14,7 @@ use super::{
     conflict_on_unique, ClaimSlots, JobFilter, JobRow, JobType, NewJob, PgStore, RunRow,
     StoreError, StoreResult,
 };
+use crate::domain::rules;
 use crate::domain::{JobState, RunState};
 use crate::handlers::ERROR_HANDLER;
 
@@ -92,8 +93,9 @@ impl PgStore {
     /// Inserts jobs in one statement, all or none; `Conflict` naming the
     /// first `job_id` already taken. Wakes the schedulers of every replica.
     ///
-    /// A one-shot job that is due already (its time has come, within its
-    /// misfire grace, while the service runs) gets its run in the same
+    /// A one-shot job that is due already ([`rules::due_at_creation`]: its
+    /// time has come, within its misfire grace; while the service runs)
+    /// gets its run in the same
     /// statement, fired by `claim.instance`: exactly what the scheduler would
     /// do at once, without a second write to the job row and a scheduler
     /// round trip per job. Up to `claim.limit` of those runs (without a
@@ -111,9 +113,29 @@ impl PgStore {
         fn col<T>(jobs: &[NewJob], f: impl Fn(&NewJob) -> T) -> Vec<T> {
             jobs.iter().map(f).collect()
         }
+        // Which jobs are due now is decided by [`rules::due_at_creation`]
+        // on the database clock, read just before the insert (only when a
+        // job may be due at all): a job is due if its time had come by then.
+        let due: Vec<bool> = if jobs
+            .iter()
+            .any(|j| rules::may_be_due_at_creation(j.schedule_kind, j.state, j.next_run_at))
+        {
+            let now = self.now().await?;
+            col(jobs, |j| {
+                rules::due_at_creation(
+                    j.schedule_kind,
+                    j.state,
+                    j.next_run_at,
+                    j.misfire_grace_ms,
+                    now,
+                )
+            })
+        } else {
+            vec![false; jobs.len()]
+        };
         // One statement, so one round trip and atomic without a transaction:
-        // insert the jobs and the runs of those due now, and return those
-        // runs. The schedulers (the earliest new fire time of the jobs that
+        // insert the jobs and the runs of those due now (and while the
+        // service is not paused), and return those runs. The schedulers (the earliest new fire time of the jobs that
         // did not fire, as a `FireHint`) and the workers (runs were left
         // queued) are told after the commit, in one notification.
         let fired = sqlx::query_as::<_, RunRow>(&job_insert_many_sql())
@@ -144,6 +166,7 @@ impl PgStore {
             // The id of each job's run, should it fire now (time-ordered, so
             // inserts land at the end of the index).
             .bind(col(jobs, |_| Uuid::now_v7()))
+            .bind(&due)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| {
@@ -333,17 +356,14 @@ impl PgStore {
 pub(crate) fn job_insert_many_sql() -> String {
     format!(
         "WITH input AS (SELECT u.*, \
-           (u.schedule_kind = 'once' AND u.state = 'running' AND u.next_run_at <= now() \
-            AND (u.misfire_grace_ms IS NULL \
-                 OR now() <= u.next_run_at + u.misfire_grace_ms * interval '1 millisecond') \
-            AND NOT (SELECT paused FROM service_state WHERE id = 1)) AS due_now \
+           (u.due AND NOT (SELECT paused FROM service_state WHERE id = 1)) AS due_now \
          FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
            $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
            $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
-           $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[]) WITH ORDINALITY \
+           $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[], $26::bool[]) WITH ORDINALITY \
          AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
            misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-           retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, ord)), \
+           retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, due, ord)), \
          firing AS (SELECT u.*, {claim} AS claim FROM input u WHERE u.due_now), \
          inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
          start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \

@@ -8,6 +8,7 @@ pub mod bench;
 mod connect;
 mod copy;
 pub(crate) mod default_jobs;
+pub(crate) mod ends;
 pub(crate) mod execution;
 pub(crate) mod firing;
 pub mod hot;

@@ -10,7 +10,7 @@
 use sqlx::{Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
-use super::execution::{complete_one_shot_jobs, release_waiting, run_delete_orphans};
+use super::ends::{complete_one_shot_jobs, release_waiting, run_delete_orphans};
 use super::notify::{self, Notice};
 use super::{ActiveCounts, ManualRun, PgStore, RunFilter, RunRow, StoreError, StoreResult};
 use crate::domain::RunState;
@@ -25,6 +25,16 @@ pub(crate) fn history_entry(from: &str, to: &str, instance: &str, reason: &str) 
     format!(
         "jsonb_build_array(jsonb_build_object('at', now(), 'from', {from}, 'to', {to}, 'instance', {instance}, 'reason', {reason}))"
     )
+}
+
+/// `ANY` of the array parameter `param` of `ty` (SQL), for a write or read
+/// that finds its rows by key: the array is passed through a sub-select,
+/// so the planner does not see its length. Given a constant array of
+/// hundreds of keys, it would weigh one hashed pass over the whole table
+/// (a sequential scan) against as many index look-ups, and on statistics
+/// taken while the table was small, the scan wins.
+pub(crate) fn any_of(param: &str, ty: &str) -> String {
+    format!("ANY(ARRAY(SELECT unnest({param}::{ty}[])))")
 }
 
 /// Counts the queued, running and waiting runs of `job_ids`. Exact when the
@@ -174,7 +184,7 @@ impl PgStore {
                     .bind(state)
                     .execute(&mut *tx)
                     .await?;
-                complete_one_shot_jobs(&mut tx, &[job_id]).await?;
+                complete_one_shot_jobs(&mut tx, &[], &[job_id]).await?;
             }
             RunState::Running => {
                 sqlx::query("UPDATE runs SET cancel_requested = true WHERE run_id = $1")
@@ -263,10 +273,14 @@ impl PgStore {
         if ended_running {
             // A run waiting for this one's slot: its time came while this
             // one was still executing (it is ending only now).
-            released = release_waiting(&mut tx, std::slice::from_ref(&job_id)).await?;
+            // It stopped executing now (this transaction's `now()`: its
+            // `finished_at`, or its `run_after` when re-queued).
+            let ended_at = written.finished_at.unwrap_or(written.run_after);
+            let first_end = std::collections::HashMap::from([(job_id.clone(), ended_at)]);
+            released = release_waiting(&mut tx, &first_end).await?.queued;
         }
         if !requeue {
-            complete_one_shot_jobs(&mut tx, std::slice::from_ref(&job_id)).await?;
+            complete_one_shot_jobs(&mut tx, &[], std::slice::from_ref(&job_id)).await?;
             run_delete_orphans(&mut *tx, &[run_id]).await?;
         }
         let notice = Notice {
