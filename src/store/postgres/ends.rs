@@ -185,9 +185,9 @@ pub(crate) async fn release_waiting(
 
 // One-shot completion.
 
-/// What [`rules::one_shot_completes`] needs of a one-shot job, and the
-/// row's version (its `xmin`) to write the decision only if the row is
-/// still as read.
+/// What [`rules::one_shot_completes`] needs of a one-shot job, and where
+/// and at which version (`ctid`, `xmin`) its row was read: the decision is
+/// written to that row version only.
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct OneShotRow {
     pub job_id: String,
@@ -197,6 +197,8 @@ pub(crate) struct OneShotRow {
     pub has_fired: bool,
     pub active_runs: i64,
     pub version: i64,
+    /// The row's `ctid`, as text.
+    pub ctid: String,
 }
 
 impl OneShotRow {
@@ -217,6 +219,7 @@ impl OneShotRow {
 pub(crate) fn one_shot_columns(not_ending: &str) -> String {
     format!(
         "j.job_id, j.schedule_kind, j.state, j.next_run_at, j.xmin::text::int8 AS version, \
+         j.ctid::text AS ctid, \
          EXISTS (SELECT 1 FROM runs x WHERE x.job_id = j.job_id AND x.trigger <> 'manual') AS has_fired, \
          (SELECT count(*) FROM runs a WHERE a.job_id = j.job_id \
             AND a.state IN ('queued', 'running', 'waiting') {not_ending}) AS active_runs"
@@ -232,15 +235,17 @@ pub(crate) fn one_shot_facts_sql() -> String {
     )
 }
 
-/// The `UPDATE` completing jobs: `$1` job ids, `$2` maps each to the
-/// version its decision was made on. A job written since is left alone
-/// (and decided again). Returns the jobs completed.
+/// The `UPDATE` completing jobs: `$1` the row versions their facts were
+/// read from (`ctid`s: the rows are reached directly, not looked up again),
+/// `$2` maps each job id to that version's `xmin`. A job written since (its
+/// row has moved, or another job's row took the slot) is left alone, and
+/// decided again. Returns the jobs completed.
 pub(crate) fn complete_jobs_sql() -> String {
     format!(
         "UPDATE jobs j SET state = 'completed', updated_at = now() \
-         WHERE j.job_id = {} AND j.xmin = ($2::jsonb ->> j.job_id)::int8::text::xid \
+         WHERE j.ctid = {} AND j.xmin = ($2::jsonb ->> j.job_id)::int8::text::xid \
          RETURNING j.job_id",
-        any_of("$1", "text")
+        any_of("$1::text[]", "tid")
     )
 }
 
@@ -249,9 +254,11 @@ pub(crate) fn complete_jobs_sql() -> String {
 /// decided again).
 async fn complete_decided(tx: &mut PgTx, facts: &[OneShotRow]) -> StoreResult<Vec<String>> {
     let mut versions = serde_json::Map::new();
+    let mut ctids = Vec::new();
     for row in facts {
-        if rules::one_shot_completes(&row.facts()) {
+        if rules::one_shot_completes(&row.facts()) && !versions.contains_key(&row.job_id) {
             versions.insert(row.job_id.clone(), Value::from(row.version));
+            ctids.push(row.ctid.clone());
         }
     }
     if versions.is_empty() {
@@ -259,7 +266,7 @@ async fn complete_decided(tx: &mut PgTx, facts: &[OneShotRow]) -> StoreResult<Ve
     }
     let ids: Vec<String> = versions.keys().cloned().collect();
     let completed: HashSet<String> = sqlx::query_scalar(&complete_jobs_sql())
-        .bind(&ids)
+        .bind(&ctids)
         .bind(Value::Object(versions))
         .fetch_all(&mut **tx)
         .await?

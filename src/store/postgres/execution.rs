@@ -110,6 +110,7 @@ struct Finished {
     job_has_fired: Option<bool>,
     job_active_runs: Option<i64>,
     job_version: Option<i64>,
+    job_ctid: Option<String>,
     waiting_ids: Option<Vec<Uuid>>,
     waiting_times: Option<Vec<DateTime<Utc>>>,
 }
@@ -125,6 +126,7 @@ impl Finished {
             has_fired: self.job_has_fired?,
             active_runs: self.job_active_runs?,
             version: self.job_version?,
+            ctid: self.job_ctid.clone()?,
         })
     }
 
@@ -195,25 +197,19 @@ impl PgStore {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let decisions: serde_json::Map<String, Value> = picked
+        let late: Vec<Uuid> = picked
             .iter()
-            .map(|p| {
-                let late =
-                    rules::start_is_late(p.first_start, p.scheduled_for, p.misfire_grace_ms, p.now);
-                let state = if late {
-                    RunState::Missed
-                } else {
-                    RunState::Running
-                };
-                (p.run_id.to_string(), Value::from(state.as_str()))
+            .filter(|p| {
+                rules::start_is_late(p.first_start, p.scheduled_for, p.misfire_grace_ms, p.now)
             })
+            .map(|p| p.run_id)
             .collect();
         let ids: Vec<Uuid> = picked.iter().map(|p| p.run_id).collect();
         let runs = sqlx::query_as::<_, RunRow>(&run_claim_sql())
             .bind(&slots.instance)
             .bind(&ids)
             .bind(slots.lease_ms)
-            .bind(Value::Object(decisions))
+            .bind(&late)
             .bind(rules::LATE_ERROR)
             .bind(rules::LATE_REASON)
             .fetch_all(&mut *tx)
@@ -303,23 +299,26 @@ impl PgStore {
         let outcomes: serde_json::Map<String, Value> = finished
             .iter()
             .map(|(c, o)| {
-                let mut outcome = json!({
+                let outcome = json!({
                     "attempt": c.attempt, "instance": c.instance, "state": o.state,
                     "result": o.result, "error": o.error, "traceback": o.traceback,
                     "reason": o.reason, "ago": o.ended_ago_ms.max(0),
                 });
-                if o.state.leaves_failure_record() {
-                    // The statement returns what the failure record needs.
-                    outcome["record"] = Value::Bool(true);
-                }
                 (c.run_id.to_string(), outcome)
             })
             .collect();
         let ids: Vec<Uuid> = finished.iter().map(|(c, _)| c.run_id).collect();
-        let mut tx = self.pool.begin().await?;
+        // The statement returns what their failure records need.
+        let records: Vec<Uuid> = finished
+            .iter()
+            .filter(|(_, o)| o.state.leaves_failure_record())
+            .map(|(c, _)| c.run_id)
+            .collect();
+        let mut tx = self.pool.begin_with(FINISH_BEGIN).await?;
         let rows: Vec<Finished> = sqlx::query_as(&run_finish_many_sql())
             .bind(Value::Object(outcomes))
             .bind(&ids)
+            .bind(&records)
             .fetch_all(&mut *tx)
             .await?;
         after_finish(&mut tx, &rows).await?;
@@ -571,31 +570,31 @@ pub(crate) fn run_claim_pick_sql() -> String {
 }
 
 /// The update of [`PgStore::run_claim`]: `$1` instance, `$2` the picked
-/// run ids, `$3` lease in ms, `$4` maps each run id to its decided state
-/// (`running`, or `missed` when late), `$5` and `$6` the error and the
-/// history reason of a late run.
+/// run ids, `$3` lease in ms, `$4` those of them decided late (recorded
+/// `missed` instead of started; usually none, so an array and not a map
+/// looked up for every run), `$5` and `$6` the error and the history
+/// reason of a late run.
 pub(crate) fn run_claim_sql() -> String {
-    let state = "($4::jsonb ->> r.run_id::text)";
-    let start = format!("({state} = 'running')");
+    let late = "(r.run_id = ANY($4::uuid[]))";
     format!(
         "UPDATE runs r SET \
-            state = {state}, \
-            attempt = CASE WHEN {start} THEN r.attempt + 1 ELSE r.attempt END, \
-            started_at = CASE WHEN {start} THEN now() ELSE r.started_at END, \
-            finished_at = CASE WHEN {start} THEN NULL ELSE now() END, \
-            error = CASE WHEN {start} THEN r.error ELSE $5::text END, \
+            state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
+            attempt = CASE WHEN {late} THEN r.attempt ELSE r.attempt + 1 END, \
+            started_at = CASE WHEN {late} THEN r.started_at ELSE now() END, \
+            finished_at = CASE WHEN {late} THEN now() END, \
+            error = CASE WHEN {late} THEN $5::text ELSE r.error END, \
             instance = $1, \
-            lease_expires_at = CASE WHEN {start} THEN now() + $3 * interval '1 millisecond' END, \
+            lease_expires_at = CASE WHEN {late} THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
             history = r.history || {history} \
          WHERE r.run_id = {ids} AND {QUEUED} \
          RETURNING {RUN_COLUMNS}",
         ids = any_of("$2", "uuid"),
         history = history_entry(
             "'queued'",
-            state,
+            &format!("CASE WHEN {late} THEN 'missed' ELSE 'running' END"),
             "$1::text",
             &format!(
-                "CASE WHEN {start} THEN {} ELSE $6::text END",
+                "CASE WHEN {late} THEN $6::text ELSE {} END",
                 claimed_reason("r.attempt + 1")
             )
         ),
@@ -603,11 +602,14 @@ pub(crate) fn run_claim_sql() -> String {
 }
 
 /// The statement of [`PgStore::run_finish_many`]: `$1` maps each run id to
-/// its outcome, `$2` the run ids.
+/// its outcome, `$2` the run ids, `$3` those whose outcome leaves a failure
+/// record (usually none).
 pub(crate) fn run_finish_many_sql() -> String {
     // `$1` maps each run id to its outcome (a jsonb object: key lookups
     // are binary searches), so the update reads nothing but `runs`, by
     // primary key: no join that a stale estimate could turn quadratic.
+    // The ids pass through `any_of`, as every list of keys does: a plan
+    // by primary key that does not rest on the outcome map's cost.
     // The facts of the finished runs' jobs are read by primary key or job
     // id, once per finished run; this statement's snapshot still sees its
     // runs running, so the one-shot facts leave them out.
@@ -618,15 +620,15 @@ pub(crate) fn run_finish_many_sql() -> String {
            result = NULLIF({o} -> 'result', 'null'::jsonb), error = {o} ->> 'error', \
            traceback = {o} ->> 'traceback', lease_expires_at = NULL, \
            history = r.history || {history} \
-         WHERE r.run_id = ANY($2) AND {RUNNING} \
+         WHERE r.run_id = {ids} AND {RUNNING} \
            AND r.attempt = ({o} ->> 'attempt')::int4 AND r.instance = {o} ->> 'instance' \
          RETURNING r.run_id, r.job_id, r.state, r.lock_key, r.finished_at, r.cancel_requested, \
            r.error, r.traceback, \
-           CASE WHEN {o} ? 'record' THEN r.handler END AS handler, \
-           CASE WHEN {o} ? 'record' THEN r.kwargs END AS kwargs) \
+           CASE WHEN r.run_id = ANY($3::uuid[]) THEN r.handler END AS handler, \
+           CASE WHEN r.run_id = ANY($3::uuid[]) THEN r.kwargs END AS kwargs) \
          SELECT f.*, o.schedule_kind AS job_kind, o.state AS job_state, \
            o.next_run_at AS job_next_run_at, o.has_fired AS job_has_fired, \
-           o.active_runs AS job_active_runs, o.version AS job_version, \
+           o.active_runs AS job_active_runs, o.version AS job_version, o.ctid AS job_ctid, \
            w.waiting_ids, w.waiting_times \
          FROM finished f \
          LEFT JOIN LATERAL (SELECT {one_shot} FROM jobs j \
@@ -640,6 +642,7 @@ pub(crate) fn run_finish_many_sql() -> String {
             &format!("{o} ->> 'instance'"),
             &format!("{o} ->> 'reason'")
         ),
+        ids = any_of("$2", "uuid"),
         one_shot = one_shot_columns("AND a.run_id <> ALL(ARRAY(SELECT run_id FROM finished))"),
     )
 }
@@ -744,6 +747,14 @@ pub(crate) const RUN_SETTLE_CANDIDATES_SQL: &str =
      SELECT c.job_id, (SELECT max(x.finished_at) FROM (SELECT r.finished_at FROM runs r \
        WHERE r.job_id = c.job_id AND r.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') \
        ORDER BY r.created_at DESC LIMIT 3) x) AS ended_at, now() AS now FROM candidates c";
+
+/// How the finishing transaction begins: with the generic plans of its
+/// statements (which the plan test checks as it checks the custom ones),
+/// in the same round trip. Planned for each batch, the finishing statement
+/// cost milliseconds (its bound outcome map is hundreds of entries), a
+/// tenth of what it then took to run; the generic plan is made once per
+/// connection.
+const FINISH_BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// The fence of the claim's update: the run is still queued (written so
 /// that no partial index on `state` serves as the access path, see

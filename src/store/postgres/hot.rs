@@ -102,7 +102,7 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
                 inst.clone(),
                 ids.clone(),
                 "30000".into(),
-                json_map(&f.running, |_| r#""running""#.into()),
+                uuid_array(&f.running[..1.min(f.running.len())]),
                 text(rules::LATE_ERROR),
                 text(rules::LATE_REASON),
             ],
@@ -136,6 +136,7 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
                     )
                 }),
                 ids.clone(),
+                uuid_array(&[]),
             ],
             settings: None,
         },
@@ -168,7 +169,11 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
         HotStatement {
             name: "completion: one-shot jobs",
             sql: complete_jobs_sql(),
-            args: vec![jobs.clone(), json_job_map(&f.jobs, "1")],
+            args: vec![
+                // Made-up row versions: the plan does not depend on them.
+                text_array((0..m).map(|i| format!("({},{})", i / 50, i % 50 + 1))),
+                json_job_map(&f.jobs, "1"),
+            ],
             settings: None,
         },
         HotStatement {
