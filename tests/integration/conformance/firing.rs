@@ -24,6 +24,8 @@ async fn a_one_shot_job_due_at_creation_gets_its_run(store: Store) {
     );
     assert!(run.run_after <= Utc::now());
     assert_steps(run, &[("", "queued", "due when created")]);
+    // The firing instance, not the lease (PostgreSQL wrote "0" here).
+    assert_eq!(run.history[0]["instance"], "creator", "{}", run.history);
     let claimed = store.run_claim(&slots("w1", 10)).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].run_id, run.run_id);
