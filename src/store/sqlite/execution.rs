@@ -16,10 +16,13 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::rows::{history_text, json_text, micros, opt_json_text, run_from_row, RUN_COLUMNS};
+use super::rows::{
+    history_append, history_text, json_text, micros, opt_json_text, run_from_row,
+    statement_chunks, RUN_COLUMNS,
+};
 use super::{
     now, ActiveCounts, ClaimSlots, HeartbeatAck, Notice, RunClaim, RunOutcome, RunRetry, RunRow,
     SqliteStore, StoreResult,
@@ -46,8 +49,9 @@ pub(crate) fn claimed_history(at: DateTime<Utc>, instance: &str, attempt: i32) -
     )
 }
 
-/// Appends one history entry (`?` is its JSON text).
-pub(crate) const APPEND: &str = "json_insert(history, '$[#]', json(?))";
+/// Appends one history entry (`?` is its JSON text); see [`history_append`].
+pub(crate) const APPEND: &str =
+    "substr(history, 1, length(history) - 1) || iif(length(history) > 2, ',', '') || ? || ']'";
 
 /// The runs of `job_ids` that take a slot: queued, running or waiting.
 pub(crate) async fn active_counts(
@@ -361,13 +365,14 @@ impl SqliteStore {
             // One statement for the batch; the reason names each run's
             // new attempt.
             let at_json = serde_json::to_value(at).unwrap_or(Value::Null);
+            let entry = "json_object('at', ?4, 'from', 'queued', 'to', 'running', \
+                 'instance', ?2, 'reason', 'claimed (attempt ' || (attempt + 1) || ')')";
             let claimed = sqlx::query(&format!(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, started_at = ?1, \
-                 instance = ?2, lease_expires_at = ?3, \
-                 history = json_insert(history, '$[#]', json_object('at', ?4, 'from', 'queued', \
-                   'to', 'running', 'instance', ?2, 'reason', 'claimed (attempt ' || (attempt + 1) || ')')) \
+                 instance = ?2, lease_expires_at = ?3, history = {} \
                  WHERE run_id IN (SELECT value FROM json_each(?5)) AND +state = 'queued' \
-                 RETURNING {RUN_COLUMNS}"
+                 RETURNING {RUN_COLUMNS}",
+                history_append("history", entry)
             ))
             .bind(micros(at))
             .bind(&slots.instance)
@@ -484,45 +489,54 @@ impl SqliteStore {
         }
         let at = now();
         let mut tx = self.write().await?;
-        // One statement: each outcome is a JSON object, matched to its run
-        // by primary key and fenced by state, attempt and instance.
-        let outcomes: Vec<Value> = finished
+        // A statement per chunk: each outcome is a row of `VALUES`, matched
+        // to its run by primary key and fenced by state, attempt and instance.
+        let outcomes: Vec<(&RunClaim, &RunOutcome, i64, String)> = finished
             .iter()
             .map(|(claim, outcome)| {
                 // `finished_at` is when the handler returned, never before the start.
                 let returned = at - Duration::milliseconds(outcome.ended_ago_ms.max(0));
-                serde_json::json!({
-                    "run_id": claim.run_id.to_string(), "attempt": claim.attempt,
-                    "instance": claim.instance, "state": outcome.state.as_str(),
-                    "returned": micros(returned),
-                    "result": opt_json_text(outcome.result.as_ref()),
-                    "error": outcome.error, "traceback": outcome.traceback,
-                    "history": history_text(at, Some(RunState::Running), outcome.state,
-                        Some(&claim.instance), &outcome.reason),
-                })
+                let history = history_text(
+                    at,
+                    Some(RunState::Running),
+                    outcome.state,
+                    Some(&claim.instance),
+                    &outcome.reason,
+                );
+                (claim, outcome, micros(returned), history)
             })
             .collect();
-        let rows = sqlx::query(&format!(
-            "UPDATE runs SET state = o.state, \
-             finished_at = max(COALESCE(runs.started_at, o.returned), o.returned), \
-             result = o.result, error = o.error, traceback = o.traceback, lease_expires_at = NULL, \
-             history = json_insert(runs.history, '$[#]', json(o.history)) \
-             FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'attempt' AS attempt, \
-                   value ->> 'instance' AS instance, value ->> 'state' AS state, \
-                   value ->> 'returned' AS returned, value ->> 'result' AS result, \
-                   value ->> 'error' AS error, value ->> 'traceback' AS traceback, \
-                   value ->> 'history' AS history FROM json_each(?)) AS o \
-             WHERE runs.run_id = o.run_id AND +runs.state = 'running' \
-               AND runs.attempt = o.attempt AND runs.instance = o.instance \
-             RETURNING {ENDED_COLUMNS}"
-        ))
-        .bind(Value::from(outcomes).to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let ended = rows
-            .iter()
-            .map(Ended::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut ended = Vec::with_capacity(finished.len());
+        for chunk in statement_chunks(&outcomes) {
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "WITH o (run_id, attempt, instance, state, returned, result, error, traceback, \
+                 history) AS (",
+            );
+            update.push_values(chunk, |mut row, (claim, outcome, returned, history)| {
+                row.push_bind(claim.run_id.to_string())
+                    .push_bind(claim.attempt)
+                    .push_bind(&claim.instance)
+                    .push_bind(outcome.state)
+                    .push_bind(*returned)
+                    .push_bind(opt_json_text(outcome.result.as_ref()))
+                    .push_bind(&outcome.error)
+                    .push_bind(&outcome.traceback)
+                    .push_bind(history);
+            });
+            update.push(format!(
+                ") UPDATE runs SET state = o.state, \
+                 finished_at = max(COALESCE(runs.started_at, o.returned), o.returned), \
+                 result = o.result, error = o.error, traceback = o.traceback, \
+                 lease_expires_at = NULL, history = {} \
+                 FROM o WHERE runs.run_id = o.run_id AND +runs.state = 'running' \
+                   AND runs.attempt = o.attempt AND runs.instance = o.instance \
+                 RETURNING {ENDED_COLUMNS}",
+                history_append("runs.history", "o.history")
+            ));
+            for row in update.build().fetch_all(&mut *tx).await? {
+                ended.push(Ended::from_row(&row)?);
+            }
+        }
         let wake_workers = after_ends(&mut tx, &ended, at).await?;
         tx.commit().await?;
         if wake_workers {
@@ -636,8 +650,9 @@ impl SqliteStore {
             );
             let written = sqlx::query(&format!(
                 "UPDATE runs SET state = ?, run_after = ?, lease_expires_at = NULL, finished_at = ?, \
-                 error = ?, history = json_insert(history, '$[#]', json(?), '$[#]', json(?)) \
-                 WHERE run_id = ? AND +state = 'running' RETURNING {RUN_COLUMNS}"
+                 error = ?, history = {} \
+                 WHERE run_id = ? AND +state = 'running' RETURNING {RUN_COLUMNS}",
+                history_append("history", "? || ',' || ?")
             ))
             .bind(lost.next)
             .bind(micros(at))

@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use super::execution::{active_counts, claimed_history, id_list};
-use super::rows::{from_micros, history_text, micros, opt_json_text, run_from_row, RUN_COLUMNS};
+use super::rows::{
+    from_micros, history_text, micros, opt_json_text, run_from_row, statement_chunks, RUN_COLUMNS,
+};
 use super::{
     now, ClaimSlots, DueBatch, DueJob, FiredRun, JobAdvance, NextDue, Notice, RunRow, SqliteStore,
     StoreResult,
@@ -127,9 +129,24 @@ pub(crate) struct RunInsert<'a> {
     pub claim: Option<(&'a str, i64)>,
 }
 
-impl RunInsert<'_> {
-    /// The row as one JSON object of column values (see [`insert_runs`]).
-    fn row(&self, at: DateTime<Utc>) -> serde_json::Value {
+/// A run's column values, as [`insert_runs`] binds them.
+struct RunValues<'a> {
+    run: &'a RunInsert<'a>,
+    run_id: String,
+    state: RunState,
+    attempt: i32,
+    started_at: Option<i64>,
+    instance: Option<&'a str>,
+    lease_expires_at: Option<i64>,
+    result: Option<String>,
+    error: Option<&'a str>,
+    finished_at: Option<i64>,
+    history: String,
+}
+
+impl<'a> RunInsert<'a> {
+    /// The row's values, with its first history (and claim).
+    fn values(&'a self, at: DateTime<Utc>) -> RunValues<'a> {
         let mut history = vec![history_text(
             at,
             None,
@@ -137,7 +154,7 @@ impl RunInsert<'_> {
             self.history_instance,
             self.reason,
         )];
-        let (state, attempt, started_at, instance, lease) = match self.claim {
+        let (state, attempt, started_at, instance, lease_expires_at) = match self.claim {
             Some((instance, lease_ms)) => {
                 history.push(claimed_history(at, instance, 1));
                 (
@@ -151,36 +168,26 @@ impl RunInsert<'_> {
             None => (self.state, 0, None, None, None),
         };
         let missed = self.state == RunState::Missed;
-        serde_json::json!({
-            "run_id": uuid::Uuid::now_v7().to_string(),
-            "job_id": self.job_id,
-            "handler": self.handler,
-            "kwargs": self.kwargs,
-            "trigger": self.trigger.as_str(),
-            "scheduled_for": micros(self.scheduled_for),
-            "at": micros(at),
-            "state": state.as_str(),
-            "attempt": attempt,
-            "started_at": started_at,
-            "instance": instance,
-            "lease_expires_at": lease,
-            "max_retries": self.max_retries,
-            "retry_backoff_ms": self.retry_backoff_ms,
-            "timeout_ms": self.timeout_ms,
-            "misfire_grace_ms": self.misfire_grace_ms,
-            "lock_key": self.lock_key,
-            "result": opt_json_text(self.result),
-            "error": missed.then_some(self.reason),
-            "finished_at": missed.then(|| micros(at)),
-            "history": format!("[{}]", history.join(",")),
-        })
+        RunValues {
+            run: self,
+            run_id: uuid::Uuid::now_v7().to_string(),
+            state,
+            attempt,
+            started_at,
+            instance,
+            lease_expires_at,
+            result: opt_json_text(self.result),
+            error: missed.then_some(self.reason),
+            finished_at: missed.then(|| micros(at)),
+            history: format!("[{}]", history.join(",")),
+        }
     }
 }
 
-/// Inserts runs in one statement (`queued`, `waiting`, `missed`, or
-/// `running` when claimed at once, exactly as a claim would leave it). A
-/// second scheduled run for the same (job, time) is dropped. Returns the
-/// runs inserted, decoded when `decode` says so of their state.
+/// Inserts runs, a [`statement_chunks`] chunk a statement (`queued`, `waiting`,
+/// `missed`, or `running` when claimed at once, exactly as a claim would
+/// leave it). A second scheduled run for the same (job, time) is dropped.
+/// Returns the runs inserted, decoded when `decode` says so of their state.
 pub(crate) async fn insert_runs(
     tx: &mut Transaction<'static, Sqlite>,
     runs: &[RunInsert<'_>],
@@ -188,34 +195,50 @@ pub(crate) async fn insert_runs(
     decode: impl Fn(RunState) -> bool,
 ) -> StoreResult<Inserted> {
     let mut inserted = Inserted::default();
-    if runs.is_empty() {
-        return Ok(inserted);
-    }
-    let rows: Vec<serde_json::Value> = runs.iter().map(|r| r.row(at)).collect();
-    let c = |name: &str| format!("value ->> '{name}'");
-    let written = sqlx::query(&format!(
-        "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
-         created_at, state, attempt, started_at, instance, lease_expires_at, max_retries, \
-         retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, finished_at, history) \
-         SELECT {}, {}, {}, {}, {}, {}, {at}, {at}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {} \
-         FROM json_each(?) WHERE true \
-         ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
-         RETURNING {RUN_COLUMNS}",
-        c("run_id"), c("job_id"), c("handler"), c("kwargs"), c("trigger"), c("scheduled_for"),
-        c("state"), c("attempt"), c("started_at"), c("instance"), c("lease_expires_at"),
-        c("max_retries"), c("retry_backoff_ms"), c("timeout_ms"), c("misfire_grace_ms"),
-        c("lock_key"), c("result"), c("error"), c("finished_at"), c("history"),
-        at = c("at"),
-    ))
-    .bind(serde_json::Value::from(rows).to_string())
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in &written {
-        let state: RunState = row.try_get("state")?;
-        inserted.count += 1;
-        inserted.queued |= state == RunState::Queued;
-        if decode(state) {
-            inserted.rows.push(run_from_row(row)?);
+    let values: Vec<RunValues<'_>> = runs.iter().map(|r| r.values(at)).collect();
+    for chunk in statement_chunks(&values) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
+             created_at, state, attempt, started_at, instance, lease_expires_at, max_retries, \
+             retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, finished_at, \
+             history) ",
+        );
+        insert.push_values(chunk, |mut row, v| {
+            row.push_bind(&v.run_id)
+                .push_bind(v.run.job_id)
+                .push_bind(v.run.handler)
+                .push_bind(v.run.kwargs)
+                .push_bind(v.run.trigger)
+                .push_bind(micros(v.run.scheduled_for))
+                .push_bind(micros(at))
+                .push_bind(micros(at))
+                .push_bind(v.state)
+                .push_bind(v.attempt)
+                .push_bind(v.started_at)
+                .push_bind(v.instance)
+                .push_bind(v.lease_expires_at)
+                .push_bind(v.run.max_retries)
+                .push_bind(v.run.retry_backoff_ms)
+                .push_bind(v.run.timeout_ms)
+                .push_bind(v.run.misfire_grace_ms)
+                .push_bind(v.run.lock_key)
+                .push_bind(&v.result)
+                .push_bind(v.error)
+                .push_bind(v.finished_at)
+                .push_bind(&v.history);
+        });
+        insert.push(format!(
+            " ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
+             RETURNING {RUN_COLUMNS}"
+        ));
+        let written = insert.build().fetch_all(&mut **tx).await?;
+        for row in &written {
+            let state: RunState = row.try_get("state")?;
+            inserted.count += 1;
+            inserted.queued |= state == RunState::Queued;
+            if decode(state) {
+                inserted.rows.push(run_from_row(row)?);
+            }
         }
     }
     Ok(inserted)

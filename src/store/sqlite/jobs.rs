@@ -1,12 +1,12 @@
 //! The `jobs` table on the embedded store.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::execution::id_list;
 use super::firing::{insert_runs, RunInsert};
-use super::rows::{job_from_row, json_text, micros, opt_micros, SELECT_JOB};
+use super::rows::{job_from_row, json_text, micros, opt_micros, statement_chunks, SELECT_JOB};
 use super::{
     conflict_on_unique, now, ClaimSlots, JobFilter, JobRow, JobType, NewJob, Notice, RunRow,
     SqliteStore, StoreError, StoreResult,
@@ -33,33 +33,42 @@ fn push_job_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
     }
 }
 
-/// The 20 definition columns of `job`, bound in table order (`job_id` ..
-/// `source`), for statements that write a whole definition.
+/// Chains `$bind` (`bind` of a query, `push_bind` of a `VALUES` row) over
+/// the 20 definition columns of `$job`, in table order (`job_id` ..
+/// `source`, as [`DEFINITION_COLUMNS`] lists them), with `$next_run_at`.
+macro_rules! bind_definition_columns {
+    ($target:expr, $bind:ident, $job:expr, $next_run_at:expr) => {
+        $target
+            .$bind(&$job.job_id)
+            .$bind(&$job.handler)
+            .$bind(json_text(&$job.kwargs))
+            .$bind($job.schedule_kind)
+            .$bind($job.interval_ms)
+            .$bind(&$job.cron)
+            .$bind(&$job.timezone)
+            .$bind(micros($job.start_at))
+            .$bind($job.misfire_grace_ms)
+            .$bind($job.coalesce)
+            .$bind($job.max_instances)
+            .$bind(&$job.lock_key)
+            .$bind($job.timeout_ms)
+            .$bind($job.max_retries)
+            .$bind($job.retry_backoff_ms)
+            .$bind($job.state)
+            .$bind($next_run_at)
+            .$bind(&$job.description)
+            .$bind(Value::from($job.tags.clone()).to_string())
+            .$bind(&$job.source)
+    };
+}
+
+/// Binds the 20 definition columns of `job`, for statements that write a
+/// whole definition.
 pub(crate) fn bind_definition<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     job: &'q NewJob,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    query
-        .bind(&job.job_id)
-        .bind(&job.handler)
-        .bind(json_text(&job.kwargs))
-        .bind(job.schedule_kind)
-        .bind(job.interval_ms)
-        .bind(&job.cron)
-        .bind(&job.timezone)
-        .bind(micros(job.start_at))
-        .bind(job.misfire_grace_ms)
-        .bind(job.coalesce)
-        .bind(job.max_instances)
-        .bind(&job.lock_key)
-        .bind(job.timeout_ms)
-        .bind(job.max_retries)
-        .bind(job.retry_backoff_ms)
-        .bind(job.state)
-        .bind(opt_micros(job.next_run_at))
-        .bind(&job.description)
-        .bind(Value::from(job.tags.clone()).to_string())
-        .bind(&job.source)
+    bind_definition_columns!(query, bind, job, opt_micros(job.next_run_at))
 }
 
 /// The columns [`bind_definition`] binds, in its order.
@@ -115,38 +124,30 @@ impl SqliteStore {
             } else if let (JobState::Running, Some(t)) = (job.state, job.next_run_at) {
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
             }
-            rows.push(json!({
-                "job_id": job.job_id, "handler": job.handler, "kwargs": json_text(&job.kwargs),
-                "schedule_kind": job.schedule_kind.as_str(), "interval_ms": job.interval_ms,
-                "cron": job.cron, "timezone": job.timezone, "start_at": micros(job.start_at),
-                "misfire_grace_ms": job.misfire_grace_ms, "coalesce": job.coalesce,
-                "max_instances": job.max_instances, "lock_key": job.lock_key,
-                "timeout_ms": job.timeout_ms, "max_retries": job.max_retries,
-                "retry_backoff_ms": job.retry_backoff_ms, "state": job.state.as_str(),
-                "next_run_at": if due { None } else { opt_micros(job.next_run_at) },
-                "description": job.description, "tags": Value::from(job.tags.clone()).to_string(),
-                "source": job.source, "failed_run_id": job.failed_run_id.map(|id| id.to_string()),
-            }));
+            rows.push((job, due));
         }
-        let values: Vec<String> = DEFINITION_COLUMNS
-            .split(',')
-            .map(|c| format!("value ->> '{}'", c.trim().trim_matches('"')))
-            .collect();
-        sqlx::query(&format!(
-            "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, created_at, updated_at) \
-             SELECT {}, value ->> 'failed_run_id', ?2, ?2 FROM json_each(?1)",
-            values.join(", ")
-        ))
-        .bind(Value::from(rows).to_string())
-        .bind(micros(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            conflict_on_unique(e, || match jobs {
-                [one] => format!("a job with job_id {:?} already exists", one.job_id),
-                _ => "one of the job_ids already exists; nothing was created".to_string(),
-            })
-        })?;
+        for chunk in statement_chunks(&rows) {
+            let mut insert = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, created_at, updated_at) "
+            ));
+            insert.push_values(chunk, |mut row, (job, due)| {
+                let next_run_at = if *due { None } else { opt_micros(job.next_run_at) };
+                bind_definition_columns!(row, push_bind, job, next_run_at)
+                    .push_bind(job.failed_run_id.map(|id| id.to_string()))
+                    .push_bind(micros(at))
+                    .push_bind(micros(at));
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    conflict_on_unique(e, || match jobs {
+                        [one] => format!("a job with job_id {:?} already exists", one.job_id),
+                        _ => "one of the job_ids already exists; nothing was created".to_string(),
+                    })
+                })?;
+        }
         let mut claims = 0;
         let runs: Vec<RunInsert<'_>> = due_now
             .iter()

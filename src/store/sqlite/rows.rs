@@ -96,6 +96,43 @@ pub(crate) fn history_text(
     serde_json::to_string(&entry).unwrap_or_else(|_| "{}".to_string())
 }
 
+/// An SQL expression: the history array in `column` with one more entry,
+/// `entry` (an expression giving the entry's JSON text, or several joined
+/// by `','`), appended by text. Every history is a compact JSON array that
+/// this store wrote, so no JSON parse is needed: with `json_insert` the one
+/// writer parsed and re-printed a run's whole history at every step.
+pub(crate) fn history_append(column: &str, entry: &str) -> String {
+    format!(
+        "substr({column}, 1, length({column}) - 1) || iif(length({column}) > 2, ',', '') || {entry} || ']'"
+    )
+}
+
+/// Rows per multi-row `VALUES` statement at most (SQLite allows 32,766
+/// parameters in one). Binding values beats shipping rows as one JSON
+/// text, which the writer parsed again for every column.
+pub(crate) const ROWS_PER_STATEMENT: usize = 256;
+
+/// `rows` in statement-sized chunks: [`ROWS_PER_STATEMENT`] while that
+/// many are left, then the powers of two of the rest (200 = 128 + 64 + 8).
+/// So a statement comes in at most nine shapes, all kept prepared; a shape
+/// per batch size would have the writer compile a new statement of
+/// thousands of parameters for nearly every batch.
+pub(crate) fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = if rows.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rows.len().ilog2()
+        };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 /// The columns of a run, in the order [`run_from_row`] reads them.
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
     created_at, started_at, finished_at, state, attempt, max_retries, retry_backoff_ms, timeout_ms, \
@@ -193,4 +230,31 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         has_fired: row.try_get("has_fired")?,
         row_version: row.try_get("version")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{history_append, statement_chunks, ROWS_PER_STATEMENT};
+    use crate::store::sqlite::execution::APPEND;
+
+    #[test]
+    fn chunks_are_full_statements_then_powers_of_two() {
+        let sizes = |n: usize| {
+            let rows = vec![0; n];
+            statement_chunks(&rows).map(<[i32]>::len).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(200), vec![128, 64, 8]);
+        assert_eq!(sizes(ROWS_PER_STATEMENT), vec![ROWS_PER_STATEMENT]);
+        assert_eq!(
+            sizes(2 * ROWS_PER_STATEMENT + 3),
+            vec![ROWS_PER_STATEMENT, ROWS_PER_STATEMENT, 2, 1]
+        );
+    }
+
+    #[test]
+    fn the_append_constant_is_history_append_of_one_bound_entry() {
+        assert_eq!(APPEND, history_append("history", "?"));
+    }
 }

@@ -231,8 +231,9 @@ impl SqliteStore {
         let written = sqlx::query(&format!(
             "UPDATE runs SET state = ?1, finished_at = CASE WHEN ?2 THEN NULL ELSE ?3 END, \
              run_after = CASE WHEN ?2 THEN ?3 ELSE run_after END, lease_expires_at = NULL, \
-             cancel_requested = 0, history = json_insert(history, '$[#]', json(?4)) \
-             WHERE run_id = ?5 AND state = ?6 RETURNING {RUN_COLUMNS}"
+             cancel_requested = 0, history = {} \
+             WHERE run_id = ?5 AND state = ?6 RETURNING {RUN_COLUMNS}",
+            super::rows::history_append("history", "?4")
         ))
         .bind(state)
         .bind(requeue)
