@@ -16,5 +16,6 @@ mod robustness;
 mod runs;
 mod scheduling;
 mod service_api;
+mod sqlite_plans;
 mod startup;
 mod support;

@@ -20,8 +20,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::rows::{
-    history_append, history_text, json_text, micros, opt_json_text, run_from_row,
-    statement_chunks, RUN_COLUMNS,
+    history_append, history_text, json_text, micros, opt_json_text, run_from_row, statement_chunks,
+    RUN_COLUMNS,
 };
 use super::{
     now, ActiveCounts, ClaimSlots, HeartbeatAck, Notice, RunClaim, RunOutcome, RunRetry, RunRow,

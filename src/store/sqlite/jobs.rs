@@ -131,22 +131,22 @@ impl SqliteStore {
                 "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, created_at, updated_at) "
             ));
             insert.push_values(chunk, |mut row, (job, due)| {
-                let next_run_at = if *due { None } else { opt_micros(job.next_run_at) };
+                let next_run_at = if *due {
+                    None
+                } else {
+                    opt_micros(job.next_run_at)
+                };
                 bind_definition_columns!(row, push_bind, job, next_run_at)
                     .push_bind(job.failed_run_id.map(|id| id.to_string()))
                     .push_bind(micros(at))
                     .push_bind(micros(at));
             });
-            insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    conflict_on_unique(e, || match jobs {
-                        [one] => format!("a job with job_id {:?} already exists", one.job_id),
-                        _ => "one of the job_ids already exists; nothing was created".to_string(),
-                    })
-                })?;
+            insert.build().execute(&mut *tx).await.map_err(|e| {
+                conflict_on_unique(e, || match jobs {
+                    [one] => format!("a job with job_id {:?} already exists", one.job_id),
+                    _ => "one of the job_ids already exists; nothing was created".to_string(),
+                })
+            })?;
         }
         let mut claims = 0;
         let runs: Vec<RunInsert<'_>> = due_now

@@ -241,7 +241,9 @@ mod tests {
     fn chunks_are_full_statements_then_powers_of_two() {
         let sizes = |n: usize| {
             let rows = vec![0; n];
-            statement_chunks(&rows).map(<[i32]>::len).collect::<Vec<_>>()
+            statement_chunks(&rows)
+                .map(<[i32]>::len)
+                .collect::<Vec<_>>()
         };
         assert_eq!(sizes(0), Vec::<usize>::new());
         assert_eq!(sizes(1), vec![1]);
