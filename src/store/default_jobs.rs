@@ -26,6 +26,33 @@ pub enum FileJobPlan {
     Refuse(String),
 }
 
+impl FileJobPlan {
+    /// The job to write for `job_id` and the state its file declares; or,
+    /// when there is nothing to write, the result to answer at once.
+    pub(crate) fn into_write(
+        self,
+        job_id: &str,
+    ) -> Result<(Box<NewJob>, JobState), super::StoreResult<FileUpsertResult>> {
+        let answer = |outcome| {
+            Err(Ok(FileUpsertResult {
+                outcome,
+                released: Vec::new(),
+            }))
+        };
+        match self {
+            FileJobPlan::Keep => answer(FileUpsert::Unchanged),
+            FileJobPlan::Refuse(reason) => answer(FileUpsert::Refused(reason)),
+            FileJobPlan::Write { job, .. } if job.job_id != job_id => {
+                Err(Err(super::StoreError::Conflict(format!(
+                    "the plan for job {job_id:?} wrote job {:?}",
+                    job.job_id
+                ))))
+            }
+            FileJobPlan::Write { job, file_state } => Ok((job, file_state)),
+        }
+    }
+}
+
 /// What [`Store::job_upsert_from_file`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileUpsert {
@@ -41,4 +68,16 @@ pub enum FileUpsert {
 pub struct FileUpsertResult {
     pub outcome: FileUpsert,
     pub released: Vec<String>,
+}
+
+impl FileUpsertResult {
+    /// The result of writing a file's job that `existed` (or not) before.
+    pub(crate) fn new(existed: bool, released: Vec<String>) -> FileUpsertResult {
+        let outcome = if existed {
+            FileUpsert::Updated
+        } else {
+            FileUpsert::Inserted
+        };
+        FileUpsertResult { outcome, released }
+    }
 }

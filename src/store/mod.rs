@@ -119,7 +119,9 @@ impl Store {
     /// Inserts a job; `Conflict` when its `job_id` is taken. If it is due,
     /// its run is queued for any replica, fired by `instance`.
     pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
-        on_backend!(self, s => s.job_insert(job, instance).await)
+        self.job_insert_many(std::slice::from_ref(job), &ClaimSlots::none(instance))
+            .await?;
+        self.job_get(&job.job_id).await
     }
 
     /// Inserts jobs, all or none; `Conflict` naming the first `job_id`

@@ -88,9 +88,44 @@ pub struct ManualRun {
     pub reason: String,
 }
 
-/// The conflict answered when a job's slots are all taken.
-pub(crate) fn slots_full(job_id: &str, taken: i64, max_instances: i32) -> super::StoreError {
-    super::StoreError::Conflict(format!(
+/// A free slot for one more run of `job_id`, which has `taken` of its
+/// `max_instances` slots held now; `Conflict` when there is none.
+pub(crate) fn free_slot(job_id: &str, taken: i64, max_instances: i32) -> super::StoreResult<()> {
+    if taken < i64::from(max_instances) {
+        return Ok(());
+    }
+    Err(super::StoreError::Conflict(format!(
         "job {job_id:?} already has {taken} run(s) queued, running or waiting; its max_instances is {max_instances}"
-    ))
+    )))
+}
+
+/// Checks an operator's override of run `run_id` from `current` to
+/// `requested`. True when it queues an ended run again, which takes a slot
+/// of its job: the caller then checks [`requeue_slot`] under its lock.
+pub(crate) fn override_takes_slot(
+    run_id: uuid::Uuid,
+    current: RunState,
+    requested: RunState,
+) -> super::StoreResult<bool> {
+    if current == requested {
+        return Err(super::StoreError::Conflict(format!(
+            "run {run_id} is already {requested}"
+        )));
+    }
+    Ok(requested == RunState::Queued && !current.is_active())
+}
+
+/// A slot for a run an operator queues again: its job (`max_instances`,
+/// `None` when the job was deleted) keeps at most that many runs active.
+pub(crate) fn requeue_slot(
+    job_id: &str,
+    max_instances: Option<i32>,
+    taken: i64,
+) -> super::StoreResult<()> {
+    let max = max_instances.ok_or_else(|| {
+        super::StoreError::Conflict(format!(
+            "job {job_id:?} no longer exists; its run cannot be queued again"
+        ))
+    })?;
+    free_slot(job_id, taken, max)
 }

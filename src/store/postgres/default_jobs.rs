@@ -19,7 +19,7 @@
 
 use super::jobs::SELECT_JOB;
 use super::notify::{self, FireHint, Notice};
-use super::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult, JobRow, PgStore, StoreResult};
+use super::{FileJobPlan, FileJobRow, FileUpsertResult, JobRow, PgStore, StoreResult};
 use crate::domain::JobState;
 
 /// First key of the advisory locks taken per job id (`'jobs'` in ASCII).
@@ -65,27 +65,10 @@ impl PgStore {
                 Some(FileJobRow { row, file_state })
             }
         };
-        let (job, file_state) = match plan(existing.as_ref()) {
-            FileJobPlan::Keep => {
-                return Ok(FileUpsertResult {
-                    outcome: FileUpsert::Unchanged,
-                    released: Vec::new(),
-                })
-            }
-            FileJobPlan::Refuse(reason) => {
-                return Ok(FileUpsertResult {
-                    outcome: FileUpsert::Refused(reason),
-                    released: Vec::new(),
-                })
-            }
-            FileJobPlan::Write { job, file_state } => (job, file_state),
+        let (job, file_state) = match plan(existing.as_ref()).into_write(job_id) {
+            Ok(write) => write,
+            Err(answer) => return answer,
         };
-        if job.job_id != job_id {
-            return Err(super::StoreError::Conflict(format!(
-                "the plan for job {job_id:?} wrote job {:?}",
-                job.job_id
-            )));
-        }
         // The same columns as `job_insert` and `job_replace`, plus `file_state`.
         super::jobs::bind_definition(sqlx::query(
             "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
@@ -116,14 +99,7 @@ impl PgStore {
         .await?;
         notify::send(&mut *tx, &Notice::jobs(FireHint::Recheck)).await?;
         tx.commit().await?;
-        Ok(FileUpsertResult {
-            outcome: if existing.is_some() {
-                FileUpsert::Updated
-            } else {
-                FileUpsert::Inserted
-            },
-            released,
-        })
+        Ok(FileUpsertResult::new(existing.is_some(), released))
     }
 
     /// Lets go of the jobs whose file, in the directory `dir_prefix` (a path

@@ -81,15 +81,6 @@ pub(super) fn bind_definition<'q>(
 }
 
 impl PgStore {
-    /// Inserts a job; `Conflict` when its `job_id` is taken. If it is due,
-    /// its run is queued for any replica, fired by `instance` (see
-    /// [`PgStore::job_insert_many`], which can also claim it).
-    pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
-        self.job_insert_many(std::slice::from_ref(job), &ClaimSlots::none(instance))
-            .await?;
-        self.job_get(&job.job_id).await
-    }
-
     /// Inserts jobs in one statement, all or none; `Conflict` naming the
     /// first `job_id` already taken. Wakes the schedulers of every replica.
     ///

@@ -21,10 +21,10 @@ pub(crate) mod service;
 use sqlx::PgPool;
 
 pub(crate) use super::{
-    ActiveCounts, ClaimSlots, DueBatch, DueJob, FileJobPlan, FileJobRow, FileUpsert,
-    FileUpsertResult, FiredRun, HeartbeatAck, InstanceRow, JobAdvance, JobFilter, JobRow, JobType,
-    LockRow, ManualRun, NewJob, NextDue, RunClaim, RunFilter, RunOutcome, RunRetry, RunRow,
-    StoreError, StoreResult,
+    ActiveCounts, ClaimSlots, DueBatch, DueJob, FileJobPlan, FileJobRow, FileUpsertResult,
+    FiredRun, HeartbeatAck, InstanceRow, JobAdvance, JobFilter, JobRow, JobType, LockRow,
+    ManualRun, NewJob, NextDue, RunClaim, RunFilter, RunOutcome, RunRetry, RunRow, StoreError,
+    StoreResult,
 };
 
 /// Handle to a PostgreSQL database. Cheap to clone.

@@ -14,7 +14,7 @@ use super::ends::{complete_one_shot_jobs, release_waiting, run_delete_orphans};
 use super::notify::{self, Notice};
 use super::{ActiveCounts, ManualRun, PgStore, RunFilter, RunRow, StoreError, StoreResult};
 use crate::domain::RunState;
-use crate::store::runs::slots_full;
+use crate::store::runs::{free_slot, override_takes_slot, requeue_slot};
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
     created_at, started_at, finished_at, state, attempt, max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, instance, \
@@ -134,10 +134,11 @@ impl PgStore {
                 .await?;
         let max_instances = max_instances.ok_or(StoreError::NotFound)?;
         // A fresh statement after the lock: exact (see `run_counts_active`).
-        let taken = slots_taken(&mut tx, &run.job_id).await?;
-        if taken >= i64::from(max_instances) {
-            return Err(slots_full(&run.job_id, taken, max_instances));
-        }
+        free_slot(
+            &run.job_id,
+            slots_taken(&mut tx, &run.job_id).await?,
+            max_instances,
+        )?;
         let run_id = Uuid::now_v7();
         let sql = format!(
             "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
@@ -227,13 +228,8 @@ impl PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let (current, job_id, lock_key) = row.ok_or(StoreError::NotFound)?;
-        if current == state {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {state}"
-            )));
-        }
         let requeue = state == RunState::Queued;
-        if requeue && !current.is_active() {
+        if override_takes_slot(run_id, current, state)? {
             // Keep the invariant firing relies on: at most max_instances
             // runs of a job take a slot. Lock the job first, then count in a
             // fresh statement, so a concurrent trigger cannot slip between.
@@ -242,15 +238,7 @@ impl PgStore {
                     .bind(&job_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let max = max.ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "job {job_id:?} no longer exists; its run cannot be queued again"
-                ))
-            })?;
-            let taken = slots_taken(&mut tx, &job_id).await?;
-            if taken >= i64::from(max) {
-                return Err(slots_full(&job_id, taken, max));
-            }
+            requeue_slot(&job_id, max, slots_taken(&mut tx, &job_id).await?)?;
         }
         let sql = format!(
             "UPDATE runs SET state = $2, \

@@ -8,7 +8,7 @@ use sqlx::{QueryBuilder, Sqlite};
 
 use super::jobs::DEFINITION_COLUMNS;
 use super::rows::{self, job_from_row, SELECT_JOB};
-use super::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult, SqliteStore, StoreResult};
+use super::{FileJobPlan, FileJobRow, FileUpsertResult, SqliteStore, StoreResult};
 use crate::domain::JobState;
 use crate::store::notify::{FireHint, Notice};
 use crate::store::StoreError;
@@ -51,27 +51,10 @@ impl SqliteStore {
                 })
             }
         };
-        let (job, file_state) = match plan(existing.as_ref()) {
-            FileJobPlan::Keep => {
-                return Ok(FileUpsertResult {
-                    outcome: FileUpsert::Unchanged,
-                    released: Vec::new(),
-                })
-            }
-            FileJobPlan::Refuse(reason) => {
-                return Ok(FileUpsertResult {
-                    outcome: FileUpsert::Refused(reason),
-                    released: Vec::new(),
-                })
-            }
-            FileJobPlan::Write { job, file_state } => (job, file_state),
+        let (job, file_state) = match plan(existing.as_ref()).into_write(job_id) {
+            Ok(write) => write,
+            Err(answer) => return answer,
         };
-        if job.job_id != job_id {
-            return Err(StoreError::Conflict(format!(
-                "the plan for job {job_id:?} wrote job {:?}",
-                job.job_id
-            )));
-        }
         let now = rows::micros(super::now());
         // The same columns as `job_insert` and `job_replace`, plus
         // `file_state`; an update keeps `failed_run_id` and `created_at`,
@@ -109,14 +92,7 @@ impl SqliteStore {
         .await?;
         tx.commit().await?;
         self.send(&Notice::jobs(FireHint::Recheck));
-        Ok(FileUpsertResult {
-            outcome: if existing.is_some() {
-                FileUpsert::Updated
-            } else {
-                FileUpsert::Inserted
-            },
-            released,
-        })
+        Ok(FileUpsertResult::new(existing.is_some(), released))
     }
 
     /// Lets go of the jobs whose file, in the directory `dir_prefix` (a path

@@ -77,14 +77,6 @@ pub(crate) const DEFINITION_COLUMNS: &str = "job_id, handler, kwargs, schedule_k
     retry_backoff_ms, state, next_run_at, description, tags, source";
 
 impl SqliteStore {
-    /// Inserts a job; `Conflict` when its `job_id` is taken (see
-    /// [`SqliteStore::job_insert_many`]).
-    pub async fn job_insert(&self, job: &NewJob, instance: &str) -> StoreResult<JobRow> {
-        self.job_insert_many(std::slice::from_ref(job), &ClaimSlots::none(instance))
-            .await?;
-        self.job_get(&job.job_id).await
-    }
-
     /// Inserts jobs in one transaction, all or none; `Conflict` naming the
     /// first `job_id` taken. A one-shot job due at once
     /// ([`rules::due_at_creation`], while the service is not paused) gets

@@ -42,9 +42,9 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::broadcast;
 
 pub(crate) use super::{
-    ActiveCounts, ClaimSlots, DueBatch, DueJob, FileJobPlan, FileJobRow, FileUpsert,
-    FileUpsertResult, FiredRun, HeartbeatAck, InstanceRow, JobAdvance, JobFilter, JobRow, JobType,
-    LockRow, ManualRun, NewJob, NextDue, Notice, RunClaim, RunFilter, RunOutcome, RunRetry, RunRow,
+    ActiveCounts, ClaimSlots, DueBatch, DueJob, FileJobPlan, FileJobRow, FileUpsertResult,
+    FiredRun, HeartbeatAck, InstanceRow, JobAdvance, JobFilter, JobRow, JobType, LockRow,
+    ManualRun, NewJob, NextDue, Notice, RunClaim, RunFilter, RunOutcome, RunRetry, RunRow,
     StoreError, StoreResult,
 };
 pub use connect::{ServeLock, SqliteOptions, Synchronous};

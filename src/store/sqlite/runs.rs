@@ -14,7 +14,7 @@ use super::firing::{insert_runs, RunInsert};
 use super::rows::{history_text, micros, run_from_row, RUN_COLUMNS};
 use super::{now, ManualRun, Notice, RunFilter, RunRow, SqliteStore, StoreError, StoreResult};
 use crate::domain::{RunState, Trigger};
-use crate::store::runs::slots_full;
+use crate::store::runs::{free_slot, override_takes_slot, requeue_slot};
 
 fn push_run_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &RunFilter) {
     qb.push(" WHERE 1");
@@ -91,10 +91,11 @@ impl SqliteStore {
         .await?
         .ok_or(StoreError::NotFound)?;
         let max_instances: i32 = job.try_get("max_instances")?;
-        let taken = slots_taken(&mut tx, &run.job_id).await?;
-        if taken >= i64::from(max_instances) {
-            return Err(slots_full(&run.job_id, taken, max_instances));
-        }
+        free_slot(
+            &run.job_id,
+            slots_taken(&mut tx, &run.job_id).await?,
+            max_instances,
+        )?;
         let handler: String = match &run.handler {
             Some(h) => h.clone(),
             None => job.try_get("handler")?,
@@ -205,27 +206,14 @@ impl SqliteStore {
         let current: RunState = row.try_get("state")?;
         let job_id: String = row.try_get("job_id")?;
         let lock_key: Option<String> = row.try_get("lock_key")?;
-        if current == state {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {state}"
-            )));
-        }
         let requeue = state == RunState::Queued;
-        if requeue && !current.is_active() {
+        if override_takes_slot(run_id, current, state)? {
             let max: Option<i32> =
                 sqlx::query_scalar("SELECT max_instances FROM jobs WHERE job_id = ?")
                     .bind(&job_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let max = max.ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "job {job_id:?} no longer exists; its run cannot be queued again"
-                ))
-            })?;
-            let taken = slots_taken(&mut tx, &job_id).await?;
-            if taken >= i64::from(max) {
-                return Err(slots_full(&job_id, taken, max));
-            }
+            requeue_slot(&job_id, max, slots_taken(&mut tx, &job_id).await?)?;
         }
         let reason = format!("operator: {reason}");
         let written = sqlx::query(&format!(
