@@ -121,7 +121,18 @@ pub struct JobList {
     pub offset: i64,
 }
 
+/// The answer of a delete, as the original jobs service gave it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
-    pub deleted: u64,
+pub struct Removed {
+    /// The ids of the jobs removed.
+    pub removed: Vec<String>,
+}
+
+/// The answer of `DELETE /jobs/clean-failed`: the ids, and how many.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RemovedFailed {
+    /// The ids of the failure records removed.
+    pub removed: Vec<String>,
+    /// How many were removed (`removed`'s length).
+    pub deleted: usize,
 }

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
-use super::job_view::{Deleted, JobEnvelope, JobList, JobView, LastRun};
+use super::job_view::{JobEnvelope, JobList, JobView, LastRun, Removed, RemovedFailed};
 use super::AppState;
 use crate::domain::JobState;
 use crate::handlers::ERROR_HANDLER;
@@ -40,7 +40,8 @@ use crate::store::{JobFilter, JobRow, JobType, NewJob, StoreError, StoreResult};
         JobList,
         JobSpec,
         JobType,
-        Deleted,
+        Removed,
+        RemovedFailed,
         BulkCreate,
         BulkCreated
     ))
@@ -469,23 +470,30 @@ async fn patch_job(
 /// Delete a job and its runs
 #[utoipa::path(delete, path = "/api/v1/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "The job's id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Removed,
+        description = "Deleted: its id in `removed`, as the original service answered"),
+        (status = 404, body = ErrorBody)))]
 async fn delete_job(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<Removed>> {
     app.store
         .job_delete(&job_id)
         .await
         .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
     tracing::info!(job_id = %job_id, "job deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(Removed {
+        removed: vec![job_id],
+    }))
 }
 
 /// Delete all failure records
 #[utoipa::path(delete, path = "/api/v1/jobs/clean-failed", tag = "jobs",
-    responses((status = 200, body = Deleted)))]
-async fn clean_failed(State(app): State<AppState>) -> ApiResult<Json<Deleted>> {
-    let deleted = app.store.job_delete_failed().await?;
-    Ok(Json(Deleted { deleted }))
+    responses((status = 200, body = RemovedFailed)))]
+async fn clean_failed(State(app): State<AppState>) -> ApiResult<Json<RemovedFailed>> {
+    let removed = app.store.job_delete_failed().await?;
+    Ok(Json(RemovedFailed {
+        deleted: removed.len(),
+        removed,
+    }))
 }

@@ -170,8 +170,8 @@ impl Store {
         on_backend!(self, s => s.job_delete(job_id).await)
     }
 
-    /// Deletes every failure record; returns how many.
-    pub async fn job_delete_failed(&self) -> StoreResult<u64> {
+    /// Deletes every failure record; returns their ids.
+    pub async fn job_delete_failed(&self) -> StoreResult<Vec<String>> {
         on_backend!(self, s => s.job_delete_failed().await)
     }
 

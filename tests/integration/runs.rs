@@ -162,6 +162,11 @@ async fn failing_handler_writes_a_failure_record_that_can_be_rerun() {
     assert_eq!(status, 200);
     assert_eq!(cleaned["deleted"], 2);
     assert_eq!(
+        cleaned["removed"].as_array().map(Vec::len),
+        Some(2),
+        "{cleaned}"
+    );
+    assert_eq!(
         app.get("/api/v1/jobs?job_type=failed").await.1["jobs_count"],
         0
     );

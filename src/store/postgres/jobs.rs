@@ -278,15 +278,18 @@ impl PgStore {
 
     /// Deletes a job and its runs. `NotFound` when there is none.
     pub async fn job_delete(&self, job_id: &str) -> StoreResult<()> {
-        let deleted = self.jobs_delete_where("job_id = $1", job_id).await?;
-        if deleted == 0 {
+        if self
+            .jobs_delete_where("job_id = $1", job_id)
+            .await?
+            .is_empty()
+        {
             return Err(StoreError::NotFound);
         }
         Ok(())
     }
 
-    /// Deletes every failure record (and any run of one); returns how many.
-    pub async fn job_delete_failed(&self) -> StoreResult<u64> {
+    /// Deletes every failure record (and any run of one); returns their ids.
+    pub async fn job_delete_failed(&self) -> StoreResult<Vec<String>> {
         self.jobs_delete_where("handler = $1", ERROR_HANDLER).await
     }
 
@@ -299,7 +302,7 @@ impl PgStore {
     /// follow. Running runs are not deleted but cancelled: they keep their
     /// `lock_key` held until their handler has stopped, and are deleted when
     /// their outcome is written (or by the rescue, should their replica die).
-    async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<u64> {
+    async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<Vec<String>> {
         let mut tx = self.pool.begin().await?;
         let job_ids: Vec<String> = sqlx::query_scalar(&format!(
             "DELETE FROM jobs WHERE {condition} RETURNING job_id"
@@ -338,7 +341,7 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(job_ids.len() as u64)
+        Ok(job_ids)
     }
 }
 

@@ -280,21 +280,25 @@ impl SqliteStore {
 
     /// Deletes a job and its runs. `NotFound` when there is none.
     pub async fn job_delete(&self, job_id: &str) -> StoreResult<()> {
-        if self.jobs_delete_where("job_id = ?", job_id).await? == 0 {
+        if self
+            .jobs_delete_where("job_id = ?", job_id)
+            .await?
+            .is_empty()
+        {
             return Err(StoreError::NotFound);
         }
         Ok(())
     }
 
     /// Deletes every failure record (and any run of one); returns how many.
-    pub async fn job_delete_failed(&self) -> StoreResult<u64> {
+    pub async fn job_delete_failed(&self) -> StoreResult<Vec<String>> {
         self.jobs_delete_where("handler = ?", ERROR_HANDLER).await
     }
 
     /// Deletes the jobs matching `condition` (on one bound value) and their
     /// runs; running runs are cancelled instead and removed when they end
     /// (see the PostgreSQL store).
-    async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<u64> {
+    async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<Vec<String>> {
         let mut tx = self.write().await?;
         let job_ids: Vec<String> = sqlx::query_scalar(&format!(
             "DELETE FROM jobs WHERE {condition} RETURNING job_id"
@@ -327,6 +331,6 @@ impl SqliteStore {
             cancel: running,
             ..Notice::default()
         });
-        Ok(job_ids.len() as u64)
+        Ok(job_ids)
     }
 }
