@@ -598,6 +598,9 @@ pub fn schedule_of(
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::handlers::BuiltinConfig;

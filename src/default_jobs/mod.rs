@@ -50,6 +50,8 @@
 
 mod files;
 mod parse;
+#[cfg(test)]
+mod proptests;
 mod upsert;
 mod watch;
 
