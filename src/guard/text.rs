@@ -51,10 +51,8 @@ pub fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
 /// Replaces every NUL in `value`'s strings and keys, in place.
 pub fn strip_nul(value: &mut Value) {
     match value {
-        Value::String(text) => {
-            if text.contains('\0') {
-                *text = text.replace('\0', &REPLACEMENT.to_string());
-            }
+        Value::String(text) if text.contains('\0') => {
+            *text = text.replace('\0', &REPLACEMENT.to_string());
         }
         Value::Array(items) => items.iter_mut().for_each(strip_nul),
         Value::Object(map) => {

@@ -63,7 +63,7 @@ impl Default for BuiltinConfig {
 
 impl BuiltinConfig {
     /// The configuration the flags describe. Resolves `--command-allow`
-    /// (each program must be found) and checks `--http-allow`,
+    /// when the handler is enabled (each program must be found) and checks `--http-allow`,
     /// `--http-deny` and `--http-proxy`; an error names the flag.
     pub fn from_flags(command_enabled: bool, guards: &GuardConfig) -> anyhow::Result<Self> {
         let http_policy = AddressPolicy::from_flags(&guards.http_deny, &guards.http_allow)
@@ -72,9 +72,14 @@ impl BuiltinConfig {
         if let Some(proxy) = &http_proxy {
             http_guard::check_proxy(proxy).map_err(anyhow::Error::msg)?;
         }
-        let command_allow = ProgramAllowList::resolve(&guards.command_allow)
-            .map_err(anyhow::Error::msg)?
-            .map(Arc::new);
+        // A disabled handler runs nothing: its list is not looked up.
+        let command_allow = if command_enabled {
+            ProgramAllowList::resolve(&guards.command_allow)
+                .map_err(anyhow::Error::msg)?
+                .map(Arc::new)
+        } else {
+            None
+        };
         Ok(BuiltinConfig {
             command_enabled,
             command_allow,
