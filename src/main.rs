@@ -147,8 +147,11 @@ async fn main() -> ExitCode {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     jobsd::logging::init(config.log_format);
     let builtins = builtin_config(config.enable_command_handler, &config.guards)?;
-    tracing::info!("guards: {}", builtins.describe());
+    let guards = builtins.describe();
     let registry = HandlerRegistry::with_builtins(builtins);
     let shutdown = jobsd::app::shutdown_on_signal();
-    jobsd::app::serve(config, registry, shutdown).await
+    let running = jobsd::app::start(config, registry, shutdown).await?;
+    // Once started: a service that cannot start says so in one line.
+    tracing::info!("guards: {guards}");
+    running.wait().await
 }

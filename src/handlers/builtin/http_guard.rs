@@ -129,3 +129,83 @@ pub(super) fn build_client(
     };
     builder.build().map_err(|e| super::error_chain(&e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> reqwest::Url {
+        reqwest::Url::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    /// Checked without a request: a wrong answer here must not send one.
+    #[test]
+    fn every_spelling_of_a_literal_address_is_checked() {
+        let policy = AddressPolicy::default();
+        for text in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://2852039166/",
+            "http://0xa9fea9fe/",
+            "http://0251.0376.0251.0376/",
+            "http://169.254.43518/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "https://[fe80::1]:8443/",
+            "http://[fd00:ec2::254]/",
+            "http://0.0.0.0:8080/",
+            "http://0/",
+            "http://[::]/",
+        ] {
+            let refusal = check_url(&policy, &url(text), false)
+                .expect_err(text)
+                .to_string();
+            assert!(refusal.starts_with("refused: "), "{text}: {refusal}");
+            let via_proxy = check_url(&policy, &url(text), true);
+            assert!(via_proxy.is_err(), "{text} through a proxy");
+        }
+        for text in [
+            "http://127.0.0.1:8080/",
+            "http://example.com/",
+            "http://[::1]/",
+        ] {
+            assert_eq!(check_url(&policy, &url(text), false), Ok(()), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_password_is_not_shown() {
+        assert_eq!(
+            shown("http://user:secret@proxy.internal:3128"),
+            "http://user:***@proxy.internal:3128/"
+        );
+        assert_eq!(shown("http://proxy:3128"), "http://proxy:3128/");
+        assert!(check_proxy("http://proxy:3128").is_ok());
+        let error = check_proxy("http://user:secret@[bad").unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_resolver_drops_denied_addresses_and_refuses_when_none_is_left() {
+        let rules = |deny: &[&str]| {
+            let deny: Vec<String> = deny.iter().map(|s| s.to_string()).collect();
+            Arc::new(AddressPolicy::from_flags(&deny, &[]).unwrap())
+        };
+        let resolve = |policy: Arc<AddressPolicy>| async move {
+            let resolver = GuardedResolver { policy };
+            resolver
+                .resolve("localhost".parse().unwrap())
+                .await
+                .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>())
+        };
+        let all = resolve(rules(&[])).await.expect("localhost resolves");
+        assert!(all.iter().any(|ip| ip.is_loopback()), "{all:?}");
+        let error = resolve(rules(&["127.0.0.0/8", "::1"])).await.unwrap_err();
+        let refusal = error.downcast_ref::<Refusal>().expect("a refusal");
+        assert!(refusal.to_string().contains("localhost ("), "{refusal}");
+        // Where localhost has an IPv6 address too, only that one is left.
+        if all.iter().any(|ip| ip.is_ipv6()) {
+            let left = resolve(rules(&["127.0.0.0/8"])).await.unwrap();
+            assert!(left.iter().all(|ip| ip.is_ipv6()), "{left:?}");
+        }
+    }
+}
