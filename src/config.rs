@@ -115,6 +115,9 @@ pub struct ServeConfig {
     /// they are handed back to the queue.
     #[arg(long, env = "JOBSD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_flag_duration)]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub guards: GuardConfig,
 }
 
 impl ServeConfig {
@@ -141,4 +144,52 @@ pub struct ValidateConfig {
     /// Check `command` jobs as a service with the command handler enabled would.
     #[arg(long, env = "JOBSD_ENABLE_COMMAND_HANDLER")]
     pub enable_command_handler: bool,
+
+    /// The service's guards and limits, to check files as it would.
+    #[command(flatten)]
+    pub guards: GuardConfig,
+}
+
+/// What handlers may reach and how large definitions may be (`serve` and
+/// `validate`; README "Guards"). List flags take one entry per use or
+/// several separated by commas.
+#[derive(Debug, Clone, Args)]
+pub struct GuardConfig {
+    /// Addresses the `http` handler must not connect to, besides the
+    /// default deny list (link-local 169.254.0.0/16 and fe80::/10, where
+    /// clouds serve metadata; fd00:ec2::254; 0.0.0.0/8 and ::): CIDR blocks
+    /// (10.0.0.0/8), addresses, or host names (*.corp for subdomains).
+    #[arg(long, env = "JOBSD_HTTP_DENY", value_delimiter = ',')]
+    pub http_deny: Vec<String>,
+
+    /// When set, the only hosts the `http` handler may reach: CIDR blocks,
+    /// addresses or host names. A block inside a default-denied one (e.g.
+    /// 169.254.169.254) lifts that default for its addresses.
+    #[arg(long, env = "JOBSD_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
+
+    /// Proxy for every `http` request (http://host:port). HTTP_PROXY,
+    /// HTTPS_PROXY and ALL_PROXY are ignored: a proxy resolves names itself,
+    /// past the address checks.
+    #[arg(long, env = "JOBSD_HTTP_PROXY")]
+    pub http_proxy: Option<String>,
+
+    /// When set, the only programs the `command` handler may run (it must
+    /// still be enabled): names looked up in PATH or paths, compared by
+    /// canonical absolute path.
+    #[arg(
+        long,
+        env = "JOBSD_COMMAND_ALLOW",
+        value_delimiter = ',',
+        value_name = "PROGRAM"
+    )]
+    pub command_allow: Vec<String>,
+
+    /// Largest kwargs of a job (its JSON), in bytes.
+    #[arg(long, env = "JOBSD_MAX_KWARGS_BYTES", default_value_t = 64 * 1024)]
+    pub max_kwargs_bytes: usize,
+
+    /// Largest default-job YAML file, in bytes.
+    #[arg(long, env = "JOBSD_MAX_DEFAULT_JOB_FILE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_default_job_file_bytes: u64,
 }

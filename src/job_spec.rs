@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{JobState, ScheduleKind};
+use crate::guard::text::find_nul;
 use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
 use crate::schedule::{self, format_duration, CronExpr, Schedule};
 use crate::store::{JobRow, NewJob};
@@ -180,6 +181,18 @@ impl JobSpec {
 
         let handler = self.handler.clone().unwrap_or_default();
         let kwargs = self.kwargs.clone().unwrap_or_else(|| json!({}));
+        problems.extend(self.nul_problems());
+        let max_kwargs = ctx.registry.max_kwargs_bytes();
+        let kwargs_bytes = json_len(&kwargs);
+        if kwargs_bytes > max_kwargs {
+            problems.push(FieldError::new(
+                "kwargs",
+                format!(
+                    "{kwargs_bytes} bytes as JSON, more than the limit of {max_kwargs} \
+                     (--max-kwargs-bytes)"
+                ),
+            ));
+        }
         if handler.is_empty() {
             problems.push(FieldError::new(
                 "handler",
@@ -195,6 +208,8 @@ impl JobSpec {
                 problems.push(FieldError::new("handler", reason));
             } else if !kwargs.is_object() {
                 problems.push(FieldError::new("kwargs", "must be a JSON object"));
+            } else if kwargs_bytes > max_kwargs {
+                // Too large to be worth checking against the schema.
             } else if let Err(errors) = ctx.registry.validate_kwargs(&handler, &kwargs) {
                 problems.extend(errors.into_iter().map(|e| match e.split_once(": ") {
                     Some((field, message)) => FieldError::new(field, message),
@@ -386,6 +401,37 @@ impl JobSpec {
         })
     }
 
+    /// One problem per text field holding a NUL character: PostgreSQL
+    /// cannot store one, and both stores refuse it alike. (`job_id` is
+    /// checked for control characters with its other rules.)
+    fn nul_problems(&self) -> Vec<FieldError> {
+        let text = |value: &Option<String>| value.clone().map(Value::String);
+        let tags = self
+            .tags
+            .as_ref()
+            .map(|t| Value::Array(t.iter().cloned().map(Value::String).collect()));
+        let fields = [
+            ("handler", text(&self.handler)),
+            ("kwargs", self.kwargs.clone()),
+            ("periodically", self.periodically.clone()),
+            ("cron", text(&self.cron)),
+            ("timezone", text(&self.timezone)),
+            ("when", text(&self.when)),
+            ("misfire_grace_time", self.misfire_grace_time.clone()),
+            ("lock_key", text(&self.lock_key)),
+            ("timeout", self.timeout.clone()),
+            ("retry_backoff", self.retry_backoff.clone()),
+            ("state", text(&self.state)),
+            ("description", text(&self.description)),
+            ("tags", tags),
+        ];
+        fields
+            .iter()
+            .filter_map(|(field, value)| value.as_ref().and_then(|v| find_nul(v, field)))
+            .map(|(field, message)| FieldError::new(field, message))
+            .collect()
+    }
+
     /// The spec that reproduces a stored job (the base of a PATCH).
     pub fn from_row(row: &JobRow) -> JobSpec {
         let duration = |ms: Option<i64>| {
@@ -491,6 +537,24 @@ pub fn next_run_on_resume(row: &JobRow, now: DateTime<Utc>) -> Option<DateTime<U
     .map(|t| t.max(now))
 }
 
+/// The length of `value` as compact JSON, without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 fn check_job_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
@@ -534,6 +598,9 @@ pub fn schedule_of(
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::handlers::BuiltinConfig;
@@ -571,6 +638,56 @@ mod tests {
                 problems[0].message
             );
         }
+    }
+
+    #[test]
+    fn a_nul_character_in_any_text_field_is_refused_naming_it() {
+        for (extra, field) in [
+            (json!({"kwargs": {"message": "a\u{0}b"}}), "kwargs/message"),
+            (json!({"kwargs": {"message": "x", "k\u{0}": 1}}), "kwargs"),
+            (json!({"description": "\u{0}"}), "description"),
+            (json!({"lock_key": "a\u{0}"}), "lock_key"),
+            (json!({"tags": ["ok", "b\u{0}"]}), "tags/1"),
+            (json!({"cron": "0 3 * * *\u{0}"}), "cron"),
+            (json!({"timezone": "UTC\u{0}"}), "timezone"),
+            (json!({"when": "2030-01-01\u{0}"}), "when"),
+            (json!({"periodically": "5m\u{0}"}), "periodically"),
+            (json!({"state": "paused\u{0}"}), "state"),
+            (json!({"handler": "log\u{0}"}), "handler"),
+            (json!({"job_id": "a\u{0}"}), "job_id"),
+        ] {
+            let problems = validate(extra.clone()).expect_err(field);
+            assert!(
+                problems.iter().any(|p| p.field == field
+                    && (p.message.contains("NUL") || p.message.contains("control"))),
+                "{extra}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kwargs_larger_than_the_limit_are_refused_naming_it() {
+        let mut registry = HandlerRegistry::with_builtins(BuiltinConfig::default());
+        registry.set_max_kwargs_bytes(100);
+        let ctx = ValidationContext {
+            registry: &registry,
+            now: "2030-01-01T00:00:00Z".parse().expect("an instant"),
+            source: "api".into(),
+        };
+        let spec = |message: String| JobSpec {
+            handler: Some("log".into()),
+            kwargs: Some(json!({ "message": message })),
+            ..JobSpec::default()
+        };
+        // {"message":"..."} is 14 bytes around the text.
+        assert!(spec("x".repeat(86)).validate(&ctx).is_ok());
+        let problems = spec("x".repeat(87)).validate(&ctx).expect_err("too large");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "kwargs");
+        assert_eq!(
+            problems[0].message,
+            "101 bytes as JSON, more than the limit of 100 (--max-kwargs-bytes)"
+        );
     }
 
     #[test]

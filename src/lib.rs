@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod default_jobs;
 pub mod domain;
+pub mod guard;
 pub mod handlers;
 pub mod job_spec;
 pub mod logging;

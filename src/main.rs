@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use jobsd::config::{DatabaseConfig, LogFormat, ServeConfig, ValidateConfig};
+use jobsd::config::{DatabaseConfig, GuardConfig, LogFormat, ServeConfig, ValidateConfig};
 use jobsd::handlers::{BuiltinConfig, HandlerRegistry};
 
 // Under load glibc's allocator spent about a third of the service's CPU
@@ -91,11 +91,15 @@ enum Command {
     Bench(jobsd::bench::BenchArgs),
 }
 
-fn builtin_registry(enable_command: bool) -> HandlerRegistry {
-    HandlerRegistry::with_builtins(BuiltinConfig {
-        command_enabled: enable_command,
-        ..BuiltinConfig::default()
-    })
+/// The built-in handlers under the guards the flags set.
+fn builtin_config(enable_command: bool, guards: &GuardConfig) -> anyhow::Result<BuiltinConfig> {
+    if !enable_command && !guards.command_allow.is_empty() {
+        jobsd::logging::print_stderr(
+            "jobsd: --command-allow has no effect: the command handler is disabled \
+             (--enable-command-handler)",
+        );
+    }
+    BuiltinConfig::from_flags(enable_command, guards)
 }
 
 #[tokio::main]
@@ -103,9 +107,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Openapi) => {
-            jobsd::logging::print_stdout(&jobsd::api::openapi::document_text(&builtin_registry(
-                false,
-            )));
+            let registry = HandlerRegistry::with_builtins(BuiltinConfig::default());
+            jobsd::logging::print_stdout(&jobsd::api::openapi::document_text(&registry));
             Ok(())
         }
         Some(Command::Migrate(db)) => {
@@ -116,10 +119,15 @@ async fn main() -> ExitCode {
         }
         Some(Command::Backup(args)) => jobsd::maintenance::backup(&args).await,
         Some(Command::Copy(args)) => jobsd::maintenance::copy_command(&args).await,
-        Some(Command::Validate(v)) => jobsd::default_jobs::validate_command(
-            v.dir.as_deref().unwrap_or(&v.default_jobs_dir),
-            &builtin_registry(v.enable_command_handler),
-        ),
+        Some(Command::Validate(v)) => {
+            builtin_config(v.enable_command_handler, &v.guards).and_then(|builtins| {
+                jobsd::default_jobs::validate_command(
+                    v.dir.as_deref().unwrap_or(&v.default_jobs_dir),
+                    &HandlerRegistry::with_builtins(builtins),
+                    v.guards.max_default_job_file_bytes,
+                )
+            })
+        }
         Some(Command::Serve(config)) => serve(config).await,
         Some(Command::Bench(args)) => {
             jobsd::logging::init(LogFormat::Text);
@@ -138,7 +146,12 @@ async fn main() -> ExitCode {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     jobsd::logging::init(config.log_format);
-    let registry = builtin_registry(config.enable_command_handler);
+    let builtins = builtin_config(config.enable_command_handler, &config.guards)?;
+    let guards = builtins.describe();
+    let registry = HandlerRegistry::with_builtins(builtins);
     let shutdown = jobsd::app::shutdown_on_signal();
-    jobsd::app::serve(config, registry, shutdown).await
+    let running = jobsd::app::start(config, registry, shutdown).await?;
+    // Once started: a service that cannot start says so in one line.
+    tracing::info!("guards: {guards}");
+    running.wait().await
 }

@@ -6,6 +6,7 @@ mod extract;
 mod instances;
 mod job_view;
 mod jobs;
+mod nul;
 pub mod openapi;
 mod runs;
 mod service;
@@ -88,6 +89,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(nul::refuse_nul_in_uri))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

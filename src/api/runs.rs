@@ -353,6 +353,11 @@ async fn override_run_state(
             "reason: required; say why the state is overridden",
         ));
     }
+    if reason.contains('\0') {
+        return Err(ApiError::bad_request(
+            "reason: must not contain a NUL character (\\u0000)",
+        ));
+    }
     let run = app
         .store
         .run_override_state(run_id, state, reason)

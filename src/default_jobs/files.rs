@@ -5,14 +5,16 @@
 //! - The files are the directory's `*.yaml` and `*.yml` entries (regular
 //!   files, or links to them), not its subdirectories, and not hidden names
 //!   (`.x.yaml`: editors' lock and swap files, Kubernetes' `..data`).
-//! - A file larger than [`MAX_FILE_BYTES`], unreadable, or not UTF-8 is a
-//!   problem of that file.
+//! - A file larger than the limit (`--max-default-job-file-bytes`, default
+//!   [`MAX_FILE_BYTES`]), unreadable, or not UTF-8 is a problem of that
+//!   file; so is one nested deeper than `parse.rs` allows, which is found
+//!   before the YAML parser sees it.
 //! - Two files giving the same `job_id` are both refused, each naming the
 //!   other: which one should win is the operator's call, not file order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +24,7 @@ use crate::handlers::HandlerRegistry;
 use crate::job_spec::{FieldError, ValidationContext};
 use crate::store::NewJob;
 
-/// Larger files are refused: a job definition is a few lines.
+/// Larger files are refused by default: a job definition is a few lines.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// One problem of one file.
@@ -112,11 +114,13 @@ pub enum DirError {
 }
 
 /// Reads and checks every default-job file in `dir`. `now` is the time
-/// validation counts from (the database's, in the service).
+/// validation counts from (the database's, in the service); files larger
+/// than `max_file_bytes` are refused.
 pub fn scan_dir(
     dir: &Path,
     registry: &HandlerRegistry,
     now: DateTime<Utc>,
+    max_file_bytes: u64,
 ) -> Result<DirScan, DirError> {
     let unreadable = |e: std::io::Error| {
         if e.kind() == ErrorKind::NotFound {
@@ -153,7 +157,7 @@ pub fn scan_dir(
     let mut declared_ids: Vec<Option<String>> = Vec::with_capacity(names.len());
     for name in names {
         let source = absolute.join(&name).to_string_lossy().into_owned();
-        let (hash, checked, job_id) = match read_text(&absolute.join(&name)) {
+        let (hash, checked, job_id) = match read_text(&absolute.join(&name), max_file_bytes) {
             Ok(text) => {
                 let (checked, job_id) = check(&text, &ctx(&source));
                 (hash_of(&text), checked, job_id)
@@ -209,20 +213,27 @@ pub fn scan_dir(
     })
 }
 
-fn read_text(path: &Path) -> Result<String, FieldError> {
+fn read_text(path: &Path, max: u64) -> Result<String, FieldError> {
     let too_big = |size: u64| {
         FieldError::new(
             "file",
-            format!("{size} bytes is too large for a job definition (at most {MAX_FILE_BYTES})"),
+            format!(
+                "{size} bytes is too large for a job definition (at most {max}; \
+                 --max-default-job-file-bytes)"
+            ),
         )
     };
     let cannot = |e: std::io::Error| FieldError::new("file", format!("cannot read it: {e}"));
     let size = std::fs::metadata(path).map_err(cannot)?.len();
-    if size > MAX_FILE_BYTES {
+    if size > max {
         return Err(too_big(size));
     }
-    let bytes = std::fs::read(path).map_err(cannot)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
+    // Read no more than one byte past the limit: the file may be growing.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(max.saturating_add(1)).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > max {
         return Err(too_big(bytes.len() as u64));
     }
     String::from_utf8(bytes).map_err(|e| {
@@ -297,7 +308,7 @@ mod tests {
 
     fn scan(dir: &Path) -> DirScan {
         let registry = HandlerRegistry::with_builtins(BuiltinConfig::default());
-        scan_dir(dir, &registry, Utc::now()).expect("a readable directory")
+        scan_dir(dir, &registry, Utc::now(), MAX_FILE_BYTES).expect("a readable directory")
     }
 
     #[test]
@@ -377,13 +388,13 @@ mod tests {
         let registry = HandlerRegistry::with_builtins(BuiltinConfig::default());
         let missing = dir.0.join("not-here");
         assert!(matches!(
-            scan_dir(&missing, &registry, Utc::now()),
+            scan_dir(&missing, &registry, Utc::now(), MAX_FILE_BYTES),
             Err(DirError::Missing(_))
         ));
         let file = dir.0.join("a-file");
         std::fs::write(&file, "x").expect("write");
         assert!(matches!(
-            scan_dir(&file, &registry, Utc::now()),
+            scan_dir(&file, &registry, Utc::now(), MAX_FILE_BYTES),
             Err(DirError::Unreadable(..))
         ));
     }

@@ -50,6 +50,8 @@
 
 mod files;
 mod parse;
+#[cfg(test)]
+mod proptests;
 mod upsert;
 mod watch;
 
@@ -78,7 +80,8 @@ pub async fn start(
         store.clone(),
         registry.clone(),
         config.default_jobs_dir.clone(),
-    );
+    )
+    .with_max_file_bytes(config.guards.max_default_job_file_bytes);
     let report = loader.scan().await;
     if report.dir_error.is_none() {
         tracing::info!(
@@ -98,11 +101,16 @@ pub async fn start(
     watch::spawn(loader, config.default_jobs_rescan, shutdown.clone());
 }
 
-/// `jobsd validate`: checks `dir` as the service would load it, prints every
-/// problem (one line each: file, field, reason) and a summary, and fails
-/// when there is any problem or the directory cannot be read.
-pub fn validate_command(dir: &Path, registry: &HandlerRegistry) -> anyhow::Result<()> {
-    let scan = scan_dir(dir, registry, chrono::Utc::now())?;
+/// `jobsd validate`: checks `dir` as the service would load it (files up
+/// to `max_file_bytes`), prints every problem (one line each: file, field,
+/// reason) and a summary, and fails when there is any problem or the
+/// directory cannot be read.
+pub fn validate_command(
+    dir: &Path,
+    registry: &HandlerRegistry,
+    max_file_bytes: u64,
+) -> anyhow::Result<()> {
+    let scan = scan_dir(dir, registry, chrono::Utc::now(), max_file_bytes)?;
     let problems = scan.problems();
     for problem in &problems {
         crate::logging::print_stdout(&format!("{problem}\n"));

@@ -12,6 +12,11 @@
 //!   problem is left out so the rest can still be checked.
 //! - Nothing in the text can make this panic: YAML that JSON cannot hold
 //!   (tags, non-string keys, `.nan`) is a problem like any other.
+//! - Nothing in the text can make this slow: flow collections (`[`, `{`)
+//!   nested deeper than [`MAX_FLOW_DEPTH`] are refused by a linear scan
+//!   before the YAML parser sees them (its time grows with the square of
+//!   their depth: 200 KB of `[[[[…` took it 41 s). Block nesting costs it
+//!   little, and it refuses past 128 levels of either kind itself.
 
 use serde_json::{Map, Number, Value};
 use serde_yaml::Value as Yaml;
@@ -34,8 +39,89 @@ fn job_fields() -> Vec<String> {
     }
 }
 
+/// Deepest nesting of flow collections (`[…]`, `{…}`) a file may have. A
+/// job definition needs a few; the YAML parser stops at 128 anyway.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Where flow collections first nest deeper than [`MAX_FLOW_DEPTH`], as a
+/// 1-based line and column, found in one pass over the text. Brackets in
+/// quoted scalars and comments do not count; in plain and block scalars
+/// they do, which only matters for text with 64 unclosed brackets.
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    enum In {
+        Plain,
+        Single,
+        /// Just after a `'` in a single-quoted scalar: `''` is a quote.
+        SingleEnd,
+        Double {
+            escaped: bool,
+        },
+        Comment,
+    }
+    let (mut state, mut depth) = (In::Plain, 0usize);
+    let (mut line, mut column) = (1, 0);
+    // The character just before, and the last one that was not a space
+    // (a newline counts): a quote starts a quoted scalar only where a
+    // scalar starts (after `: `, `, `, `[`, `- `, ...), not inside a plain
+    // one (`it's`), and `#` starts a comment only after a space.
+    let (mut before, mut solid) = ('\n', '\n');
+    for c in text.chars() {
+        column += 1;
+        if let In::SingleEnd = state {
+            state = if c == '\'' { In::Single } else { In::Plain };
+            if let In::Single = state {
+                before = c;
+                continue;
+            }
+        }
+        match state {
+            In::Comment if c == '\n' => state = In::Plain,
+            In::Comment => {}
+            In::Single if c == '\'' => state = In::SingleEnd,
+            In::Single | In::SingleEnd => {}
+            In::Double { escaped: true } => state = In::Double { escaped: false },
+            In::Double { .. } if c == '\\' => state = In::Double { escaped: true },
+            In::Double { .. } if c == '"' => state = In::Plain,
+            In::Double { .. } => {}
+            In::Plain => {
+                let scalar_starts = matches!(solid, '\n' | ':' | ',' | '[' | '{' | '-' | '?');
+                match c {
+                    '#' if before.is_whitespace() => state = In::Comment,
+                    '\'' if scalar_starts => state = In::Single,
+                    '"' if scalar_starts => state = In::Double { escaped: false },
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > MAX_FLOW_DEPTH {
+                            return Some((line, column));
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
+        if c == '\n' {
+            (line, column) = (line + 1, 0);
+        }
+        before = c;
+        if c == '\n' || !c.is_whitespace() {
+            solid = c;
+        }
+    }
+    None
+}
+
 /// Parses one file's text.
 pub fn parse(text: &str) -> Parsed {
+    if let Some((line, column)) = too_deep(text) {
+        return failed(
+            "yaml",
+            format!(
+                "nested deeper than {MAX_FLOW_DEPTH} levels of [ ] or {{ }} at line {line} \
+                 column {column}; a job definition needs a few"
+            ),
+        );
+    }
     let mut problems = Vec::new();
     let mut yaml: Yaml = match serde_yaml::from_str(text) {
         Ok(y) => y,
@@ -358,6 +444,52 @@ mod tests {
             s.kwargs,
             Some(json!({"base": {"message": "hi"}, "message": "hi", "level": "warn"}))
         );
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let nested = |depth: usize| {
+            format!(
+                "job_id: a\nhandler: log\nmessage: x\nextra: {}{}\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let started = std::time::Instant::now();
+        let problems = parse(&nested(100_000)).problems;
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "yaml");
+        assert_eq!(
+            problems[0].message,
+            "nested deeper than 64 levels of [ ] or { } at line 4 column 72; \
+             a job definition needs a few"
+        );
+        assert_eq!(too_deep(&nested(MAX_FLOW_DEPTH)), None);
+        assert_eq!(too_deep(&nested(MAX_FLOW_DEPTH + 1)), Some((4, 72)));
+        assert!(too_deep(&"{a: ".repeat(65)).is_some());
+        // Siblings are not nesting.
+        assert_eq!(too_deep(&format!("a: [{}]", "[], ".repeat(10_000))), None);
+    }
+
+    #[test]
+    fn brackets_in_quotes_and_comments_are_not_nesting() {
+        let many = "[".repeat(100);
+        for text in [
+            format!("message: '{many}'"),
+            format!("message: \"{many}\""),
+            format!("message: \"a\\\" {many}\""),
+            format!("message: 'it''s {many}'"),
+            format!("message: x # {many}"),
+            format!("# {many}\nmessage: x"),
+            format!("list: ['{many}', \"{many}\"]"),
+        ] {
+            assert_eq!(too_deep(&text), None, "{text}");
+        }
+        // A quote inside a plain scalar does not start a quoted one.
+        assert!(too_deep(&format!("message: it's {many}")).is_some());
+        // Nor does a '#' without a space before it start a comment.
+        assert!(too_deep(&format!("message: a#{many}")).is_some());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::files::{scan_dir, DirError, DirScan, FileProblem};
+use super::files::{scan_dir, DirError, DirScan, FileProblem, MAX_FILE_BYTES};
 use crate::domain::JobState;
 use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
 use crate::job_spec::{carry_over_timing, schedule_of};
@@ -146,6 +146,8 @@ pub struct Loader {
     listed: Option<BTreeSet<String>>,
     /// The directory error last logged.
     dir_error: Option<String>,
+    /// Larger files are refused (`--max-default-job-file-bytes`).
+    max_file_bytes: u64,
 }
 
 impl Loader {
@@ -158,7 +160,14 @@ impl Loader {
             reported: HashMap::new(),
             listed: None,
             dir_error: None,
+            max_file_bytes: MAX_FILE_BYTES,
         }
+    }
+
+    /// Refuses files larger than `max` bytes (default [`MAX_FILE_BYTES`]).
+    pub fn with_max_file_bytes(mut self, max: u64) -> Self {
+        self.max_file_bytes = max;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -178,8 +187,9 @@ impl Loader {
                 return report;
             }
         };
-        let (dir, registry) = (self.dir.clone(), self.registry.clone());
-        let scanned = tokio::task::spawn_blocking(move || scan_dir(&dir, &registry, now)).await;
+        let (dir, registry, max) = (self.dir.clone(), self.registry.clone(), self.max_file_bytes);
+        let scanned =
+            tokio::task::spawn_blocking(move || scan_dir(&dir, &registry, now, max)).await;
         let scan = match scanned {
             Ok(Ok(scan)) => scan,
             Ok(Err(e)) => {

@@ -22,6 +22,9 @@ pub use builtin::BuiltinConfig;
 /// Name of the inert handler that failure records carry.
 pub const ERROR_HANDLER: &str = "ErrorHandler";
 
+/// The default bound on a job's kwargs, as JSON (`--max-kwargs-bytes`).
+pub const DEFAULT_MAX_KWARGS_BYTES: usize = 64 * 1024;
+
 /// What a handler gets besides its kwargs.
 #[derive(Clone)]
 pub struct RunContext {
@@ -114,6 +117,13 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// Checks of kwargs that a schema cannot express (e.g. `command`'s
+    /// allow list), run on create once the schema passed. Each problem is
+    /// the field's JSON pointer (`/program`) and what is wrong.
+    fn check_kwargs(&self, _kwargs: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Does the work. The returned value is stored as the run's result.
     async fn execute(&self, ctx: RunContext, kwargs: Value) -> HandlerResult;
 }
@@ -123,10 +133,20 @@ struct Registered {
     validator: jsonschema::Validator,
 }
 
-/// Handlers by name, with their compiled kwargs schemas.
-#[derive(Default)]
+/// Handlers by name, with their compiled kwargs schemas, and the bound
+/// on kwargs' size.
 pub struct HandlerRegistry {
     handlers: BTreeMap<String, Registered>,
+    max_kwargs_bytes: usize,
+}
+
+impl Default for HandlerRegistry {
+    fn default() -> Self {
+        HandlerRegistry {
+            handlers: BTreeMap::new(),
+            max_kwargs_bytes: DEFAULT_MAX_KWARGS_BYTES,
+        }
+    }
 }
 
 impl HandlerRegistry {
@@ -138,6 +158,7 @@ impl HandlerRegistry {
     /// The built-in handlers (`http`, `command`, `log`, `sleep`, `ErrorHandler`).
     pub fn with_builtins(config: BuiltinConfig) -> Self {
         let mut registry = Self::new();
+        registry.set_max_kwargs_bytes(config.max_kwargs_bytes);
         for handler in builtin::all(config) {
             registry
                 .register_arc(handler)
@@ -171,6 +192,16 @@ impl HandlerRegistry {
         Ok(())
     }
 
+    /// Bounds kwargs (as JSON) for every handler (`--max-kwargs-bytes`).
+    pub fn set_max_kwargs_bytes(&mut self, max: usize) {
+        self.max_kwargs_bytes = max;
+    }
+
+    /// The bound on kwargs (as JSON), in bytes.
+    pub fn max_kwargs_bytes(&self) -> usize {
+        self.max_kwargs_bytes
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Handler>> {
         self.handlers.get(name).map(|r| &r.handler)
     }
@@ -180,25 +211,33 @@ impl HandlerRegistry {
         self.handlers.values().map(|r| &r.handler)
     }
 
-    /// Checks kwargs against the handler's schema. Each problem names the
-    /// field (a JSON pointer such as `/url`, or `kwargs` for the root).
+    /// Checks kwargs against the handler's schema, then its own checks
+    /// ([`Handler::check_kwargs`]). Each problem names the field (a JSON
+    /// pointer such as `/url`, or `kwargs` for the root).
     pub fn validate_kwargs(&self, name: &str, kwargs: &Value) -> Result<(), Vec<String>> {
         let Some(registered) = self.handlers.get(name) else {
             return Err(vec![format!("unknown handler {name:?}")]);
         };
-        let problems: Vec<String> = registered
+        let field = |path: &str| {
+            if path.is_empty() {
+                "kwargs".to_string()
+            } else {
+                format!("kwargs{path}")
+            }
+        };
+        let mut problems: Vec<String> = registered
             .validator
             .iter_errors(kwargs)
-            .map(|e| {
-                let path = e.instance_path.to_string();
-                let field = if path.is_empty() {
-                    "kwargs".to_string()
-                } else {
-                    format!("kwargs{path}")
-                };
-                format!("{field}: {e}")
-            })
+            .map(|e| format!("{}: {e}", field(&e.instance_path.to_string())))
             .collect();
+        if problems.is_empty() {
+            problems = registered
+                .handler
+                .check_kwargs(kwargs)
+                .into_iter()
+                .map(|(path, message)| format!("{}: {message}", field(&path)))
+                .collect();
+        }
         if problems.is_empty() {
             Ok(())
         } else {

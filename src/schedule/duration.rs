@@ -168,8 +168,16 @@ fn parse_nanos(input: &str) -> Result<i128, Fail> {
 
 /// `[units…][,] H:MM:SS[.f]`, or units alone, or a bare number of seconds.
 fn parse_human(s: &str) -> Result<i128, Fail> {
-    let (units, clock) = match s.rfind(|c: char| c.is_whitespace() || c == ',') {
-        Some(i) if s[i + 1..].contains(':') => (&s[..i], Some(&s[i + 1..])),
+    // The separator may be a multi-byte space (U+00A0): the clock starts
+    // after its last byte, not after its first.
+    let separator = s
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace() || *c == ',');
+    let (units, clock) = match separator {
+        Some((i, c)) if s[i + c.len_utf8()..].contains(':') => {
+            (&s[..i], Some(&s[i + c.len_utf8()..]))
+        }
         None if s.contains(':') => ("", Some(s)),
         _ => (s, None),
     };
@@ -494,6 +502,15 @@ mod tests {
             "\"5 parsecs\" is not a duration; use e.g. \"1 week\", \"5:00:00\", \"32m\", \
              \"PT5M\" or a number of seconds"
         );
+    }
+
+    #[test]
+    fn multi_byte_spaces_separate_like_spaces() {
+        // Found by the property test: slicing inside U+00A0 panicked.
+        assert!(parse_duration("A\u{a0}a").is_err());
+        assert_eq!(parse_duration("1 day,\u{a0}0:00:01"), Ok(secs(86_401)));
+        assert_eq!(parse_duration("2\u{a0}days"), Ok(secs(2 * 86_400)));
+        assert!(parse_duration("x\u{3000}1:00:00").is_err());
     }
 
     #[test]

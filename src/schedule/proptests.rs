@@ -165,3 +165,125 @@ proptest! {
         prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
     }
 }
+
+/// Text a client may send where a duration, a time or a zone is expected:
+/// anything at all, and pieces of the grammars glued together at random
+/// (which reach deeper into the parsers than random characters do).
+fn hostile_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("1"),
+        Just("0"),
+        Just("99999999999999999999999"),
+        Just("1e308"),
+        Just("-"),
+        Just("+"),
+        Just(":"),
+        Just("."),
+        Just(","),
+        Just(" "),
+        Just("P"),
+        Just("T"),
+        Just("W"),
+        Just("D"),
+        Just("H"),
+        Just("M"),
+        Just("S"),
+        Just("Z"),
+        Just("day"),
+        Just("days"),
+        Just("week"),
+        Just("ms"),
+        Just("2030-02-20"),
+        Just("14:56"),
+        Just("+25:00"),
+        Just("Europe/Berlin"),
+        Just("\u{0}"),
+        Just("é"),
+        Just("😀"),
+    ];
+    prop_oneof![
+        any::<String>(),
+        proptest::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat()),
+    ]
+}
+
+/// Cron-like text: fields of numbers, names, ranges, steps, lists and
+/// croner's specials, in any number, or an `@` word, or anything.
+fn hostile_cron() -> impl Strategy<Value = String> {
+    let atom = prop_oneof![
+        Just("*".to_string()),
+        Just("?".to_string()),
+        Just("L".to_string()),
+        Just("W".to_string()),
+        Just("MON".to_string()),
+        Just("JAN".to_string()),
+        (0u64..100).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+    ];
+    let field = proptest::collection::vec(
+        (
+            atom,
+            prop_oneof![
+                Just(""),
+                Just("-"),
+                Just("/"),
+                Just(","),
+                Just("#"),
+                Just("L"),
+                Just("W")
+            ],
+        ),
+        1..4,
+    )
+    .prop_map(|parts| {
+        parts
+            .into_iter()
+            .map(|(a, sep)| format!("{a}{sep}"))
+            .collect::<String>()
+    });
+    prop_oneof![
+        proptest::collection::vec(field, 0..8).prop_map(|fields| fields.join(" ")),
+        "@[a-z]{0,10}",
+        any::<String>(),
+    ]
+}
+
+fn hostile_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{json, Value};
+    prop_oneof![
+        hostile_text().prop_map(Value::String),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_map(|n| serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)),
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        Just(json!([1, "2"])),
+        Just(json!({"seconds": 5})),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every parser of client input answers Ok or a ParseError, never a
+    /// panic; a cron pattern that parses also computes its next times.
+    #[test]
+    fn client_input_parsers_never_panic(
+        text in hostile_text(),
+        json in hostile_json(),
+        cron in hostile_cron(),
+        zone in prop_oneof![Just("UTC".to_string()), Just("Pacific/Apia".to_string()), hostile_text()],
+        t in instant(),
+    ) {
+        let _ = parse_duration(&text);
+        let _ = super::duration_from_json(&json);
+        let _ = super::parse_when(&text);
+        let _ = super::parse_timezone(&zone);
+        if let Ok(expr) = CronExpr::parse(&cron, &zone) {
+            let schedule = Schedule::Cron { expr, not_before: t };
+            let _ = schedule.first_at_or_after(t);
+            let _ = schedule.latest_at_or_before(t);
+        }
+    }
+}

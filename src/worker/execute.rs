@@ -113,9 +113,11 @@ pub async fn execute(
     }
 }
 
-/// Bounds a result for storage: past `max_bytes` of JSON it is replaced by
-/// a preview and the original size.
-pub fn bound_result(value: Value, max_bytes: usize) -> Value {
+/// Bounds a result for storage: NUL characters are replaced (PostgreSQL
+/// cannot keep them in jsonb), and past `max_bytes` of JSON it is replaced
+/// by a preview and the original size.
+pub fn bound_result(mut value: Value, max_bytes: usize) -> Value {
+    crate::guard::text::strip_nul(&mut value);
     let text = value.to_string();
     if text.len() <= max_bytes {
         return value;
@@ -129,6 +131,21 @@ pub fn bound_result(value: Value, max_bytes: usize) -> Value {
         "size_bytes": text.len(),
         "preview": &text[..cut],
     })
+}
+
+/// Bounds an error text for storage: NUL characters are replaced
+/// (PostgreSQL cannot keep them in text), and past `max_bytes` it is cut at
+/// a char boundary and says how long it was.
+pub fn bound_text(text: &str, max_bytes: usize) -> String {
+    let text = crate::guard::text::without_nul(text);
+    if text.len() <= max_bytes {
+        return text.into_owned();
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..cut], text.len())
 }
 
 #[cfg(test)]
@@ -261,9 +278,20 @@ mod tests {
     fn big_results_are_bounded() {
         let small = json!({"a": 1});
         assert_eq!(bound_result(small.clone(), 100), small);
+        assert_eq!(
+            bound_result(json!({"out": "a\u{0}b"}), 100),
+            json!({"out": "a\u{FFFD}b"})
+        );
         let big = json!({"text": "é".repeat(10_000)});
         let bounded = bound_result(big, 2000);
         assert_eq!(bounded["truncated"], true);
         assert!(bounded["preview"].as_str().unwrap().len() <= 1024);
+    }
+
+    #[test]
+    fn error_texts_are_bounded_without_nul() {
+        assert_eq!(bound_text("short", 100), "short");
+        assert_eq!(bound_text("a\u{0}b", 100), "a\u{FFFD}b");
+        assert_eq!(bound_text(&"é".repeat(10), 5), "éé… (20 bytes in all)");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::execute::{bound_result, Execution, StopReason};
+use super::execute::{bound_result, bound_text, Execution, StopReason};
 use super::retry::retry_delay;
 use crate::domain::RunState;
 use crate::store::{RunOutcome, RunRetry, RunRow};
@@ -43,6 +43,7 @@ fn finish(
 /// Decides the write for `run`'s attempt that ended as `execution`.
 /// Failures and timeouts are retried while `attempt <= max_retries`
 /// (fatal handler errors never are); `jitter` in 0..1 spreads the backoff.
+/// Results and error texts are bounded by `max_result_bytes` each.
 pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitter: f64) -> Write {
     let retries_left = run.attempt <= run.max_retries;
     let retry = |error: String, traceback: Option<String>, what: &str| {
@@ -73,6 +74,8 @@ pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitte
             traceback,
             retryable,
         } => {
+            let error = bound_text(&error, max_result_bytes);
+            let traceback = bound_text(&traceback, max_result_bytes);
             if retryable && retries_left {
                 retry(error, Some(traceback), "failed")
             } else {

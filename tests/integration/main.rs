@@ -9,6 +9,7 @@ mod conformance;
 mod default_jobs;
 mod embedded_cli;
 mod embedded_crash;
+mod guards;
 mod jobs_api;
 mod plans;
 mod replicas;

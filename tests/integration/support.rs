@@ -309,10 +309,9 @@ impl TestApp {
         register: impl FnOnce(&mut HandlerRegistry),
     ) -> TestApp {
         let config = serve_config(&db, extra);
-        let mut registry = HandlerRegistry::with_builtins(BuiltinConfig {
-            command_enabled: config.enable_command_handler,
-            ..BuiltinConfig::default()
-        });
+        let builtins = BuiltinConfig::from_flags(config.enable_command_handler, &config.guards)
+            .expect("the guard flags are valid");
+        let mut registry = HandlerRegistry::with_builtins(builtins);
         register(&mut registry);
         let shutdown = CancellationToken::new();
         let running = jobsd::app::start(config, registry, shutdown.clone())

@@ -3,6 +3,11 @@
 //! Guarantees:
 //! - refuses to run (fatal error, and `disabled_reason`) unless enabled in the
 //!   configuration;
+//! - with `--command-allow`, runs only the listed programs (compared by
+//!   canonical path after a PATH lookup, `crate::guard::program`): another
+//!   program is refused when the job is created and, should the list have
+//!   changed since, as a fatal error when it runs; the run executes the
+//!   path that was checked, found through jobsd's PATH, not the job's;
 //! - `program` is executed directly with `args`; nothing is interpreted by a
 //!   shell. `env` is added to the inherited environment, `cwd` sets the working
 //!   directory; stdin is `/dev/null`;
@@ -20,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -27,6 +33,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{bounded_text, cancelled, fatal, parse_kwargs, retryable, tail};
+use crate::guard::ProgramAllowList;
 use crate::handlers::{Handler, HandlerResult, RunContext};
 
 const NAME: &str = "command";
@@ -49,14 +56,32 @@ struct CommandKwargs {
 /// Runs a program per run, when enabled.
 pub struct CommandHandler {
     enabled: bool,
+    /// When set, the only programs it runs.
+    allow: Option<Arc<ProgramAllowList>>,
     max_output_bytes: usize,
 }
 
 impl CommandHandler {
-    pub fn new(enabled: bool, max_output_bytes: usize) -> Self {
+    pub fn new(
+        enabled: bool,
+        allow: Option<Arc<ProgramAllowList>>,
+        max_output_bytes: usize,
+    ) -> Self {
         CommandHandler {
             enabled,
+            allow,
             max_output_bytes,
+        }
+    }
+
+    /// What to execute for `program`: the path the allow list checked, or
+    /// the program as given when there is no list.
+    fn executable(&self, program: &str, cwd: Option<&str>) -> Result<String, String> {
+        match &self.allow {
+            None => Ok(program.to_string()),
+            Some(list) => list
+                .check(program, cwd)
+                .map(|path| path.to_string_lossy().into_owned()),
         }
     }
 }
@@ -123,6 +148,16 @@ impl Handler for CommandHandler {
         (!self.enabled).then(|| DISABLED.to_string())
     }
 
+    fn check_kwargs(&self, kwargs: &Value) -> Vec<(String, String)> {
+        let (Some(_), Some(program)) = (&self.allow, kwargs["program"].as_str()) else {
+            return Vec::new();
+        };
+        match self.executable(program, kwargs["cwd"].as_str()) {
+            Ok(_) => Vec::new(),
+            Err(why) => vec![("/program".to_string(), why)],
+        }
+    }
+
     fn kwargs_schema(&self) -> Value {
         json!({
             "type": "object",
@@ -171,7 +206,10 @@ impl Handler for CommandHandler {
         if program.is_empty() {
             return Err(fatal("program must not be empty"));
         }
-        let mut command = tokio::process::Command::new(program);
+        let executable = self
+            .executable(program, kwargs.cwd.as_deref())
+            .map_err(fatal)?;
+        let mut command = tokio::process::Command::new(&executable);
         command
             .args(&kwargs.args)
             .envs(&kwargs.env)
@@ -264,7 +302,7 @@ mod tests {
     use crate::handlers::HandlerError;
 
     fn handler() -> CommandHandler {
-        CommandHandler::new(true, 64 * 1024)
+        CommandHandler::new(true, None, 64 * 1024)
     }
 
     async fn run(kwargs: Value) -> HandlerResult {
@@ -385,7 +423,7 @@ mod tests {
 
     #[tokio::test]
     async fn big_output_is_truncated_without_hanging() {
-        let handler = CommandHandler::new(true, 1000);
+        let handler = CommandHandler::new(true, None, 1000);
         let kwargs = json!({
             "program": "sh",
             "args": ["-c", "head -c 1000000 /dev/zero; head -c 1000000 /dev/zero >&2"],
@@ -403,7 +441,7 @@ mod tests {
         assert_eq!(result["stdout_truncated"], false);
         // Cut at a char boundary: 7 bytes of 4-byte characters keep one.
         let kwargs = json!({"program": "printf", "args": ["%s", "😀😀😀"]});
-        let result = CommandHandler::new(true, 7)
+        let result = CommandHandler::new(true, None, 7)
             .execute(ctx(), kwargs)
             .await
             .unwrap();
@@ -434,7 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_handler_refuses_with_the_reason() {
-        let handler = CommandHandler::new(false, 1024);
+        let handler = CommandHandler::new(false, None, 1024);
         assert_eq!(handler.disabled_reason().as_deref(), Some(DISABLED));
         assert!(DISABLED.contains("--enable-command-handler"));
         let error = handler
@@ -443,7 +481,9 @@ mod tests {
             .unwrap_err();
         assert!(!error.retryable);
         assert_eq!(error.error.to_string(), DISABLED);
-        assert!(CommandHandler::new(true, 1).disabled_reason().is_none());
+        assert!(CommandHandler::new(true, None, 1)
+            .disabled_reason()
+            .is_none());
     }
 
     #[tokio::test]
@@ -471,6 +511,64 @@ mod tests {
         assert_rejected(NAME, json!({"program": "ls", "args": [1]}), "/args/0");
         assert_rejected(NAME, json!({"program": "ls", "env": {"A": 1}}), "/env/A");
         assert_rejected(NAME, json!({"program": "ls", "timeout": 5}), "timeout");
+    }
+
+    fn allowing(programs: &[&str]) -> CommandHandler {
+        let listed: Vec<String> = programs.iter().map(|p| p.to_string()).collect();
+        let list = ProgramAllowList::resolve(&listed).unwrap().map(Arc::new);
+        CommandHandler::new(true, list, 1024)
+    }
+
+    #[tokio::test]
+    async fn an_allow_list_runs_only_its_programs() {
+        let handler = allowing(&["echo"]);
+        let result = handler
+            .execute(ctx(), json!({"program": "echo", "args": ["hi"]}))
+            .await
+            .unwrap();
+        assert_eq!(result["stdout"], "hi\n");
+        let error = handler
+            .execute(ctx(), json!({"program": "sh", "args": ["-c", "echo no"]}))
+            .await
+            .unwrap_err();
+        assert!(!error.retryable);
+        assert!(
+            message(&error).contains("is not in --command-allow (echo = /"),
+            "{}",
+            message(&error)
+        );
+        assert!(handler.check_kwargs(&json!({"program": "echo"})).is_empty());
+        let problems = handler.check_kwargs(&json!({"program": "sh"}));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "/program");
+        assert!(
+            handler.check_kwargs(&json!({"program": "jobsd-no-such"}))[0]
+                .1
+                .contains("not found in jobsd's PATH")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_jobs_own_path_cannot_swap_an_allowed_program() {
+        // A directory whose `echo` would print something else.
+        let dir =
+            std::env::temp_dir().join(format!("jobsd-path-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("echo");
+        std::fs::write(&fake, "#!/bin/sh\nprintf swapped\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let kwargs = json!({
+            "program": "echo",
+            "args": ["real"],
+            "env": {"PATH": dir.to_str().unwrap()},
+        });
+        let result = allowing(&["echo"]).execute(ctx(), kwargs).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(result["stdout"], "real\n");
     }
 
     #[test]

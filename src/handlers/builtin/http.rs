@@ -9,6 +9,11 @@
 //! - the whole exchange (connect, send, read the body) is bounded by `timeout`
 //!   seconds (default 30) and stops promptly when the run is cancelled;
 //! - redirects are followed (up to 10); the result describes the final response;
+//! - every address connected to, and every URL requested (redirects
+//!   included), passes the address policy (`--http-deny`, `--http-allow`,
+//!   the default deny list; see `http_guard.rs`); a refusal is a fatal
+//!   error naming the rule. Proxy variables from the environment are
+//!   ignored (`--http-proxy` sets one);
 //! - the result is `{"status", "headers", "body", "body_truncated"}` where
 //!   `headers` holds only `content-type`, `content-length` and `location` when
 //!   present, and `body` is parsed JSON for a complete JSON response, else text
@@ -27,7 +32,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use std::sync::Arc;
+
+use super::http_guard::{build_client, check_url, refusal_in};
 use super::{bounded_text, cancelled, error_chain, fatal, parse_kwargs, retryable, seconds};
+use crate::guard::AddressPolicy;
 use crate::handlers::{Handler, HandlerResult, RunContext};
 
 const NAME: &str = "http";
@@ -106,17 +115,18 @@ pub struct HttpHandler {
     /// Built once; an error here (no TLS backend) fails each run instead of
     /// panicking at startup.
     client: Result<reqwest::Client, String>,
+    policy: Arc<AddressPolicy>,
+    via_proxy: bool,
     max_output_bytes: usize,
 }
 
 impl HttpHandler {
-    pub fn new(max_output_bytes: usize) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("jobsd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| error_chain(&e));
+    pub fn new(max_output_bytes: usize, policy: Arc<AddressPolicy>, proxy: Option<String>) -> Self {
+        let client = build_client(policy.clone(), proxy.as_deref());
         HttpHandler {
             client,
+            policy,
+            via_proxy: proxy.is_some(),
             max_output_bytes,
         }
     }
@@ -139,6 +149,9 @@ impl HttpHandler {
             return Err(fatal("timeout must be greater than 0"));
         }
         let method = kwargs.method.to_reqwest();
+        // A literal IP is never resolved: the resolver cannot check it.
+        check_url(&self.policy, &url, self.via_proxy)
+            .map_err(|refusal| fatal(format!("{method} {url}: {refusal}")))?;
         let headers = header_map(&kwargs.headers)?;
         let has_content_type = headers.contains_key(CONTENT_TYPE);
         let mut request = client
@@ -165,6 +178,9 @@ impl HttpHandler {
 
         let what = format!("{method} {url}");
         let transport_error = |e: reqwest::Error| {
+            if let Some(refusal) = refusal_in(&e) {
+                return fatal(format!("{what}: {refusal}"));
+            }
             let (timeout, builder) = (e.is_timeout(), e.is_builder());
             let chain = error_chain(&e.without_url());
             if timeout {
@@ -410,8 +426,12 @@ mod tests {
         format!("http://{addr}")
     }
 
+    fn handler(max_output_bytes: usize) -> HttpHandler {
+        HttpHandler::new(max_output_bytes, Arc::default(), None)
+    }
+
     async fn run(kwargs: Value) -> HandlerResult {
-        HttpHandler::new(64 * 1024).execute(ctx(), kwargs).await
+        handler(64 * 1024).execute(ctx(), kwargs).await
     }
 
     fn message(error: &HandlerError) -> String {
@@ -550,15 +570,14 @@ mod tests {
     #[tokio::test]
     async fn big_body_is_truncated_at_a_char_boundary() {
         let base = server().await;
-        let handler = HttpHandler::new(1001);
-        let result = handler
+        let result = handler(1001)
             .execute(ctx(), json!({"url": format!("{base}/big")}))
             .await
             .unwrap();
         assert_eq!(result["body_truncated"], true);
         assert_eq!(result["body"], "é".repeat(500));
         for (max, emojis) in [(7, 1), (8, 2), (9, 2), (3, 0)] {
-            let result = HttpHandler::new(max)
+            let result = handler(max)
                 .execute(ctx(), json!({"url": format!("{base}/emoji")}))
                 .await
                 .unwrap();
@@ -593,7 +612,7 @@ mod tests {
             cancel.cancel();
         });
         let started = Instant::now();
-        let error = HttpHandler::new(1024)
+        let error = handler(1024)
             .execute(ctx, json!({"url": format!("{base}/slow")}))
             .await
             .unwrap_err();
@@ -661,7 +680,7 @@ mod tests {
 
     #[test]
     fn example_fits_the_kwargs_struct() {
-        let kwargs: HttpKwargs = serde_json::from_value(HttpHandler::new(1).example()).unwrap();
+        let kwargs: HttpKwargs = serde_json::from_value(handler(1).example()).unwrap();
         assert!(matches!(kwargs.expect_status, Some(ExpectStatus::Many(_))));
     }
 

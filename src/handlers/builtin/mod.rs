@@ -19,10 +19,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{Handler, HandlerError};
+use crate::config::GuardConfig;
+use crate::guard::{AddressPolicy, ProgramAllowList};
 
 mod command;
 mod error_handler;
 mod http;
+mod http_guard;
 mod log;
 mod sleep;
 
@@ -31,26 +34,92 @@ mod sleep;
 pub struct BuiltinConfig {
     /// Whether the `command` handler may run programs (off by default).
     pub command_enabled: bool,
+    /// When set, the only programs `command` may run.
+    pub command_allow: Option<Arc<ProgramAllowList>>,
+    /// What the `http` handler may connect to.
+    pub http_policy: Arc<AddressPolicy>,
+    /// The proxy every `http` request goes through (`--http-proxy`); the
+    /// environment's proxy variables are ignored.
+    pub http_proxy: Option<String>,
     /// Bound on each captured output (an HTTP body, a command's stdout and
     /// its stderr) stored in a run's result.
     pub max_output_bytes: usize,
+    /// Largest kwargs (as JSON) a job may have; the registry checks it.
+    pub max_kwargs_bytes: usize,
 }
 
 impl Default for BuiltinConfig {
     fn default() -> Self {
         BuiltinConfig {
             command_enabled: false,
+            command_allow: None,
+            http_policy: Arc::new(AddressPolicy::default()),
+            http_proxy: None,
             max_output_bytes: 64 * 1024,
+            max_kwargs_bytes: super::DEFAULT_MAX_KWARGS_BYTES,
         }
+    }
+}
+
+impl BuiltinConfig {
+    /// The configuration the flags describe. Resolves `--command-allow`
+    /// when the handler is enabled (each program must be found) and checks `--http-allow`,
+    /// `--http-deny` and `--http-proxy`; an error names the flag.
+    pub fn from_flags(command_enabled: bool, guards: &GuardConfig) -> anyhow::Result<Self> {
+        let http_policy = AddressPolicy::from_flags(&guards.http_deny, &guards.http_allow)
+            .map_err(anyhow::Error::msg)?;
+        let http_proxy = guards.http_proxy.clone().filter(|p| !p.trim().is_empty());
+        if let Some(proxy) = &http_proxy {
+            http_guard::check_proxy(proxy).map_err(anyhow::Error::msg)?;
+        }
+        // A disabled handler runs nothing: its list is not looked up.
+        let command_allow = if command_enabled {
+            ProgramAllowList::resolve(&guards.command_allow)
+                .map_err(anyhow::Error::msg)?
+                .map(Arc::new)
+        } else {
+            None
+        };
+        Ok(BuiltinConfig {
+            command_enabled,
+            command_allow,
+            http_policy: Arc::new(http_policy),
+            http_proxy,
+            max_kwargs_bytes: guards.max_kwargs_bytes,
+            ..BuiltinConfig::default()
+        })
+    }
+
+    /// One line for the start-up log: what the guards allow.
+    pub fn describe(&self) -> String {
+        let command = match (self.command_enabled, &self.command_allow) {
+            (false, _) => "command: disabled".to_string(),
+            (true, None) => "command: enabled for any program".to_string(),
+            (true, Some(list)) => format!("command: only {}", list.listed()),
+        };
+        let proxy = match &self.http_proxy {
+            Some(proxy) => format!("through the proxy {}", http_guard::shown(proxy)),
+            None => "direct (proxy variables ignored)".to_string(),
+        };
+        format!(
+            "http: {}; {proxy}. {command}. kwargs: at most {} bytes",
+            self.http_policy.describe(),
+            self.max_kwargs_bytes
+        )
     }
 }
 
 /// All built-in handlers, configured.
 pub fn all(config: BuiltinConfig) -> Vec<Arc<dyn Handler>> {
     vec![
-        Arc::new(http::HttpHandler::new(config.max_output_bytes)),
+        Arc::new(http::HttpHandler::new(
+            config.max_output_bytes,
+            config.http_policy.clone(),
+            config.http_proxy.clone(),
+        )),
         Arc::new(command::CommandHandler::new(
             config.command_enabled,
+            config.command_allow.clone(),
             config.max_output_bytes,
         )),
         Arc::new(log::LogHandler),
