@@ -88,8 +88,20 @@ impl SqliteStore {
     }
 
     /// A write transaction (`BEGIN IMMEDIATE`) on the writer connection.
+    ///
+    /// Begun in a task of its own: a caller dropped while `BEGIN` is in
+    /// flight (a timed-out heartbeat, a client gone) would otherwise leave
+    /// the one writer connection inside a transaction that sqlx no longer
+    /// tracks, and every later write would fail ("begin_with at non-zero
+    /// transaction depth"). The task always finishes the `BEGIN`; if its
+    /// caller is gone, the transaction it made is dropped, so rolled back.
     pub(crate) async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        let writer = self.writer.clone();
+        let begun = tokio::spawn(async move { writer.begin_with("BEGIN IMMEDIATE").await })
+            .await
+            // The task panicked, or the runtime is shutting down.
+            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
+        Ok(begun?)
     }
 
     /// A receiver of this process's notices.

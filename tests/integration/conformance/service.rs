@@ -110,7 +110,48 @@ async fn a_listener_hears_the_notices_of_changes(store: Store) {
     notice_where(&mut listener, |n| n.cancel == [id]).await;
 }
 
+/// A write whose caller gives up at any moment (a heartbeat bounded by a
+/// timeout, a request whose client went away) leaves the store usable.
+/// On the embedded store, dropping a write while its `BEGIN` was in flight
+/// left the one writer connection inside a transaction, and every later
+/// write failed ("begin_with at non-zero transaction depth").
+async fn a_write_abandoned_at_any_moment_leaves_the_store_writable(store: Store) {
+    store.job_insert(&hourly("kept"), "test").await.unwrap();
+    for i in 0..400u64 {
+        // Dropped after one poll, then after a wait of 0 to 200 µs for the
+        // database to take the write, so that some are dropped while their
+        // transaction begins (a timer's millisecond is too coarse for it).
+        abandon_after(
+            store.service_set_paused(i % 2 == 0),
+            Duration::from_micros(i / 2),
+        )
+        .await;
+        tokio::task::yield_now().await;
+    }
+    let paused = store.service_set_paused(false).await;
+    assert!(paused.is_ok(), "the store still writes: {paused:?}");
+    store.job_insert(&hourly("after"), "test").await.unwrap();
+    assert_eq!(store.job_get("after").await.unwrap().job_id, "after");
+}
+
+/// Polls `write` once, waits `then` (busy: no timer is that fine), polls it
+/// once more and drops it unless it is done.
+async fn abandon_after<F: std::future::Future>(write: F, then: Duration) {
+    use std::task::Poll;
+    let mut write = std::pin::pin!(write);
+    let done = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx).is_ready())).await;
+    if done {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < then {
+        std::hint::spin_loop();
+    }
+    let _ = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx).is_ready())).await;
+}
+
 conformance![
+    a_write_abandoned_at_any_moment_leaves_the_store_writable,
     migrations_are_idempotent_and_the_clock_is_now,
     instances_register_heartbeat_and_are_pruned,
     a_listener_hears_the_notices_of_changes,
