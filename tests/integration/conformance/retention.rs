@@ -322,6 +322,30 @@ async fn a_batch_prunes_at_most_its_limit(store: Store) {
     assert!(runs_of(&store, "j").await.is_empty());
 }
 
+/// Two replicas pruning at once delete each old run once between them,
+/// and neither fails.
+async fn concurrent_prunes_share_the_work(store: Store) {
+    store.job_insert(&roomy("j"), "test").await.unwrap();
+    let mut done = Vec::new();
+    for _ in 0..20 {
+        done.push(finished(&store, "j", RunState::Succeeded).await);
+    }
+    age_runs(&store, &done).await;
+    let cutoff = now() - seconds(3_600);
+    let states = prunable_states();
+    let (a, b) = tokio::join!(
+        store.runs_prune_finished_before(cutoff, &states, 15),
+        store.runs_prune_finished_before(cutoff, &states, 15)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let rest = store
+        .runs_prune_finished_before(cutoff, &states, 15)
+        .await
+        .unwrap();
+    assert_eq!(a + b + rest, 20, "{a} + {b} + {rest}");
+    assert!(runs_of(&store, "j").await.is_empty());
+}
+
 /// `--retention 0` (and no failure retention) keeps everything.
 async fn retention_zero_keeps_everything(store: Store) {
     store.job_insert(&roomy("j"), "test").await.unwrap();
@@ -357,5 +381,6 @@ conformance![
     completed_one_shot_jobs_without_runs_are_removed,
     failure_records_follow_their_own_retention,
     a_batch_prunes_at_most_its_limit,
+    concurrent_prunes_share_the_work,
     retention_zero_keeps_everything,
 ];
