@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::handlers::HandlerRegistry;
+use crate::retention::{Maintenance, Retention, RetentionConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::{ServeLock, SqliteOptions, Store};
 use crate::worker::{Supervisor, SupervisorConfig, WorkerConfig, WorkerPool};
@@ -181,7 +182,8 @@ pub async fn start(
     })
 }
 
-/// Starts the scheduler, the worker pool and the supervisor; each stops
+/// Starts the scheduler, the worker pool, the supervisor and the history
+/// maintenance; each stops
 /// (workers after draining) when `shutdown` is cancelled.
 fn spawn_background(
     config: &ServeConfig,
@@ -210,10 +212,26 @@ fn spawn_background(
             prune_after: (config.lease * 10).max(std::time::Duration::from_secs(300)),
         },
     );
+    let maintenance = Maintenance::new(
+        store.clone(),
+        RetentionConfig {
+            retention: config.history.retention,
+            failure_retention: config
+                .history
+                .failure_retention
+                .unwrap_or(Retention::KeepAll),
+            every: config
+                .history
+                .retention_interval
+                .max(std::time::Duration::from_millis(100)),
+            batch: crate::retention::BATCH,
+        },
+    );
     vec![
         tokio::spawn(scheduler.run(shutdown.clone())),
         tokio::spawn(workers.run(shutdown.clone())),
         tokio::spawn(supervisor.run(shutdown.clone())),
+        tokio::spawn(maintenance.run(shutdown.clone())),
     ]
 }
 

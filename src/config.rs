@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::retention::Retention;
 use crate::store::Synchronous;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -20,6 +21,11 @@ pub(crate) fn parse_flag_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())?
         .to_std()
         .map_err(|_| "must not be negative".to_string())
+}
+
+/// Parses a retention flag: a duration, `0` meaning "keep everything".
+pub(crate) fn parse_retention(s: &str) -> Result<Retention, String> {
+    parse_flag_duration(s).map(Retention::from_duration)
 }
 
 /// Settings shared by every subcommand that talks to the database.
@@ -118,6 +124,28 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub guards: GuardConfig,
+
+    #[command(flatten)]
+    pub history: HistoryConfig,
+}
+
+/// How long history is kept (README "Bounded history").
+#[derive(Debug, Clone, Args)]
+pub struct HistoryConfig {
+    /// How long finished runs are kept after they end (`0`: for ever);
+    /// completed one-shot jobs go with their last run. A job's `keep_runs`
+    /// replaces this for its runs.
+    #[arg(long, env = "JOBSD_RETENTION", default_value = "14d", value_parser = parse_retention)]
+    pub retention: Retention,
+
+    /// How long failure records are kept (default, or `0`: until
+    /// `DELETE /api/v1/jobs/clean-failed` removes them).
+    #[arg(long, env = "JOBSD_FAILURE_RETENTION", value_parser = parse_retention)]
+    pub failure_retention: Option<Retention>,
+
+    /// How often each replica prunes what the retention no longer keeps.
+    #[arg(long, env = "JOBSD_RETENTION_INTERVAL", default_value = "1m", value_parser = parse_flag_duration)]
+    pub retention_interval: Duration,
 }
 
 impl ServeConfig {

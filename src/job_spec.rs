@@ -93,6 +93,11 @@ pub struct JobSpec {
     pub state: Option<String>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// Keep this job's newest N finished runs whatever their age, instead of
+    /// the service's `--retention` (a whole number, at least 1). Default:
+    /// none (the retention applies).
+    #[schema(value_type = Option<i32>, minimum = 1, example = 10)]
+    pub keep_runs: Option<Value>,
 }
 
 /// Limits that keep one definition from hurting the service.
@@ -101,6 +106,7 @@ const MAX_INSTANCES: i32 = 1000;
 const MAX_RETRIES: i32 = 100;
 const MAX_TAGS: usize = 50;
 const MAX_TEXT_LEN: usize = 10_000;
+const MAX_KEEP_RUNS: i64 = 1_000_000;
 /// Ids the API uses as path words.
 pub const RESERVED_IDS: &[&str] = &["clean-failed", "bulk"];
 
@@ -158,6 +164,23 @@ fn duration_field(
         return None;
     }
     Some(kept)
+}
+
+/// `keep_runs`: absent or null for none, else a whole number from 1.
+fn keep_runs_field(value: &Option<Value>) -> Result<Option<i32>, String> {
+    let refused = || {
+        format!("must be a whole number from 1 to {MAX_KEEP_RUNS} (the finished runs to keep), or null for none")
+    };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(n) if (1..=MAX_KEEP_RUNS).contains(&n) => {
+                Ok(Some(i32::try_from(n).map_err(|_| refused())?))
+            }
+            _ => Err(refused()),
+        },
+        Some(other) => Err(format!("{}; got {other}", refused())),
+    }
 }
 
 fn millis(d: Option<Duration>) -> Option<i64> {
@@ -311,6 +334,13 @@ impl JobSpec {
                 ));
             }
         }
+        let keep_runs = match keep_runs_field(&self.keep_runs) {
+            Ok(n) => n,
+            Err(message) => {
+                problems.push(FieldError::new("keep_runs", message));
+                None
+            }
+        };
         let state = match self.state.as_deref() {
             None => JobState::Running,
             Some(name) => match JobState::requested(name) {
@@ -398,6 +428,7 @@ impl JobSpec {
             tags,
             source: ctx.source.clone(),
             failed_run_id: None,
+            keep_runs,
         })
     }
 
@@ -462,6 +493,7 @@ impl JobSpec {
             ),
             description: row.description.clone(),
             tags: Some(row.tags.clone()),
+            keep_runs: row.keep_runs.map(Value::from),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod job_spec;
 pub mod logging;
 pub mod maintenance;
+pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

@@ -54,6 +54,9 @@ pub struct JobView {
     pub source: String,
     /// On failure records: the run that failed.
     pub failed_run_id: Option<Uuid>,
+    /// The newest finished runs kept whatever their age (null: the
+    /// service's `--retention` applies).
+    pub keep_runs: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -101,6 +104,7 @@ impl From<JobRow> for JobView {
             tags: row.tags,
             source: row.source,
             failed_run_id: row.failed_run_id,
+            keep_runs: row.keep_runs,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

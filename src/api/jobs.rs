@@ -311,6 +311,8 @@ pub struct CreateQuery {
     pub max_retries: Option<i32>,
     pub retry_backoff: Option<String>,
     pub description: Option<String>,
+    /// The newest finished runs to keep whatever their age.
+    pub keep_runs: Option<i64>,
 }
 
 /// `POST /api/v1/jobs/{handler}`: the original service's form. Documented
@@ -343,6 +345,7 @@ async fn create_job_for_handler(
         retry_backoff: q.retry_backoff.map(Value::String),
         state: q.state,
         description: q.description,
+        keep_runs: q.keep_runs.map(Value::from),
         tags: None,
     };
     create(&app, spec).await

@@ -102,6 +102,7 @@ fn same_job(row: &JobRow, job: &NewJob) -> bool {
         && row.description == job.description
         && row.tags == job.tags
         && row.source == job.source
+        && row.keep_runs == job.keep_runs
 }
 
 /// What happened to one file's job in a scan.
@@ -373,6 +374,7 @@ mod tests {
             tags: vec![],
             source: "/jobs/j.yaml".into(),
             failed_run_id: None,
+            keep_runs: None,
         }
     }
 
@@ -402,6 +404,7 @@ mod tests {
                 tags: job.tags.clone(),
                 source: job.source.clone(),
                 failed_run_id: None,
+                keep_runs: job.keep_runs,
                 created_at: t,
                 updated_at: t,
                 last_run_id: None,

@@ -53,6 +53,9 @@ pub struct NewJob {
     pub tags: Vec<String>,
     pub source: String,
     pub failed_run_id: Option<Uuid>,
+    /// Keep the newest N finished runs whatever their age, instead of the
+    /// retention's age rule (`None`: the age rule).
+    pub keep_runs: Option<i32>,
 }
 
 /// A stored job with a summary of its newest run.
@@ -79,6 +82,7 @@ pub struct JobRow {
     pub tags: Vec<String>,
     pub source: String,
     pub failed_run_id: Option<Uuid>,
+    pub keep_runs: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_run_id: Option<Uuid>,
@@ -123,6 +127,7 @@ impl JobRow {
             tags: self.tags.clone(),
             source: self.source.clone(),
             failed_run_id: self.failed_run_id,
+            keep_runs: self.keep_runs,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod postgres;
 pub(crate) mod runs;
 pub mod sqlite;
 
+use crate::domain::RunState;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -348,6 +349,53 @@ impl Store {
     /// Pauses or resumes all scheduling.
     pub async fn service_set_paused(&self, paused: bool) -> StoreResult<()> {
         on_backend!(self, s => s.service_set_paused(paused).await)
+    }
+
+    // Retention (src/retention/): each call deletes at most `limit` rows
+    // and says how many; safe to race between replicas.
+
+    /// Deletes finished runs (in `states`) that ended, or were created when
+    /// they have no end, before `cutoff`, except those of jobs with
+    /// `keep_runs`.
+    pub async fn runs_prune_finished_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        states: &[RunState],
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.runs_prune_finished_before(cutoff, states, limit).await)
+    }
+
+    /// The jobs with `keep_runs`, and its value.
+    pub async fn jobs_keeping_runs(&self) -> StoreResult<Vec<(String, i32)>> {
+        on_backend!(self, s => s.jobs_keeping_runs().await)
+    }
+
+    /// Deletes the finished runs (in `states`) of `job_id` beyond its
+    /// newest `keep` finished ones (newest by creation).
+    pub async fn runs_prune_beyond_newest(
+        &self,
+        job_id: &str,
+        keep: i32,
+        states: &[RunState],
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.runs_prune_beyond_newest(job_id, keep, states, limit).await)
+    }
+
+    /// Deletes completed one-shot jobs (not failure records) that have no
+    /// runs left.
+    pub async fn jobs_prune_completed_without_runs(&self, limit: i64) -> StoreResult<u64> {
+        on_backend!(self, s => s.jobs_prune_completed_without_runs(limit).await)
+    }
+
+    /// Deletes failure records created before `cutoff`.
+    pub async fn jobs_prune_failure_records_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.jobs_prune_failure_records_before(cutoff, limit).await)
     }
 
     // Wake-ups.

@@ -241,7 +241,7 @@ impl Served {
 async fn seed_jobs(app: &Served) -> Vec<&'static str> {
     let specs = [
         json!({"job_id": "every", "handler": "log", "kwargs": {"message": "every"},
-               "periodically": "1h", "tags": ["a", "b"], "description": "hourly"}),
+               "periodically": "1h", "tags": ["a", "b"], "description": "hourly", "keep_runs": 4}),
         json!({"job_id": "paused", "handler": "log", "kwargs": {"message": "paused"},
                "cron": "30 2 * * *", "timezone": "Europe/Berlin", "state": "paused"}),
         json!({"job_id": "later", "handler": "log", "kwargs": {"message": "later"},
@@ -321,7 +321,7 @@ fn assert_same_jobs(source: &[JobRow], target: &[JobRow]) {
         let t = target.iter().find(|t| t.job_id == s.job_id).unwrap();
         let view = |j: &JobRow| {
             format!(
-                "{} {} {} {:?} {:?} {:?} {} {} {:?} {} {} {:?} {:?} {} {} {} {:?} {:?} {:?} {} {:?} {} {}",
+                "{} {} {} {:?} {:?} {:?} {} {} {:?} {} {} {:?} {:?} {} {} {} {:?} {:?} {:?} {} {:?} {:?} {} {}",
                 j.job_id,
                 j.handler,
                 j.kwargs,
@@ -343,11 +343,15 @@ fn assert_same_jobs(source: &[JobRow], target: &[JobRow]) {
                 j.tags,
                 j.source,
                 j.failed_run_id,
+                j.keep_runs,
                 j.created_at,
                 j.updated_at,
             )
         };
         assert_eq!(view(s), view(t), "job {}", s.job_id);
+        if s.job_id == "every" {
+            assert_eq!(t.keep_runs, Some(4), "keep_runs is copied");
+        }
     }
     let order = |jobs: &[JobRow]| jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>();
     assert_eq!(order(source), order(target), "listing order");

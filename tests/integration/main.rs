@@ -13,6 +13,7 @@ mod guards;
 mod jobs_api;
 mod plans;
 mod replicas;
+mod retention;
 mod robustness;
 mod runs;
 mod scheduling;

@@ -600,5 +600,6 @@ pub fn failure_record(job_id: &str, kwargs: serde_json::Value) -> jobsd::store::
         tags: vec![],
         source: "api".into(),
         failed_run_id: None,
+        keep_runs: None,
     }
 }

@@ -15,6 +15,7 @@ pub mod hot;
 pub(crate) mod instances;
 pub(crate) mod jobs;
 pub(crate) mod notify;
+mod retention;
 pub(crate) mod runs;
 pub(crate) mod service;
 

@@ -34,8 +34,9 @@ fn push_job_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
 }
 
 /// Chains `$bind` (`bind` of a query, `push_bind` of a `VALUES` row) over
-/// the 20 definition columns of `$job`, in table order (`job_id` ..
-/// `source`, as [`DEFINITION_COLUMNS`] lists them), with `$next_run_at`.
+/// the 21 definition columns of `$job` (`job_id` .. `source` in table
+/// order, then `keep_runs`, as [`DEFINITION_COLUMNS`] lists them), with
+/// `$next_run_at`.
 macro_rules! bind_definition_columns {
     ($target:expr, $bind:ident, $job:expr, $next_run_at:expr) => {
         $target
@@ -59,10 +60,11 @@ macro_rules! bind_definition_columns {
             .$bind(&$job.description)
             .$bind(Value::from($job.tags.clone()).to_string())
             .$bind(&$job.source)
+            .$bind($job.keep_runs)
     };
 }
 
-/// Binds the 20 definition columns of `job`, for statements that write a
+/// Binds the 21 definition columns of `job`, for statements that write a
 /// whole definition.
 pub(crate) fn bind_definition<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -74,7 +76,7 @@ pub(crate) fn bind_definition<'q>(
 /// The columns [`bind_definition`] binds, in its order.
 pub(crate) const DEFINITION_COLUMNS: &str = "job_id, handler, kwargs, schedule_kind, interval_ms, cron, \
     timezone, start_at, misfire_grace_ms, \"coalesce\", max_instances, lock_key, timeout_ms, max_retries, \
-    retry_backoff_ms, state, next_run_at, description, tags, source";
+    retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs";
 
 impl SqliteStore {
     /// Inserts jobs in one transaction, all or none; `Conflict` naming the
@@ -186,8 +188,8 @@ impl SqliteStore {
                  interval_ms = ?5, cron = ?6, timezone = ?7, start_at = ?8, misfire_grace_ms = ?9, \
                  \"coalesce\" = ?10, max_instances = ?11, lock_key = ?12, timeout_ms = ?13, \
                  max_retries = ?14, retry_backoff_ms = ?15, state = ?16, next_run_at = ?17, \
-                 description = ?18, tags = ?19, source = ?20, updated_at = ?21, version = version + 1 \
-                 WHERE job_id = ?1 AND version = ?22",
+                 description = ?18, tags = ?19, source = ?20, keep_runs = ?21, updated_at = ?22, \
+                 version = version + 1 WHERE job_id = ?1 AND version = ?23",
             ),
             job,
         )
@@ -298,7 +300,11 @@ impl SqliteStore {
     /// Deletes the jobs matching `condition` (on one bound value) and their
     /// runs; running runs are cancelled instead and removed when they end
     /// (see the PostgreSQL store).
-    async fn jobs_delete_where(&self, condition: &str, value: &str) -> StoreResult<Vec<String>> {
+    pub(super) async fn jobs_delete_where(
+        &self,
+        condition: &str,
+        value: &str,
+    ) -> StoreResult<Vec<String>> {
         let mut tx = self.write().await?;
         let job_ids: Vec<String> = sqlx::query_scalar(&format!(
             "DELETE FROM jobs WHERE {condition} RETURNING job_id"

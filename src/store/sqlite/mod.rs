@@ -33,6 +33,7 @@ pub(crate) mod execution;
 pub(crate) mod firing;
 pub(crate) mod instances;
 pub(crate) mod jobs;
+mod retention;
 mod rows;
 pub(crate) mod runs;
 pub(crate) mod service;

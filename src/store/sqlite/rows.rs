@@ -173,7 +173,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<RunRow, sqlx::Error> {
 pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
      j.timezone, j.start_at, j.misfire_grace_ms, j.\"coalesce\", j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
-     j.failed_run_id, j.created_at, j.updated_at, j.version, \
+     j.failed_run_id, j.keep_runs, j.created_at, j.updated_at, j.version, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      (SELECT json_group_object(c.state, c.n) FROM \
@@ -218,6 +218,7 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         tags,
         source: row.try_get("source")?,
         failed_run_id: opt_uuid(row, "failed_run_id")?,
+        keep_runs: row.try_get("keep_runs")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         last_run_id: opt_uuid(row, "last_run_id")?,

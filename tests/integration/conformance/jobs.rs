@@ -32,6 +32,7 @@ async fn a_job_reads_back_as_written(store: Store) {
     interval.timeout_ms = Some(30_000);
     interval.max_retries = 2;
     interval.retry_backoff_ms = 1_500;
+    interval.keep_runs = Some(7);
     interval.description = Some("every hour, on the hour's phase".into());
     interval.tags = vec!["b".into(), "a".into()];
     let mut cron = hourly("on-the-hour");

@@ -48,6 +48,7 @@ mod claims;
 mod files;
 mod firing;
 mod jobs;
+mod retention;
 mod runs;
 mod service;
 
@@ -110,6 +111,7 @@ pub fn hourly(job_id: &str) -> NewJob {
         tags: vec![],
         source: "api".into(),
         failed_run_id: None,
+        keep_runs: None,
     }
 }
 
