@@ -115,6 +115,10 @@ pub struct ServeConfig {
     /// they are handed back to the queue.
     #[arg(long, env = "JOBSD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_flag_duration)]
     pub shutdown_grace: Duration,
+
+    /// API tokens, the non-loopback refusal and CORS (`src/auth/config.rs`).
+    #[command(flatten)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl ServeConfig {

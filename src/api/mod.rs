@@ -9,6 +9,7 @@ mod jobs;
 pub mod openapi;
 mod runs;
 mod service;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 pub use error::{ApiError, ErrorBody};
 
+use crate::auth::Auth;
 use crate::handlers::HandlerRegistry;
 use crate::store::Store;
 use crate::worker::WorkerPool;
@@ -44,6 +46,8 @@ pub struct AppState {
     /// Cancelled when shutdown begins (SIGTERM): from then until exit the
     /// replica drains, and readiness answers 503.
     pub shutdown: CancellationToken,
+    /// Who may call the API (checked by a layer in front of every route).
+    pub auth: Auth,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
         lease: std::time::Duration,
         workers: WorkerPool,
         shutdown: CancellationToken,
+        auth: Auth,
     ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
@@ -64,6 +69,7 @@ impl AppState {
             lease,
             workers,
             shutdown,
+            auth,
         }
     }
 }
@@ -72,24 +78,37 @@ impl AppState {
 const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, and `/`
-/// redirecting to it. `max_body_bytes` bounds every request body.
+/// redirecting to it. `max_body_bytes` bounds every request body. Every
+/// route is behind the token check (`crate::auth::require_token`).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let auth = state.auth.clone();
     let api = Router::new()
         .merge(jobs::router(max_body_bytes.max(BULK_BODY_BYTES)))
         .merge(runs::router())
         .merge(service::router())
         .merge(instances::router())
+        .merge(tokens::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", api)
         .merge(SwaggerUi::new("/api/v1/ui").config(Config::from("/api/v1/openapi.json")))
         .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
+        // A route layer: it knows the matched route's template.
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::auth::require_token,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(TraceLayer::new_for_http());
+    // Outside the token check, so that browsers' preflights are answered.
+    let app = match auth.cors() {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }
 
 async fn openapi_json(axum::extract::State(app): axum::extract::State<AppState>) -> Response {

@@ -17,6 +17,7 @@ pub(crate) mod jobs;
 pub(crate) mod notify;
 pub(crate) mod runs;
 pub(crate) mod service;
+pub(crate) mod tokens;
 
 use sqlx::PgPool;
 

@@ -36,6 +36,7 @@ pub(crate) mod jobs;
 mod rows;
 pub(crate) mod runs;
 pub(crate) mod service;
+pub(crate) mod tokens;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, SqlitePool, Transaction};

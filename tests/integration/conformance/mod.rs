@@ -50,6 +50,7 @@ mod firing;
 mod jobs;
 mod runs;
 mod service;
+mod tokens;
 
 /// Runs `test` on a fresh, migrated store of `backend`, in a database of
 /// its own (removed afterwards).
