@@ -95,7 +95,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/api/v1", api)
         .merge(SwaggerUi::new("/api/v1/ui").config(Config::from("/api/v1/openapi.json")))
         .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
-        // A route layer: it knows the matched route's template.
+        // A route layer, so that it knows the matched route's template; it
+        // covers the routes above, so a route is added above it.
         .route_layer(axum::middleware::from_fn_with_state(
             auth.clone(),
             crate::auth::require_token,
