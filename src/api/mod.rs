@@ -81,7 +81,6 @@ const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// redirecting to it. `max_body_bytes` bounds every request body. Every
 /// route is behind the token check (`crate::auth::require_token`).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let auth = state.auth.clone();
     let api = Router::new()
         .merge(jobs::router(max_body_bytes.max(BULK_BODY_BYTES)))
         .merge(runs::router())
@@ -91,25 +90,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    let app = Router::new()
+    Router::new()
         .nest("/api/v1", api)
         .merge(SwaggerUi::new("/api/v1/ui").config(Config::from("/api/v1/openapi.json")))
         .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
         // A route layer, so that it knows the matched route's template; it
         // covers the routes above, so a route is added above it.
         .route_layer(axum::middleware::from_fn_with_state(
-            auth.clone(),
+            state.auth.clone(),
             crate::auth::require_token,
         ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TraceLayer::new_for_http());
-    // Outside the token check, so that browsers' preflights are answered.
-    let app = match auth.cors() {
-        Some(cors) => app.layer(cors),
-        None => app,
-    };
-    app.with_state(state)
+        .layer(TraceLayer::new_for_http())
+        // Outside the token check, so that browsers' preflights are answered.
+        .layer(tower::util::option_layer(state.auth.cors()))
+        .with_state(state)
 }
 
 async fn openapi_json(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
