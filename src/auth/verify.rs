@@ -157,7 +157,7 @@ struct Inner {
     mode: AuthMode,
     metrics_auth: bool,
     bootstrap: Option<TokenDigest>,
-    /// Auto mode: a token has been seen in the store.
+    /// A token has been seen in the store (under auto, auth is on by it).
     tokens_seen: AtomicBool,
     cache: RwLock<HashMap<TokenDigest, Cached>>,
     /// Tokens used since the last write of `last_used_at`.
@@ -205,11 +205,11 @@ impl Auth {
         };
         let cors = super::cors::layer(&config.cors_origin).map_err(anyhow::Error::msg)?;
         let tokens_seen = match config.mode {
-            AuthMode::Auto => store
+            AuthMode::Auto | AuthMode::On => store
                 .token_exists()
                 .await
                 .map_err(|e| anyhow::anyhow!("reading the API tokens: {e}"))?,
-            AuthMode::On | AuthMode::Off => false,
+            AuthMode::Off => false,
         };
         let auth = Auth {
             inner: Arc::new(Inner {
