@@ -29,6 +29,12 @@ USER jobsd
 # Without DATABASE_URL the image serves the embedded store (one replica) in
 # the volume; set DATABASE_URL=postgres://... for PostgreSQL and replicas
 # (docker-compose.yml does).
+# It listens on 0.0.0.0, and jobsd refuses to serve a non-loopback address
+# without authentication (the message says how to fix it), so give it a
+# bootstrap admin token:
+#   docker run -e JOBSD_ADMIN_TOKEN="$(openssl rand -hex 32)" -p 8080:8080 jobsd
+# or a store that holds a token already (`jobsd token create`), or, behind
+# a proxy that authenticates, JOBSD_INSECURE_NO_AUTH=true.
 ENV DATABASE_URL=sqlite:///app/data/jobsd.db \
     JOBSD_BIND=0.0.0.0:8080 \
     JOBSD_DEFAULT_JOBS_DIR=/app/default_jobs

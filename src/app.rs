@@ -99,6 +99,8 @@ pub async fn start(
     // Held by the service task below until the service has stopped.
     let serve_lock = take_serve_lock(&store)?;
     migrate_store(&store).await?;
+    // Before anything starts: refuses an exposed address without auth.
+    let auth = crate::auth::Auth::start(&store, &config.auth, config.bind).await?;
     let registry = Arc::new(registry);
     crate::default_jobs::start(&store, &registry, &config, &shutdown).await;
     let workers = WorkerPool::new(
@@ -121,6 +123,7 @@ pub async fn start(
         config.lease,
         workers.clone(),
         shutdown.clone(),
+        auth.clone(),
     );
     let app = api::router(state, config.max_body_bytes);
 
@@ -129,7 +132,8 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, %instance, "jobsd listening; Swagger UI at http://{address}/api/v1/ui");
-    let background = spawn_background(&config, address, &store, workers, &instance, &shutdown);
+    let mut background = spawn_background(&config, address, &store, workers, &instance, &shutdown);
+    background.push(tokio::spawn(auth.run(shutdown.clone())));
     let (deregister, deregister_name) = (store.clone(), instance.clone());
     // The HTTP server outlives the drain. Its graceful shutdown (stop
     // accepting, finish the requests in flight) begins only once the

@@ -70,6 +70,11 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBSD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
+    /// API tokens, the refusal to serve a non-loopback `bind` without
+    /// them, and CORS (`src/auth/config.rs`).
+    #[command(flatten)]
+    pub auth: crate::auth::AuthConfig,
+
     /// Directory of default-job YAML files.
     #[arg(long, env = "JOBSD_DEFAULT_JOBS_DIR", default_value = "./default_jobs")]
     pub default_jobs_dir: PathBuf,

@@ -1,5 +1,5 @@
 //! The `jobsd` command line: `serve` (the default), `migrate`, `backup`,
-//! `copy`, `validate`, `openapi`, `bench`.
+//! `copy`, `validate`, `openapi`, `bench`, `token`.
 
 use std::process::ExitCode;
 
@@ -89,6 +89,8 @@ enum Command {
     /// the embedded store, each scenario on a throw-away database or file
     /// (see docs/benchmarks.md).
     Bench(jobsd::bench::BenchArgs),
+    /// Create, list and revoke API tokens (needs only the database).
+    Token(jobsd::auth::cli::TokenArgs),
 }
 
 /// The built-in handlers under the guards the flags set.
@@ -132,6 +134,10 @@ async fn main() -> ExitCode {
         Some(Command::Bench(args)) => {
             jobsd::logging::init(LogFormat::Text);
             jobsd::bench::run(args).await
+        }
+        Some(Command::Token(args)) => {
+            jobsd::logging::init(LogFormat::Text);
+            jobsd::auth::cli::run(args).await
         }
         None => serve(cli.serve).await,
     };

@@ -26,6 +26,10 @@ pub struct ErrorBody {
 pub enum ApiError {
     /// 400: the request is malformed or invalid; nothing was changed.
     BadRequest(String, Vec<FieldError>),
+    /// 401: no API token, or one that is not accepted; nothing was changed.
+    Unauthorized(String),
+    /// 403: the token's scope does not allow this request; nothing was changed.
+    Forbidden(String),
     /// 404: no such resource.
     NotFound(String),
     /// 409: the request conflicts with the current state (duplicate id, limit reached).
@@ -85,6 +89,22 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error, problems) = match self {
             ApiError::BadRequest(m, p) => (StatusCode::BAD_REQUEST, m, p),
+            ApiError::Unauthorized(m) => {
+                let body = ErrorBody {
+                    error: m,
+                    problems: Vec::new(),
+                };
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        "Bearer realm=\"jobsd\"",
+                    )],
+                    Json(body),
+                )
+                    .into_response();
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m, Vec::new()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, Vec::new()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m, Vec::new()),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, Vec::new()),

@@ -10,6 +10,7 @@ mod nul;
 pub mod openapi;
 mod runs;
 mod service;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 pub use error::{ApiError, ErrorBody};
 
+use crate::auth::Auth;
 use crate::handlers::HandlerRegistry;
 use crate::store::Store;
 use crate::worker::WorkerPool;
@@ -45,6 +47,8 @@ pub struct AppState {
     /// Cancelled when shutdown begins (SIGTERM): from then until exit the
     /// replica drains, and readiness answers 503.
     pub shutdown: CancellationToken,
+    /// Who may call the API (checked by a layer in front of every route).
+    pub auth: Auth,
 }
 
 impl AppState {
@@ -55,6 +59,7 @@ impl AppState {
         lease: std::time::Duration,
         workers: WorkerPool,
         shutdown: CancellationToken,
+        auth: Auth,
     ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
@@ -65,6 +70,7 @@ impl AppState {
             lease,
             workers,
             shutdown,
+            auth,
         }
     }
 }
@@ -73,13 +79,15 @@ impl AppState {
 const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, and `/`
-/// redirecting to it. `max_body_bytes` bounds every request body.
+/// redirecting to it. `max_body_bytes` bounds every request body. Every
+/// route is behind the token check (`crate::auth::require_token`).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .merge(jobs::router(max_body_bytes.max(BULK_BODY_BYTES)))
         .merge(runs::router())
         .merge(service::router())
         .merge(instances::router())
+        .merge(tokens::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -87,10 +95,18 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/api/v1", api)
         .merge(SwaggerUi::new("/api/v1/ui").config(Config::from("/api/v1/openapi.json")))
         .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
+        // A route layer, so that it knows the matched route's template; it
+        // covers the routes above, so a route is added above it.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::auth::require_token,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(nul::refuse_nul_in_uri))
         .layer(TraceLayer::new_for_http())
+        // Outside the token check, so that browsers' preflights are answered.
+        .layer(tower::util::option_layer(state.auth.cors()))
         .with_state(state)
 }
 

@@ -4,7 +4,8 @@
 
 use serde_json::{json, Map, Value};
 use utoipa::openapi::path::ParameterIn;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
 
 use super::jobs::CreateQuery;
 use crate::handlers::HandlerRegistry;
@@ -17,15 +18,48 @@ use crate::handlers::HandlerRegistry;
         license(name = "MIT")
     ),
     components(schemas(super::error::ErrorBody, crate::job_spec::FieldError)),
+    modifiers(&TokenSchemes),
+    security(("bearer" = []), ("auth_token" = [])),
     tags(
         (name = "jobs", description = "Job definitions"),
         (name = "handlers", description = "Create a job of one handler: query parameters for the schedule, the body for the kwargs"),
         (name = "runs", description = "Runs of jobs and their history"),
         (name = "service", description = "Service state and probes"),
-        (name = "cluster", description = "Replicas sharing the database, and held lock keys")
+        (name = "cluster", description = "Replicas sharing the database, and held lock keys"),
+        (name = "tokens", description = "API tokens (admin scope)")
     )
 )]
 struct ApiDoc;
+
+/// The two ways to send an API token, so that Swagger UI offers an
+/// Authorize button: `Authorization: Bearer`, and the original service's
+/// `auth-token` header.
+struct TokenSchemes;
+
+impl Modify for TokenSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("jobsd_…")
+                    .description(Some(
+                        "An API token (`jobsd token create`), as `Authorization: Bearer <token>`",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "auth_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "auth-token",
+                "An API token in the original service's `auth-token` header",
+            ))),
+        );
+    }
+}
 
 /// The whole document, as served at `/api/v1/openapi.json` and committed as
 /// `openapi/openapi.json`.
@@ -37,6 +71,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::runs::RunsApi::openapi());
     api.merge(super::service::ServiceApi::openapi());
     api.merge(super::instances::InstancesApi::openapi());
+    api.merge(super::tokens::TokensApi::openapi());
     let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
     let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))
         .into_iter()

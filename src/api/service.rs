@@ -97,7 +97,8 @@ pub struct Probe {
 }
 
 /// Liveness probe: the process serves HTTP
-#[utoipa::path(get, path = "/api/v1/liveness", tag = "service", responses((status = 200, body = Probe)))]
+#[utoipa::path(get, path = "/api/v1/liveness", tag = "service", security(()),
+    responses((status = 200, body = Probe)))]
 async fn liveness() -> Json<Probe> {
     Json(Probe {
         status: "ok".into(),
@@ -109,7 +110,7 @@ async fn liveness() -> Json<Probe> {
 /// 503 while the database is unreachable, and from the moment shutdown
 /// begins (SIGTERM) until exit, while the replica drains: the error then
 /// starts with `draining`, so a load balancer stops sending it work.
-#[utoipa::path(get, path = "/api/v1/readiness", tag = "service",
+#[utoipa::path(get, path = "/api/v1/readiness", tag = "service", security(()),
     responses((status = 200, body = Probe), (status = 503, body = ErrorBody)))]
 async fn readiness(State(app): State<AppState>) -> Result<Json<Probe>, ApiError> {
     if app.shutdown.is_cancelled() {

@@ -33,12 +33,41 @@ pub struct LoadResult {
     pub errors: u64,
     /// The first error seen, to explain `errors`.
     pub first_error: Option<String>,
+    /// Every answer or error, in the warm-up and the window: what the
+    /// service served while the load ran (to divide its CPU time by).
+    pub completed: u64,
     pub window: Duration,
     /// Latencies of the `ok` answers, in microseconds, sorted.
     pub latencies_us: Vec<u64>,
 }
 
 impl LoadResult {
+    /// Nothing measured yet, to [`LoadResult::merge`] loads into.
+    pub fn empty() -> LoadResult {
+        LoadResult {
+            ok: 0,
+            errors: 0,
+            first_error: None,
+            completed: 0,
+            window: Duration::ZERO,
+            latencies_us: Vec::new(),
+        }
+    }
+
+    /// Adds another load of the same requests (measured apart): the
+    /// answers, the windows and the latencies add up.
+    pub fn merge(&mut self, other: LoadResult) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.completed += other.completed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.window += other.window;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+    }
+
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.window.as_secs_f64().max(1e-9)
     }
@@ -52,6 +81,7 @@ impl LoadResult {
 struct TaskTally {
     ok: u64,
     errors: u64,
+    completed: u64,
     first_error: Option<String>,
     latencies_us: Vec<u64>,
 }
@@ -73,6 +103,7 @@ pub async fn run_load(load: &Load, request: Arc<RequestFn>) -> anyhow::Result<Lo
             let mut tally = TaskTally {
                 ok: 0,
                 errors: 0,
+                completed: 0,
                 first_error: None,
                 latencies_us: Vec::new(),
             };
@@ -94,6 +125,7 @@ pub async fn run_load(load: &Load, request: Arc<RequestFn>) -> anyhow::Result<Lo
                     Err(e) => Err(format!("sending: {e}")),
                 };
                 seq += 1;
+                tally.completed += 1;
                 let done = Instant::now();
                 if done < measure_from || done > until {
                     continue;
@@ -116,6 +148,7 @@ pub async fn run_load(load: &Load, request: Arc<RequestFn>) -> anyhow::Result<Lo
         ok: 0,
         errors: 0,
         first_error: None,
+        completed: 0,
         window: load.duration,
         latencies_us: Vec::new(),
     };
@@ -123,6 +156,7 @@ pub async fn run_load(load: &Load, request: Arc<RequestFn>) -> anyhow::Result<Lo
         let tally = task.await.context("a load task failed")?;
         result.ok += tally.ok;
         result.errors += tally.errors;
+        result.completed += tally.completed;
         if result.first_error.is_none() {
             result.first_error = tally.first_error;
         }
@@ -144,7 +178,25 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{percentile, LoadResult};
+    use std::time::Duration;
+
+    #[test]
+    fn merged_loads_add_answers_windows_and_latencies() {
+        let load = |ok, secs, latencies: &[u64]| LoadResult {
+            ok,
+            errors: 0,
+            first_error: None,
+            completed: ok,
+            window: Duration::from_secs(secs),
+            latencies_us: latencies.to_vec(),
+        };
+        let mut all = LoadResult::empty();
+        all.merge(load(300, 3, &[5, 1]));
+        all.merge(load(100, 1, &[3]));
+        assert_eq!(all.per_second(), 100.0);
+        assert_eq!(all.latencies_us, [1, 3, 5]);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

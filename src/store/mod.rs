@@ -20,6 +20,7 @@ pub mod notify;
 pub mod postgres;
 pub(crate) mod runs;
 pub mod sqlite;
+pub(crate) mod tokens;
 
 use crate::domain::RunState;
 use chrono::{DateTime, Utc};
@@ -36,6 +37,7 @@ pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
 pub use sqlite::{ServeLock, SqliteOptions, SqliteStore, Synchronous};
+pub use tokens::{NewToken, TokenKey, TokenRow};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
 /// to explain; `Database` is a fault (logged, answered with a 500).
@@ -396,6 +398,58 @@ impl Store {
         limit: i64,
     ) -> StoreResult<u64> {
         on_backend!(self, s => s.jobs_prune_failure_records_before(cutoff, limit).await)
+    }
+
+    // API tokens.
+
+    /// Stores a new token; `Conflict` when its prefix or hash is taken.
+    pub async fn token_insert(&self, token: &NewToken) -> StoreResult<TokenRow> {
+        on_backend!(self, s => s.token_insert(token).await)
+    }
+
+    /// Every token, oldest first (revoked and expired ones too).
+    pub async fn token_list(&self) -> StoreResult<Vec<TokenRow>> {
+        on_backend!(self, s => s.token_list().await)
+    }
+
+    /// The token whose secret hashes to `hash` (hex SHA-256), whatever its
+    /// state: whether it is accepted is the caller's rule.
+    pub async fn token_find_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        on_backend!(self, s => s.token_find_by_hash(hash).await)
+    }
+
+    /// Whether any token was ever stored (revoked and expired ones count).
+    pub async fn token_exists(&self) -> StoreResult<bool> {
+        on_backend!(self, s => s.token_exists().await)
+    }
+
+    /// How many tokens of `scope` are live (neither revoked nor expired) at `now`.
+    pub async fn token_count_live(
+        &self,
+        scope: crate::auth::Scope,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        on_backend!(self, s => s.token_count_live(scope, now).await)
+    }
+
+    /// Revokes the token `key` names, at `now`; `NotFound` when there is
+    /// none. `check` sees the token and how many other admin tokens are
+    /// live, under a lock that serializes revocations on every replica; its
+    /// `Err` is returned as `Conflict` and nothing is written. A token
+    /// revoked already is returned as it is.
+    pub async fn token_revoke(
+        &self,
+        key: &TokenKey,
+        now: DateTime<Utc>,
+        check: impl FnOnce(&TokenRow, i64) -> Result<(), String>,
+    ) -> StoreResult<TokenRow> {
+        on_backend!(self, s => s.token_revoke(key, now, check).await)
+    }
+
+    /// Records when tokens were last used (a time older than the stored one
+    /// is ignored).
+    pub async fn token_touch(&self, used: &[(Uuid, DateTime<Utc>)]) -> StoreResult<()> {
+        on_backend!(self, s => s.token_touch(used).await)
     }
 
     // Wake-ups.

@@ -51,6 +51,7 @@ mod jobs;
 mod retention;
 mod runs;
 mod service;
+mod tokens;
 
 /// Runs `test` on a fresh, migrated store of `backend`, in a database of
 /// its own (removed afterwards).

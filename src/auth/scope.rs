@@ -1,0 +1,301 @@
+//! Scopes, and which scope each request needs: pure rules, no I/O.
+//!
+//! - `read` < `write` < `admin`: a token allows what its scope and every
+//!   lower one allow.
+//! - `read`: every `GET` (and `HEAD`) of the API, except the admin
+//!   resources below.
+//! - `write`: the mutations of jobs, runs and batches.
+//! - `admin`: tokens, webhooks and the audit log (any method, reads
+//!   included: they hold who may do what), service state changes, and run
+//!   state overrides.
+//! - A mutation no rule names needs `admin`: a route added without a rule
+//!   here fails closed, never open.
+//! - Open (no token at all): the probes, the OpenAPI document, Swagger UI
+//!   (so that its Authorize button can be reached from a browser) and `/`;
+//!   `/metrics` unless `--metrics-auth`, which asks a `read` token for it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::http::Method;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What a token may do. Ordered: `Read < Write < Admin`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every GET.
+    Read,
+    /// Plus the mutations of jobs, runs and batches.
+    Write,
+    /// Plus tokens, webhooks, service state, run state overrides and the audit log.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Admin];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Whether a token of this scope may make a request that needs `required`.
+    pub fn allows(self, required: Scope) -> bool {
+        self >= required
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a scope; use read, write or admin"))
+    }
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Served to anyone, auth on or off.
+    Open,
+    /// A token of at least this scope, when auth is on.
+    Needs(Scope),
+}
+
+/// Resources whose every route, reads included, needs `admin`.
+const ADMIN_RESOURCES: [&str; 3] = ["tokens", "webhooks", "audit"];
+
+/// The access `method` on `route` needs. `route` is the route's template as
+/// the router matched it (`/api/v1/jobs/{id}`), so a request's path can not
+/// dress up as another route; only the shape of the template counts, not
+/// the names of its parameters.
+pub fn required_access(method: &Method, route: &str, metrics_auth: bool) -> Access {
+    match route {
+        "/" | "/api/v1/liveness" | "/api/v1/readiness" | "/api/v1/openapi.json" => {
+            return Access::Open
+        }
+        "/metrics" | "/api/v1/metrics" => {
+            return if metrics_auth {
+                Access::Needs(Scope::Read)
+            } else {
+                Access::Open
+            };
+        }
+        _ if route == "/api/v1/ui" || route.starts_with("/api/v1/ui/") => return Access::Open,
+        _ => {}
+    }
+    let segments: Vec<&str> = route
+        .strip_prefix("/api/v1")
+        .unwrap_or(route)
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect();
+    let resource = segments.first().copied().unwrap_or_default();
+    if ADMIN_RESOURCES.contains(&resource) {
+        return Access::Needs(Scope::Admin);
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Access::Needs(Scope::Read);
+    }
+    match segments.as_slice() {
+        // An operator's override of a stuck run's state.
+        ["runs", "{}", "state"] => Access::Needs(Scope::Admin),
+        ["jobs", ..] | ["runs", ..] | ["batches", ..] => Access::Needs(Scope::Write),
+        // Service state, and any mutation no rule names.
+        _ => Access::Needs(Scope::Admin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_ordered_and_each_allows_the_lower_ones() {
+        use Scope::*;
+        let allowed: Vec<(Scope, Scope)> = Scope::ALL
+            .into_iter()
+            .flat_map(|held| Scope::ALL.into_iter().map(move |needed| (held, needed)))
+            .filter(|(held, needed)| held.allows(*needed))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Read, Read),
+                (Write, Read),
+                (Write, Write),
+                (Admin, Read),
+                (Admin, Write),
+                (Admin, Admin)
+            ]
+        );
+    }
+
+    #[test]
+    fn scope_names_round_trip() {
+        for scope in Scope::ALL {
+            assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
+            assert_eq!(
+                serde_json::to_value(scope).unwrap(),
+                serde_json::json!(scope.as_str())
+            );
+        }
+        assert_eq!(
+            "root".parse::<Scope>().unwrap_err(),
+            "\"root\" is not a scope; use read, write or admin"
+        );
+    }
+
+    fn needs(method: Method, route: &str) -> Access {
+        required_access(&method, route, false)
+    }
+
+    #[test]
+    fn every_get_needs_read_except_the_admin_resources() {
+        for route in [
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}/runs",
+            "/api/v1/jobs/{id}/runs/latest",
+            "/api/v1/runs",
+            "/api/v1/runs/{run_id}",
+            "/api/v1/handlers",
+            "/api/v1/instances",
+            "/api/v1/locks",
+            "/api/v1/service/state",
+            "/api/v1/batches/{id}/output",
+        ] {
+            assert_eq!(
+                needs(Method::GET, route),
+                Access::Needs(Scope::Read),
+                "{route}"
+            );
+            assert_eq!(
+                needs(Method::HEAD, route),
+                Access::Needs(Scope::Read),
+                "{route}"
+            );
+        }
+        for route in [
+            "/api/v1/tokens",
+            "/api/v1/tokens/{id}",
+            "/api/v1/webhooks",
+            "/api/v1/audit",
+        ] {
+            assert_eq!(
+                needs(Method::GET, route),
+                Access::Needs(Scope::Admin),
+                "{route}"
+            );
+        }
+    }
+
+    #[test]
+    fn mutations_of_jobs_runs_and_batches_need_write() {
+        for (method, route) in [
+            (Method::POST, "/api/v1/jobs"),
+            (Method::POST, "/api/v1/jobs/bulk"),
+            (Method::POST, "/api/v1/jobs/{id}"),
+            (Method::PUT, "/api/v1/jobs/{id}"),
+            (Method::PATCH, "/api/v1/jobs/{id}"),
+            (Method::DELETE, "/api/v1/jobs/{id}"),
+            (Method::DELETE, "/api/v1/jobs/clean-failed"),
+            (Method::POST, "/api/v1/jobs/{id}/run"),
+            (Method::POST, "/api/v1/runs/{run_id}/cancel"),
+            (Method::POST, "/api/v1/batches"),
+            (Method::POST, "/api/v1/batches/{id}/rows"),
+            (Method::POST, "/api/v1/batches/{id}/abort"),
+        ] {
+            assert_eq!(
+                needs(method.clone(), route),
+                Access::Needs(Scope::Write),
+                "{method} {route}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_webhooks_service_state_overrides_and_unknown_mutations_need_admin() {
+        for (method, route) in [
+            (Method::POST, "/api/v1/tokens"),
+            (Method::DELETE, "/api/v1/tokens/{id}"),
+            (Method::POST, "/api/v1/webhooks"),
+            (Method::DELETE, "/api/v1/webhooks/{id}"),
+            (Method::PUT, "/api/v1/service/state"),
+            (Method::POST, "/api/v1/service/state"),
+            (Method::PUT, "/api/v1/runs/{run_id}/state"),
+            // The parameter's name does not matter, only the shape.
+            (Method::PUT, "/api/v1/runs/{id}/state"),
+            // Nothing names these: the widest scope, so nothing new is open.
+            (Method::POST, "/api/v1/instances"),
+            (Method::DELETE, "/api/v1/locks"),
+            (Method::POST, "/api/v1/something-new"),
+        ] {
+            assert_eq!(
+                needs(method.clone(), route),
+                Access::Needs(Scope::Admin),
+                "{method} {route}"
+            );
+        }
+    }
+
+    #[test]
+    fn probes_documents_and_the_ui_are_open_and_metrics_as_configured() {
+        for route in [
+            "/",
+            "/api/v1/liveness",
+            "/api/v1/readiness",
+            "/api/v1/openapi.json",
+            "/api/v1/ui",
+            "/api/v1/ui/",
+            "/api/v1/ui/{*rest}",
+        ] {
+            assert_eq!(needs(Method::GET, route), Access::Open, "{route}");
+        }
+        for route in ["/metrics", "/api/v1/metrics"] {
+            assert_eq!(required_access(&Method::GET, route, false), Access::Open);
+            assert_eq!(
+                required_access(&Method::GET, route, true),
+                Access::Needs(Scope::Read)
+            );
+        }
+        // Only the exact probe routes: a look-alike is not open.
+        assert_eq!(
+            needs(Method::GET, "/api/v1/liveness/x"),
+            Access::Needs(Scope::Read)
+        );
+        assert_eq!(
+            needs(Method::POST, "/api/v1/readiness"),
+            Access::Open,
+            "a probe is open whatever the method (the router answers 405)"
+        );
+    }
+}
