@@ -36,13 +36,13 @@ fn push_job_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
 /// Chains `$bind` (`bind` of a query, `push_bind` of a `VALUES` row) over
 /// the 21 definition columns of `$job` (`job_id` .. `source` in table
 /// order, then `keep_runs`, as [`DEFINITION_COLUMNS`] lists them), with
-/// `$next_run_at`.
+/// `$kwargs` (the kwargs' JSON text) and `$next_run_at`.
 macro_rules! bind_definition_columns {
-    ($target:expr, $bind:ident, $job:expr, $next_run_at:expr) => {
+    ($target:expr, $bind:ident, $job:expr, $kwargs:expr, $next_run_at:expr) => {
         $target
             .$bind(&$job.job_id)
             .$bind(&$job.handler)
-            .$bind(json_text(&$job.kwargs))
+            .$bind($kwargs)
             .$bind($job.schedule_kind)
             .$bind($job.interval_ms)
             .$bind(&$job.cron)
@@ -70,7 +70,13 @@ pub(crate) fn bind_definition<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     job: &'q NewJob,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    bind_definition_columns!(query, bind, job, opt_micros(job.next_run_at))
+    bind_definition_columns!(
+        query,
+        bind,
+        job,
+        json_text(&job.kwargs),
+        opt_micros(job.next_run_at)
+    )
 }
 
 /// The columns [`bind_definition`] binds, in its order.
@@ -99,11 +105,12 @@ impl SqliteStore {
             .await?
             .unwrap_or(false);
         // One statement for the jobs, one for the runs of those due now.
+        // Each job's kwargs as JSON text, once: its row and its run take it.
+        let kwargs: Vec<String> = jobs.iter().map(|job| json_text(&job.kwargs)).collect();
         let mut rows = Vec::with_capacity(jobs.len());
-        let mut kwargs = Vec::new();
         let mut due_now = Vec::new();
         let mut earliest = None::<DateTime<Utc>>;
-        for job in jobs {
+        for (job, kwargs) in jobs.iter().zip(&kwargs) {
             let due = !paused
                 && rules::due_at_creation(
                     job.schedule_kind,
@@ -113,24 +120,23 @@ impl SqliteStore {
                     at,
                 );
             if due {
-                due_now.push(job);
-                kwargs.push(json_text(&job.kwargs));
+                due_now.push((job, kwargs));
             } else if let (JobState::Running, Some(t)) = (job.state, job.next_run_at) {
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
             }
-            rows.push((job, due));
+            rows.push((job, due, kwargs));
         }
         for chunk in statement_chunks(&rows) {
             let mut insert = QueryBuilder::<Sqlite>::new(format!(
                 "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, created_at, updated_at) "
             ));
-            insert.push_values(chunk, |mut row, (job, due)| {
+            insert.push_values(chunk, |mut row, (job, due, kwargs)| {
                 let next_run_at = if *due {
                     None
                 } else {
                     opt_micros(job.next_run_at)
                 };
-                bind_definition_columns!(row, push_bind, job, next_run_at)
+                bind_definition_columns!(row, push_bind, job, kwargs.as_str(), next_run_at)
                     .push_bind(job.failed_run_id.map(|id| id.to_string()))
                     .push_bind(micros(at))
                     .push_bind(micros(at));
@@ -145,7 +151,6 @@ impl SqliteStore {
         let mut claims = 0;
         let runs: Vec<RunInsert<'_>> = due_now
             .iter()
-            .zip(&kwargs)
             .filter_map(|(job, kwargs)| {
                 let claim_it = job.lock_key.is_none() && claims < claim.limit;
                 claims += i64::from(claim_it);
