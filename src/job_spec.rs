@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::domain::{JobState, ScheduleKind};
 use crate::guard::text::find_nul;
 use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
+use crate::redact;
 use crate::schedule::{self, format_duration, CronExpr, Schedule};
 use crate::store::{JobRow, NewJob};
 
@@ -233,11 +234,19 @@ impl JobSpec {
                 problems.push(FieldError::new("kwargs", "must be a JSON object"));
             } else if kwargs_bytes > max_kwargs {
                 // Too large to be worth checking against the schema.
-            } else if let Err(errors) = ctx.registry.validate_kwargs(&handler, &kwargs) {
-                problems.extend(errors.into_iter().map(|e| match e.split_once(": ") {
-                    Some((field, message)) => FieldError::new(field, message),
-                    None => FieldError::new("kwargs", e),
-                }));
+            } else {
+                // A `"***"` left in a secret field stands for nothing (a PATCH
+                // replaced those it could, `redact::keep_stored`).
+                let secrets = ctx.registry.secret_fields(&handler);
+                if let Err(masks) = redact::keep_stored(&kwargs, None, secrets) {
+                    problems.extend(masks.into_iter().map(|(f, m)| FieldError::new(f, m)));
+                }
+                if let Err(errors) = ctx.registry.validate_kwargs(&handler, &kwargs) {
+                    problems.extend(errors.into_iter().map(|e| match e.split_once(": ") {
+                        Some((field, message)) => FieldError::new(field, message),
+                        None => FieldError::new("kwargs", e),
+                    }));
+                }
             }
         } else {
             let known: Vec<&str> = ctx.registry.iter().map(|h| h.name()).collect();
@@ -374,6 +383,11 @@ impl JobSpec {
         }
 
         if !problems.is_empty() {
+            // Schema errors quote the values they refuse, secrets included.
+            let secrets = ctx.registry.secrets_of(&handler, &kwargs);
+            for problem in &mut problems {
+                problem.message = redact::scrub_text(&problem.message, &secrets);
+            }
             return Err(problems);
         }
 

@@ -17,6 +17,7 @@ pub mod handlers;
 pub mod job_spec;
 pub mod logging;
 pub mod maintenance;
+pub mod redact;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;

@@ -1,4 +1,6 @@
-//! The job as the API returns it, built from a stored row.
+//! The job as the API returns it, built from a stored row, and the run
+//! likewise: the one place where their kwargs are redacted (secrets shown
+//! as `"***"`, see [`crate::redact`]) for every answer, list or single.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -8,8 +10,10 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::handlers::HandlerRegistry;
+use crate::redact::{scrub_text, scrub_value};
 use crate::schedule::format_duration;
-use crate::store::JobRow;
+use crate::store::{JobRow, RunRow};
 
 /// The newest run of a job.
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,8 +65,9 @@ pub struct JobView {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<JobRow> for JobView {
-    fn from(row: JobRow) -> Self {
+impl JobView {
+    /// The answer for `row`, its secrets masked with its handler's rules.
+    pub fn build(row: JobRow, registry: &HandlerRegistry) -> Self {
         let duration = |ms: Option<i64>| ms.map(|ms| format_duration(Duration::milliseconds(ms)));
         // `pending`: the original service's word for a job with a run
         // waiting to start (a view, not a stored state).
@@ -81,6 +86,7 @@ impl From<JobRow> for JobView {
                 started_at: row.last_run_started_at,
                 finished_at: row.last_run_finished_at,
             });
+        let kwargs = registry.redact_kwargs(&row.handler, &row.kwargs);
         JobView {
             periodically: duration(row.interval_ms),
             misfire_grace_time: duration(row.misfire_grace_ms),
@@ -91,7 +97,7 @@ impl From<JobRow> for JobView {
             run_counts: row.run_counts.unwrap_or_else(|| Value::Object(Map::new())),
             job_id: row.job_id,
             handler: row.handler,
-            kwargs: row.kwargs,
+            kwargs,
             cron: row.cron,
             timezone: row.timezone,
             when: row.start_at,
@@ -109,6 +115,25 @@ impl From<JobRow> for JobView {
             updated_at: row.updated_at,
         }
     }
+}
+
+/// The answer for a run: its kwargs redacted, and every text a handler
+/// may have filled from them (error, traceback, result, progress, history
+/// reasons) scrubbed of their secrets, however old the run.
+pub fn run_view(mut run: RunRow, registry: &HandlerRegistry) -> RunRow {
+    let secrets = registry.secrets_of(&run.handler, &run.kwargs);
+    run.kwargs = registry.redact_kwargs(&run.handler, &run.kwargs);
+    if secrets.is_empty() {
+        return run;
+    }
+    for text in [&mut run.error, &mut run.traceback].into_iter().flatten() {
+        *text = scrub_text(text, &secrets);
+    }
+    for value in [&mut run.result, &mut run.progress].into_iter().flatten() {
+        scrub_value(value, &secrets);
+    }
+    scrub_value(&mut run.history, &secrets);
+    run
 }
 
 #[derive(Debug, Serialize, ToSchema)]

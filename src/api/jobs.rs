@@ -122,7 +122,10 @@ async fn list_jobs(
     };
     let (rows, total) = app.store.job_list(&filter).await?;
     Ok(Json(JobList {
-        jobs: rows.into_iter().map(JobView::from).collect(),
+        jobs: rows
+            .into_iter()
+            .map(|row| JobView::build(row, &app.registry))
+            .collect(),
         jobs_count: total,
         limit,
         offset,
@@ -198,7 +201,12 @@ async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<Jo
     insert_and_start(app, vec![job]).await?;
     let row = app.store.job_get(&job_id).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
-    Ok((StatusCode::CREATED, Json(JobEnvelope { job: row.into() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(JobEnvelope {
+            job: JobView::build(row, &app.registry),
+        }),
+    ))
 }
 
 /// Create a job from a JSON body
@@ -368,7 +376,9 @@ async fn get_job(
         .job_get(&job_id)
         .await
         .map_err(|e| ApiError::from_store(e, missing_job(&job_id)))?;
-    Ok(Json(JobEnvelope { job: row.into() }))
+    Ok(Json(JobEnvelope {
+        job: JobView::build(row, &app.registry),
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -422,7 +432,9 @@ async fn set_job_state(
     })
     .await?;
     tracing::info!(job_id = %job_id, state = %state, "job state set");
-    Ok(Json(JobEnvelope { job: row.into() }))
+    Ok(Json(JobEnvelope {
+        job: JobView::build(row, &app.registry),
+    }))
 }
 
 /// Change fields of a job
@@ -455,8 +467,9 @@ async fn patch_job(
                 row.job_id
             )));
         }
+        let patch = kept_secrets(app, &row, patch)?;
         let spec = JobSpec::from_row(&row)
-            .merged_with(patch)
+            .merged_with(&patch)
             .map_err(|e| ApiError::invalid(vec![e]))?;
         let ctx = validation_context(app, &row.source).await?;
         let mut job = spec.validate(&ctx).map_err(ApiError::invalid)?;
@@ -467,7 +480,40 @@ async fn patch_job(
         Ok(app.store.job_replace(&job, row.row_version).await)
     })
     .await?;
-    Ok(Json(JobEnvelope { job: row.into() }))
+    Ok(Json(JobEnvelope {
+        job: JobView::build(row, &app.registry),
+    }))
+}
+
+/// The PATCH body with each `"***"` in a secret field of its kwargs
+/// replaced by the stored secret (`redact::keep_stored`); one for a secret
+/// the job does not have is a 400. Kwargs for another handler keep
+/// nothing: the stored secrets were given to the old one.
+fn kept_secrets(
+    app: &AppState,
+    row: &JobRow,
+    patch: &Map<String, Value>,
+) -> ApiResult<Map<String, Value>> {
+    let mut patch = patch.clone();
+    let Some(kwargs) = patch.get("kwargs") else {
+        return Ok(patch);
+    };
+    let handler = match patch.get("handler") {
+        Some(Value::String(handler)) => handler.as_str(),
+        _ => row.handler.as_str(),
+    };
+    let stored = (handler == row.handler).then_some(&row.kwargs);
+    let kept = crate::redact::keep_stored(kwargs, stored, app.registry.secret_fields(handler))
+        .map_err(|problems| {
+            ApiError::invalid(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| FieldError::new(field, message))
+                    .collect(),
+            )
+        })?;
+    patch.insert("kwargs".to_string(), kept);
+    Ok(patch)
 }
 
 /// Delete a job and its runs

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
+use super::job_view::run_view;
 use super::AppState;
 use crate::domain::RunState;
 use crate::handlers::ERROR_HANDLER;
@@ -152,7 +153,9 @@ async fn trigger_job(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(RunEnvelope { run }),
+        Json(RunEnvelope {
+            run: run_view(run, &app.registry),
+        }),
     )
         .into_response())
 }
@@ -185,7 +188,10 @@ async fn job_runs(
     };
     let (runs, runs_count) = app.store.run_list(&filter).await?;
     Ok(Json(RunList {
-        runs,
+        runs: runs
+            .into_iter()
+            .map(|run| run_view(run, &app.registry))
+            .collect(),
         runs_count,
         limit,
         offset,
@@ -256,7 +262,10 @@ async fn list_runs(
     };
     let (runs, runs_count) = app.store.run_list(&filter).await?;
     Ok(Json(RunList {
-        runs,
+        runs: runs
+            .into_iter()
+            .map(|run| run_view(run, &app.registry))
+            .collect(),
         runs_count,
         limit,
         offset,
@@ -277,7 +286,9 @@ async fn get_run(
         .run_get(run_id)
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
-    Ok(Json(RunEnvelope { run }))
+    Ok(Json(RunEnvelope {
+        run: run_view(run, &app.registry),
+    }))
 }
 
 /// Cancel a run
@@ -299,7 +310,9 @@ async fn cancel_run(
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::info!(run_id = %run_id, state = %run.state, "run cancel requested");
-    Ok(Json(RunEnvelope { run }))
+    Ok(Json(RunEnvelope {
+        run: run_view(run, &app.registry),
+    }))
 }
 
 /// An operator's override of a run's state.
@@ -364,5 +377,7 @@ async fn override_run_state(
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::warn!(run_id = %run_id, state = %run.state, reason, "run state overridden by an operator");
-    Ok(Json(RunEnvelope { run }))
+    Ok(Json(RunEnvelope {
+        run: run_view(run, &app.registry),
+    }))
 }

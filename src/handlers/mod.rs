@@ -19,6 +19,8 @@ use uuid::Uuid;
 
 pub use builtin::BuiltinConfig;
 
+use crate::redact::{self, SecretField};
+
 /// Name of the inert handler that failure records carry.
 pub const ERROR_HANDLER: &str = "ErrorHandler";
 
@@ -124,6 +126,14 @@ pub trait Handler: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Where the kwargs hold secrets: stored and passed to `execute` as
+    /// given, shown everywhere else as `"***"` (see [`crate::redact`]).
+    /// Mark them in [`Handler::kwargs_schema`] too (`writeOnly`, and say so
+    /// in the description), for the API documentation.
+    fn secret_fields(&self) -> Vec<SecretField> {
+        Vec::new()
+    }
+
     /// Does the work. The returned value is stored as the run's result.
     async fn execute(&self, ctx: RunContext, kwargs: Value) -> HandlerResult;
 }
@@ -131,6 +141,8 @@ pub trait Handler: Send + Sync + 'static {
 struct Registered {
     handler: Arc<dyn Handler>,
     validator: jsonschema::Validator,
+    /// [`Handler::secret_fields`], asked once.
+    secrets: Vec<SecretField>,
 }
 
 /// Handlers by name, with their compiled kwargs schemas, and the bound
@@ -185,9 +197,14 @@ impl HandlerRegistry {
         let validator = jsonschema::validator_for(&schema).map_err(|e| {
             anyhow::anyhow!("handler {}: invalid kwargs schema: {e}", handler.name())
         })?;
+        let secrets = handler.secret_fields();
         self.handlers.insert(
             handler.name().to_string(),
-            Registered { handler, validator },
+            Registered {
+                handler,
+                validator,
+                secrets,
+            },
         );
         Ok(())
     }
@@ -209,6 +226,38 @@ impl HandlerRegistry {
     /// All handlers, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Handler>> {
         self.handlers.values().map(|r| &r.handler)
+    }
+
+    /// Where `handler`'s kwargs hold secrets (none for an unknown handler).
+    pub fn secret_fields(&self, handler: &str) -> &[SecretField] {
+        self.handlers
+            .get(handler)
+            .map(|r| r.secrets.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// A job's or run's kwargs as they may be shown: every secret of
+    /// `handler`'s kwargs as `"***"`; for a failure record, the failed
+    /// run's kwargs so, and its error texts scrubbed of them. Every output
+    /// of kwargs goes through this: API answers, log lines, and the events
+    /// of issue #13 (call it before emitting an event that carries kwargs).
+    pub fn redact_kwargs(&self, handler: &str, kwargs: &Value) -> Value {
+        if handler == ERROR_HANDLER {
+            let failed = kwargs["failed_job_handler"].as_str().unwrap_or_default();
+            return redact::redact_failure_record(kwargs, self.secret_fields(failed));
+        }
+        redact::redact(kwargs, self.secret_fields(handler))
+    }
+
+    /// The secret values in a job's or run's kwargs, for
+    /// [`redact::scrub_text`] / [`redact::scrub_value`] on texts made from
+    /// them (error messages, tracebacks, results, progress, events).
+    pub fn secrets_of(&self, handler: &str, kwargs: &Value) -> Vec<String> {
+        if handler == ERROR_HANDLER {
+            let failed = kwargs["failed_job_handler"].as_str().unwrap_or_default();
+            return redact::failure_record_secrets(kwargs, self.secret_fields(failed));
+        }
+        redact::secret_values(kwargs, self.secret_fields(handler))
     }
 
     /// Checks kwargs against the handler's schema, then its own checks

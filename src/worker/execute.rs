@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::panic::CatchPanic;
 use crate::handlers::{Handler, HandlerError, RunContext};
+use crate::redact::{scrub_text, scrub_value};
 
 /// Why a run was stopped from outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,34 @@ pub enum Execution {
     },
     TimedOut(Duration),
     Stopped(StopReason),
+}
+
+impl Execution {
+    /// This outcome with every secret of the run's kwargs (`secrets`, from
+    /// `HandlerRegistry::secrets_of`) masked in what the handler wrote: its
+    /// error, traceback and result. Applied before the outcome is logged
+    /// or stored.
+    pub fn scrubbed(self, secrets: &[String]) -> Execution {
+        if secrets.is_empty() {
+            return self;
+        }
+        match self {
+            Execution::Succeeded(mut value) => {
+                scrub_value(&mut value, secrets);
+                Execution::Succeeded(value)
+            }
+            Execution::Failed {
+                error,
+                traceback,
+                retryable,
+            } => Execution::Failed {
+                error: scrub_text(&error, secrets),
+                traceback: scrub_text(&traceback, secrets),
+                retryable,
+            },
+            other => other,
+        }
+    }
 }
 
 fn failed(e: HandlerError) -> Execution {

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::domain::RunState;
 use crate::handlers::{HandlerRegistry, RunContext};
+use crate::redact::scrub_value;
 use crate::scheduler::backoff;
 use crate::store::notify;
 use crate::store::{ClaimSlots, RunClaim, RunRow, Store};
@@ -110,6 +111,8 @@ struct Active {
     cancel: CancellationToken,
     stop: StopSignal,
     progress: watch::Receiver<Option<Value>>,
+    /// The secrets of the run's kwargs, masked in what the handler reports.
+    secrets: Arc<Vec<String>>,
 }
 
 impl Active {
@@ -314,6 +317,7 @@ impl WorkerPool {
             instance: self.config.instance.clone(),
         };
         let key = (run.run_id, run.attempt);
+        let secrets = Arc::new(self.registry.secrets_of(&run.handler, &run.kwargs));
         if let Ok(mut active) = self.active.lock() {
             active.insert(
                 key,
@@ -322,6 +326,7 @@ impl WorkerPool {
                     cancel,
                     stop: stop.clone(),
                     progress: ctx.progress_updates(),
+                    secrets: secrets.clone(),
                 },
             );
         }
@@ -329,7 +334,7 @@ impl WorkerPool {
         let span = tracing::info_span!("run", run_id = %run.run_id, job_id = %run.job_id, handler = %run.handler, attempt = run.attempt);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let execution = pool.execute(&run, ctx, &stop).await;
+                let execution = pool.execute(&run, ctx, &stop).await.scrubbed(&secrets);
                 let ended = tokio::time::Instant::now();
                 drop(slot);
                 pool.finished.notify_one();
@@ -436,7 +441,13 @@ impl WorkerPool {
         let held: Vec<(RunClaim, Option<Value>)> = match self.active.lock() {
             Ok(active) => active
                 .values()
-                .map(|a| (a.claim.clone(), a.progress.borrow().clone()))
+                .map(|a| {
+                    let mut progress = a.progress.borrow().clone();
+                    if let Some(progress) = &mut progress {
+                        scrub_value(progress, &a.secrets);
+                    }
+                    (a.claim.clone(), progress)
+                })
                 .collect(),
             Err(_) => return Ok(()),
         };

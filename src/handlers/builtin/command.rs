@@ -10,7 +10,9 @@
 //!   path that was checked, found through jobsd's PATH, not the job's;
 //! - `program` is executed directly with `args`; nothing is interpreted by a
 //!   shell. `env` is added to the inherited environment, `cwd` sets the working
-//!   directory; stdin is `/dev/null`;
+//!   directory; stdin is `/dev/null`; `env` values are secrets, shown as
+//!   `"***"` everywhere but in the program's environment
+//!   ([`crate::redact`]);
 //! - stdout and stderr are read concurrently until the program closes them;
 //!   each is kept up to `max_output_bytes` and the rest is read and discarded,
 //!   so the program never blocks on a full pipe (`stdout_truncated` /
@@ -35,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{bounded_text, cancelled, fatal, parse_kwargs, retryable, tail};
 use crate::guard::ProgramAllowList;
 use crate::handlers::{Handler, HandlerResult, RunContext};
+use crate::redact::SecretField;
 
 const NAME: &str = "command";
 const DISABLED: &str = "the command handler is disabled; start jobsd with --enable-command-handler (JOBSD_ENABLE_COMMAND_HANDLER=true) to allow it";
@@ -158,6 +161,10 @@ impl Handler for CommandHandler {
         }
     }
 
+    fn secret_fields(&self) -> Vec<SecretField> {
+        vec![SecretField::every_value("env")]
+    }
+
     fn kwargs_schema(&self) -> Value {
         json!({
             "type": "object",
@@ -174,8 +181,9 @@ impl Handler for CommandHandler {
                 },
                 "env": {
                     "type": "object",
-                    "additionalProperties": {"type": "string"},
-                    "description": "Environment variables added to the inherited environment.",
+                    "additionalProperties": {"type": "string", "writeOnly": true},
+                    "writeOnly": true,
+                    "description": "Environment variables added to the inherited environment. Every value is secret: stored, passed to the program, and shown everywhere else as \"***\" (a PATCH sending \"***\" keeps the stored value).",
                 },
                 "cwd": {
                     "type": "string",

@@ -1,6 +1,10 @@
 //! The `http` handler: one HTTP(S) request per run.
 //!
 //! Guarantees:
+//! - `secret_headers` are sent like `headers` (one of the same name
+//!   replaces it); they, and `headers`' `Authorization`, `Cookie` and
+//!   `X-Api-Key` values (any case), are secrets: shown as `"***"`
+//!   everywhere but in the request ([`crate::redact`]);
 //! - only `http://` and `https://` URLs are requested; a bad URL, method or
 //!   header is a fatal error;
 //! - a string `body` is sent as text (`text/plain; charset=utf-8`), any other
@@ -38,11 +42,14 @@ use super::http_guard::{build_client, check_url, refusal_in};
 use super::{bounded_text, cancelled, error_chain, fatal, parse_kwargs, retryable, seconds};
 use crate::guard::AddressPolicy;
 use crate::handlers::{Handler, HandlerResult, RunContext};
+use crate::redact::SecretField;
 
 const NAME: &str = "http";
 const DEFAULT_TIMEOUT_SECONDS: f64 = 30.0;
 /// How much of an unexpected response's body goes into the error message.
 const ERROR_BODY_BYTES: usize = 512;
+/// `headers` whose values are secrets, compared ignoring case.
+const SECRET_HEADER_NAMES: [&str; 3] = ["authorization", "cookie", "x-api-key"];
 /// Response headers copied into the result.
 const RESULT_HEADERS: [&str; 3] = ["content-type", "content-length", "location"];
 
@@ -54,6 +61,8 @@ struct HttpKwargs {
     method: Method,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    secret_headers: BTreeMap<String, String>,
     #[serde(default)]
     body: Option<Value>,
     #[serde(default = "default_timeout")]
@@ -152,7 +161,7 @@ impl HttpHandler {
         // A literal IP is never resolved: the resolver cannot check it.
         check_url(&self.policy, &url, self.via_proxy)
             .map_err(|refusal| fatal(format!("{method} {url}: {refusal}")))?;
-        let headers = header_map(&kwargs.headers)?;
+        let headers = header_map(&kwargs.headers, &kwargs.secret_headers)?;
         let has_content_type = headers.contains_key(CONTENT_TYPE);
         let mut request = client
             .request(method.clone(), url.clone())
@@ -260,16 +269,30 @@ impl HttpHandler {
     }
 }
 
+/// The request headers: `headers`, then `secret_headers`, each of which
+/// replaces any header of its name (a second `Authorization` would be
+/// ambiguous). Errors never quote a value: it may be a secret.
 fn header_map(
     headers: &BTreeMap<String, String>,
+    secret_headers: &BTreeMap<String, String>,
 ) -> Result<HeaderMap, crate::handlers::HandlerError> {
     let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let header_name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| fatal(format!("invalid header name {name:?}: {e}")))?;
-        let header_value = HeaderValue::from_str(value)
-            .map_err(|e| fatal(format!("invalid value for header {name:?}: {e}")))?;
-        map.append(header_name, header_value);
+    for (field, entries, secret) in [
+        ("headers", headers, false),
+        ("secret_headers", secret_headers, true),
+    ] {
+        for (name, value) in entries {
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| fatal(format!("{field}: invalid header name {name:?}: {e}")))?;
+            let mut header_value = HeaderValue::from_str(value)
+                .map_err(|e| fatal(format!("{field}: invalid value for header {name:?}: {e}")))?;
+            if secret {
+                header_value.set_sensitive(true);
+                map.insert(header_name, header_value);
+            } else {
+                map.append(header_name, header_value);
+            }
+        }
     }
     Ok(map)
 }
@@ -316,7 +339,13 @@ impl Handler for HttpHandler {
                 "headers": {
                     "type": "object",
                     "additionalProperties": {"type": "string"},
-                    "description": "Request headers, name to value.",
+                    "description": "Request headers, name to value. The values of Authorization, Cookie and X-Api-Key (any case) are secret: stored, sent, and shown everywhere else as \"***\" (a PATCH sending \"***\" keeps the stored value).",
+                },
+                "secret_headers": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "writeOnly": true},
+                    "writeOnly": true,
+                    "description": "More request headers, name to value, every value secret: stored, sent (replacing a header of the same name), and shown everywhere else as \"***\" (a PATCH sending \"***\" keeps the stored value).",
                 },
                 "body": {
                     "description": "Request body: a string is sent as text, any other JSON value as JSON (content-type application/json unless headers set one).",
@@ -344,11 +373,19 @@ impl Handler for HttpHandler {
         json!({
             "url": "https://example.com/api/refresh",
             "method": "POST",
-            "headers": {"authorization": "Bearer example-token"},
+            "headers": {"accept": "application/json"},
+            "secret_headers": {"authorization": "Bearer example-token"},
             "body": {"full": true},
             "timeout": 10,
             "expect_status": [200, 202],
         })
+    }
+
+    fn secret_fields(&self) -> Vec<SecretField> {
+        vec![
+            SecretField::values_named("headers", &SECRET_HEADER_NAMES),
+            SecretField::every_value("secret_headers"),
+        ]
     }
 
     async fn execute(&self, ctx: RunContext, kwargs: Value) -> HandlerResult {
