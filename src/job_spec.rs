@@ -666,6 +666,29 @@ mod tests {
     }
 
     #[test]
+    fn a_mask_in_a_secret_field_of_a_new_job_is_refused_naming_it() {
+        let problems = validate(json!({
+            "handler": "http",
+            "kwargs": {"url": "http://x/", "secret_headers": {"X-Token": "***"}, "headers": {"Accept": "***"}},
+        }))
+        .expect_err("a mask stands for nothing here");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "kwargs/secret_headers/X-Token");
+    }
+
+    #[test]
+    fn validation_errors_never_quote_a_secret() {
+        let problems = validate(json!({
+            "handler": "http",
+            "kwargs": {"url": "http://x/", "headers": {"Authorization": 987654321}},
+        }))
+        .expect_err("a header value must be a string");
+        let text = format!("{problems:?}");
+        assert!(!text.contains("987654321"), "{text}");
+        assert!(text.contains("***"), "{text}");
+    }
+
+    #[test]
     fn sub_millisecond_periodically_and_timeout_are_refused_naming_the_field() {
         for (field, value) in [
             ("periodically", json!("0.0004")),

@@ -185,6 +185,33 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use uuid::Uuid;
 
+    #[test]
+    fn scrubbed_masks_secrets_in_errors_tracebacks_and_results() {
+        let secrets = vec!["hunter22".to_string()];
+        let failed = Execution::Failed {
+            error: "stderr: hunter22".into(),
+            traceback: "at hunter22".into(),
+            retryable: true,
+        }
+        .scrubbed(&secrets);
+        let Execution::Failed {
+            error, traceback, ..
+        } = failed
+        else {
+            panic!("{failed:?}")
+        };
+        assert_eq!(
+            (error.as_str(), traceback.as_str()),
+            ("stderr: ***", "at ***")
+        );
+        let Execution::Succeeded(value) =
+            Execution::Succeeded(json!({"stdout": "hunter22\n"})).scrubbed(&secrets)
+        else {
+            panic!()
+        };
+        assert_eq!(value, json!({"stdout": "***\n"}));
+    }
+
     struct Scripted(&'static str);
 
     #[async_trait]

@@ -544,6 +544,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn secret_headers_are_sent_and_replace_headers_of_their_name() {
+        let base = server().await;
+        let kwargs = json!({
+            "url": format!("{base}/headers"),
+            "headers": {"x-custom": "plain"},
+            "secret_headers": {"X-Custom": "hidden-value"},
+        });
+        let result = run(kwargs).await.unwrap();
+        assert_eq!(result["body"], json!({"x-custom": "hidden-value"}));
+        let error = run(json!({"url": "http://x/", "secret_headers": {"X-A": "bad\nvalue"}}))
+            .await
+            .unwrap_err();
+        let text = message(&error);
+        assert!(
+            text.contains("secret_headers") && !text.contains("bad"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn expect_status_accepts_listed_codes() {
         let base = server().await;
         let result = run(json!({"url": format!("{base}/status/404"), "expect_status": 404}))

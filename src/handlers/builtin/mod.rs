@@ -277,6 +277,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn secret_fields_are_marked_in_the_kwargs_schema() {
+        let registry = registry();
+        for handler in registry.iter() {
+            let schema = handler.kwargs_schema();
+            for secret in handler.secret_fields() {
+                let property = &schema["properties"][secret.field()];
+                let description = property["description"].as_str().unwrap_or_default();
+                assert!(
+                    description.contains("secret") && description.contains("\"***\""),
+                    "{}.{}: {description}",
+                    handler.name(),
+                    secret.field()
+                );
+            }
+        }
+        let fields = |name: &str| {
+            registry
+                .secret_fields(name)
+                .iter()
+                .map(|f| f.field().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields("http"), ["headers", "secret_headers"]);
+        assert_eq!(fields("command"), ["env"]);
+        assert!(fields("log").is_empty() && fields("nope").is_empty());
+    }
+
+    #[test]
+    fn failure_records_are_redacted_with_the_failed_handlers_rules() {
+        let registry = registry();
+        let record = serde_json::json!({
+            "exc_str": "exited; stderr: hunter22",
+            "failed_job_handler": "command",
+            "failed_handler_kwargs": {"program": "sh", "env": {"S": "hunter22"}},
+        });
+        let shown = registry.redact_kwargs(ERROR_HANDLER, &record);
+        assert_eq!(shown["failed_handler_kwargs"]["env"]["S"], "***");
+        assert_eq!(shown["exc_str"], "exited; stderr: ***");
+        assert_eq!(registry.secrets_of(ERROR_HANDLER, &record), ["hunter22"]);
+        let kwargs = serde_json::json!({"program": "sh", "env": {"S": "hunter22"}});
+        assert_eq!(
+            registry.redact_kwargs("command", &kwargs)["env"]["S"],
+            "***"
+        );
+        assert_eq!(registry.secrets_of("command", &kwargs), ["hunter22"]);
+    }
+
+    #[test]
     fn non_objects_are_rejected() {
         for name in ["http", "command", "log", "sleep"] {
             assert_rejected(name, serde_json::json!([1]), "kwargs");
