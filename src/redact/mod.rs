@@ -213,19 +213,40 @@ pub fn keep_stored(
     }
 }
 
-/// The secret values of `kwargs` worth searching texts for: strings (and
-/// other values as JSON) of at least [`MIN_SCRUBBED_CHARS`] characters,
-/// longest first (so a secret containing another is masked whole).
+/// A secret value as texts may hold it: a string as it is; another value
+/// as JSON, and (an array or object, which the schema may refuse, quoting
+/// it) every string and number inside it too.
+fn texts_of(value: &Value, texts: &mut Vec<String>) {
+    match value {
+        Value::Null => {}
+        Value::String(text) => texts.push(text.clone()),
+        Value::Bool(_) | Value::Number(_) => texts.push(value.to_string()),
+        Value::Array(items) => {
+            texts.push(value.to_string());
+            for item in items {
+                texts_of(item, texts);
+            }
+        }
+        Value::Object(map) => {
+            texts.push(value.to_string());
+            for item in map.values() {
+                texts_of(item, texts);
+            }
+        }
+    }
+}
+
+/// The secret values of `kwargs` worth searching texts for (see
+/// [`texts_of`]), of at least [`MIN_SCRUBBED_CHARS`] characters, longest
+/// first (so a secret containing another is masked whole).
 pub fn secret_values(kwargs: &Value, fields: &[SecretField]) -> Vec<String> {
-    let mut secrets: Vec<String> = slots(kwargs, fields)
-        .iter()
-        .filter_map(|slot| get(kwargs, slot))
-        .map(|value| match value {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        })
-        .filter(|text| text.chars().count() >= MIN_SCRUBBED_CHARS && text != MASK)
-        .collect();
+    let mut secrets = Vec::new();
+    for slot in slots(kwargs, fields) {
+        if let Some(value) = get(kwargs, &slot) {
+            texts_of(value, &mut secrets);
+        }
+    }
+    secrets.retain(|text| text.chars().count() >= MIN_SCRUBBED_CHARS && text != MASK);
     secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     secrets.dedup();
     secrets

@@ -121,6 +121,14 @@ fn secret_values_are_long_enough_longest_first_and_unique() {
         secret_values(&kwargs, &[SecretField::every_value("env")]),
         ["abcdefgh", "123456", "abcd"]
     );
+    // A value of the wrong type: as JSON, and the texts inside it.
+    assert_eq!(
+        secret_values(
+            &json!({"env": {"A": ["inner-secret", 7]}}),
+            &[SecretField::every_value("env")]
+        ),
+        ["[\"inner-secret\",7]", "inner-secret"]
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod retention;
 mod robustness;
 mod runs;
 mod scheduling;
+mod secrets;
 mod service_api;
 mod sqlite_plans;
 mod startup;
