@@ -319,7 +319,47 @@ async fn deleting_the_failure_records_leaves_the_other_jobs(store: Store) {
     assert!(store.job_delete_failed().await.unwrap().is_empty());
 }
 
+/// Secrets in kwargs are stored and read back exactly as given, by the
+/// job and by its runs: masking them is the API's business (`redact`),
+/// never the store's, or a handler would be sent `"***"`.
+async fn secrets_in_kwargs_are_stored_as_given(store: Store) {
+    let mut job = hourly("with-secrets");
+    job.handler = "http".into();
+    job.kwargs = json!({
+        "url": "http://127.0.0.1:1/",
+        "headers": {"Authorization": "Bearer stored-secret", "Accept": "*/*"},
+        "secret_headers": {"X-Token": "token-stored"},
+    });
+    store.job_insert(&job, "test").await.unwrap();
+    assert_eq!(
+        store.job_get("with-secrets").await.unwrap().kwargs,
+        job.kwargs
+    );
+    let run = store
+        .run_trigger(&ManualRun {
+            job_id: job.job_id.clone(),
+            handler: None,
+            kwargs: None,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(run.kwargs, job.kwargs);
+    assert_eq!(store.run_get(run.run_id).await.unwrap().kwargs, job.kwargs);
+
+    let version = store.job_get("with-secrets").await.unwrap().row_version;
+    let mut changed = job.clone();
+    changed.kwargs["secret_headers"]["X-Token"] = json!("token-replaced");
+    let replaced = store.job_replace(&changed, version).await.unwrap();
+    assert_eq!(replaced.kwargs, changed.kwargs);
+    assert_eq!(
+        store.job_get("with-secrets").await.unwrap().kwargs,
+        changed.kwargs
+    );
+}
+
 conformance![
+    secrets_in_kwargs_are_stored_as_given,
     a_job_reads_back_as_written,
     jobs_are_listed_oldest_first_filtered_and_counted,
     a_job_row_sums_up_its_runs,
