@@ -30,6 +30,8 @@ pub struct LastRun {
 pub struct JobView {
     pub job_id: String,
     pub handler: String,
+    /// The handler's arguments; secret values (see the handler's kwargs
+    /// schema) are shown as `"***"`.
     #[schema(value_type = Object)]
     pub kwargs: Value,
     /// The interval, Python `timedelta` style (`"7 days, 0:00:00"`).

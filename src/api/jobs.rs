@@ -441,6 +441,8 @@ async fn set_job_state(
 ///
 /// The body holds the fields to change (any of `POST /api/v1/jobs`'s except `job_id`);
 /// `null` resets a field to its default. The next run time is kept unless the schedule changes.
+/// In `kwargs` (replaced whole), `"***"` in a secret field keeps the stored secret; one for a
+/// secret the job does not have is a 400.
 #[utoipa::path(patch, path = "/api/v1/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "The job's id")),
     request_body = JobSpec,
