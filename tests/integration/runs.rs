@@ -550,13 +550,15 @@ async fn command_handler_runs_a_real_process_when_enabled() {
     let (status, body) = app
         .post(
             "/api/v1/jobs/command?job_id=echo",
-            json!({"program": "sh", "args": ["-c", "echo \"hi $WHO\""], "env": {"WHO": "there"}}),
+            json!({"program": "sh", "args": ["-c", "echo \"hi $WHO\" | tr a-z A-Z"], "env": {"WHO": "there"}}),
         )
         .await;
     assert_eq!(status, 201, "{body}");
     let runs = wait_runs(&app, "echo", "succeeded", 1, Duration::from_secs(10)).await;
     assert_eq!(runs[0]["result"]["exit_code"], 0);
-    assert_eq!(runs[0]["result"]["stdout"], "hi there\n");
+    // `env` values are secrets, masked where a result repeats them as
+    // given; upper-cased, this one shows that it reached the program.
+    assert_eq!(runs[0]["result"]["stdout"], "HI THERE\n");
 
     app.post(
         "/api/v1/jobs/command?job_id=fails",
