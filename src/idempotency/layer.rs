@@ -2,7 +2,7 @@
 //! module above for the rules).
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -60,10 +60,14 @@ pub async fn honour_key(
         .as_ref()
         .map_or_else(|| request.uri().path(), MatchedPath::as_str)
         .to_string();
-    let path_and_query = request
-        .uri()
+    // The URI as sent: inside `/api/v1`'s nested router, `uri()` lacks the prefix.
+    let uri = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri(), |original| &original.0);
+    let path_and_query = uri
         .path_and_query()
-        .map_or_else(|| request.uri().path(), |p| p.as_str())
+        .map_or_else(|| uri.path(), |p| p.as_str())
         .to_string();
     let caller = caller_scope(request.extensions().get::<Caller>());
     let method = request.method().as_str().to_string();

@@ -11,6 +11,7 @@ mod default_jobs;
 mod embedded_cli;
 mod embedded_crash;
 mod guards;
+mod idempotency;
 mod jobs_api;
 mod plans;
 mod replicas;
