@@ -282,3 +282,41 @@ async fn a_key_left_pending_answers_409() {
     assert_error(&(a.status, a.body.clone()), 409, "expires at");
     assert_eq!(job_count(&app).await, 0);
 }
+
+/// Keys are per caller: two tokens sending the same key make two jobs,
+/// and each token's retry replays its own answer.
+#[tokio::test]
+async fn each_token_has_keys_of_its_own() {
+    let app = TestApp::start_with(&["--auth", "on"]).await;
+    let mut answers = Vec::new();
+    for name in ["ci", "cron"] {
+        let token = jobsd::auth::issue(
+            &app.store,
+            name,
+            jobsd::auth::Scope::Write,
+            chrono::Utc::now(),
+            None,
+        )
+        .await
+        .unwrap()
+        .secret;
+        let mut sent = Vec::new();
+        for _ in 0..2 {
+            let resp = app
+                .client
+                .post(app.url("/api/v1/jobs"))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "shared")
+                .json(&paused(None))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 201);
+            let body: Value = resp.json().await.unwrap();
+            sent.push(body["job"]["job_id"].clone());
+        }
+        assert_eq!(sent[0], sent[1], "{name}'s retry replays its answer");
+        answers.push(sent[0].clone());
+    }
+    assert_ne!(answers[0], answers[1], "two tokens, two jobs");
+}
