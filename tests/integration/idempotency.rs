@@ -320,3 +320,41 @@ async fn each_token_has_keys_of_its_own() {
     }
     assert_ne!(answers[0], answers[1], "two tokens, two jobs");
 }
+
+/// A 5xx answer is not kept: it releases the key, and a retry runs the
+/// request again (here, once the fault is gone, it queues the run).
+#[tokio::test]
+async fn a_server_error_releases_the_key() {
+    let app = TestApp::start().await;
+    assert_eq!(create(&app, "c", &paused(Some("j"))).await.status, 201);
+    // A fault: every insert into runs fails.
+    execute_sql(
+        &app.store,
+        "CREATE FUNCTION refuse_runs() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+        "SELECT 1",
+    )
+    .await;
+    execute_sql(
+        &app.store,
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs FOR EACH ROW EXECUTE FUNCTION refuse_runs()",
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .await;
+    let failed = send(&app, Method::POST, "/api/v1/jobs/j/run", Some(b"r"), None).await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    execute_sql(
+        &app.store,
+        "DROP TRIGGER refuse_runs ON runs",
+        "DROP TRIGGER refuse_runs",
+    )
+    .await;
+    let retried = send(&app, Method::POST, "/api/v1/jobs/j/run", Some(b"r"), None).await;
+    assert_eq!(
+        (retried.status, retried.replayed),
+        (201, false),
+        "{}",
+        retried.body
+    );
+    let again = send(&app, Method::POST, "/api/v1/jobs/j/run", Some(b"r"), None).await;
+    assert_eq!((again.status, again.replayed), (201, true));
+}
