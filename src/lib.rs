@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod default_jobs;
 pub mod domain;
 pub mod guard;
 pub mod handlers;
+pub mod idempotency;
 pub mod job_spec;
 pub mod logging;
 pub mod maintenance;

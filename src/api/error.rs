@@ -36,6 +36,9 @@ pub enum ApiError {
     Conflict(String),
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge(String),
+    /// 422: the request is well formed but cannot be taken as it is (an
+    /// `Idempotency-Key` reused for another request); nothing was changed.
+    Unprocessable(String),
     /// 503: a dependency (the database) is unavailable.
     Unavailable(String),
     /// 500: a bug or a database fault; the detail is logged.
@@ -108,6 +111,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, Vec::new()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m, Vec::new()),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, Vec::new()),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m, Vec::new()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, Vec::new()),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error while serving a request");

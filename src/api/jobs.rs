@@ -1,7 +1,7 @@
 //! `/api/v1/jobs`: create, list, read, change, pause/resume and delete jobs.
 
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -13,8 +13,10 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::job_view::{JobEnvelope, JobList, JobView, LastRun, Removed, RemovedFailed};
 use super::AppState;
+use crate::audit::AuditNote;
 use crate::domain::JobState;
 use crate::handlers::ERROR_HANDLER;
+use crate::idempotency::{opt_in, Idempotency};
 use crate::job_spec::{
     carry_over_timing, keep_fired_one_shot_done, next_run_on_resume, FieldError, JobSpec,
     ValidationContext,
@@ -49,9 +51,13 @@ use crate::store::{JobFilter, JobRow, JobType, NewJob, StoreError, StoreResult};
 pub struct JobsApi;
 
 /// `bulk_body_bytes` bounds the body of `POST /jobs/bulk`.
-pub fn router(bulk_body_bytes: usize) -> Router<AppState> {
+/// `POST /jobs` honours `Idempotency-Key` (`crate::idempotency`).
+pub fn router(bulk_body_bytes: usize, idempotency: &Idempotency) -> Router<AppState> {
     Router::new()
-        .route("/jobs", get(list_jobs).post(create_job))
+        .route(
+            "/jobs",
+            get(list_jobs).merge(opt_in(post(create_job), idempotency)),
+        )
         .route(
             "/jobs/bulk",
             post(create_jobs_bulk).layer(DefaultBodyLimit::max(bulk_body_bytes)),
@@ -194,15 +200,23 @@ where
     }
 }
 
-async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+/// A created job, with its id for the audit log.
+type Created = (StatusCode, Extension<AuditNote>, Json<JobEnvelope>);
+
+async fn create(app: &AppState, spec: JobSpec) -> ApiResult<Created> {
     let ctx = validation_context(app, "api").await?;
     let job = spec.validate(&ctx).map_err(ApiError::invalid)?;
     let job_id = job.job_id.clone();
     insert_and_start(app, vec![job]).await?;
     let row = app.store.job_get(&job_id).await?;
     tracing::info!(job_id = %row.job_id, handler = %row.handler, "job created");
+    let note = AuditNote {
+        job_id: Some(row.job_id.clone()),
+        ..AuditNote::default()
+    };
     Ok((
         StatusCode::CREATED,
+        Extension(note),
         Json(JobEnvelope {
             job: JobView::build(row, &app.registry),
         }),
@@ -210,14 +224,19 @@ async fn create(app: &AppState, spec: JobSpec) -> ApiResult<(StatusCode, Json<Jo
 }
 
 /// Create a job from a JSON body
+///
+/// With an `Idempotency-Key`, a retry within 24 h gets the first answer
+/// again (marked `Idempotent-Replayed: true`) and creates nothing.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
+    params(crate::idempotency::IdempotencyKeyHeader),
     responses((status = 201, body = JobEnvelope), (status = 400, body = ErrorBody),
-              (status = 409, description = "job_id taken", body = ErrorBody),
-              (status = 413, body = ErrorBody)))]
+              (status = 409, description = "job_id taken, or a request with the same Idempotency-Key in progress", body = ErrorBody),
+              (status = 413, body = ErrorBody),
+              (status = 422, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn create_job(
     State(app): State<AppState>,
     JsonBody(spec): JsonBody<JobSpec>,
-) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+) -> ApiResult<Created> {
     create(&app, spec).await
 }
 
@@ -330,7 +349,7 @@ async fn create_job_for_handler(
     Path(handler): Path<String>,
     QueryParams(q): QueryParams<CreateQuery>,
     JsonBody(kwargs): JsonBody<Value>,
-) -> ApiResult<(StatusCode, Json<JobEnvelope>)> {
+) -> ApiResult<Created> {
     if app.registry.get(&handler).is_none() {
         return Err(ApiError::not_found(format!(
             "no handler named {handler:?}; GET /api/v1/handlers lists them"

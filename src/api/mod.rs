@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`: one router per resource, merged here with
 //! the shared layers (body limit, tracing) and Swagger UI.
 
+mod audit;
 mod error;
 mod extract;
 mod instances;
@@ -80,11 +81,17 @@ const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, and `/`
 /// redirecting to it. `max_body_bytes` bounds every request body. Every
-/// route is behind the token check (`crate::auth::require_token`).
+/// route is behind the token check (`crate::auth::require_token`), and
+/// every mutating call is recorded in the audit log (`crate::audit`).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let idempotency = crate::idempotency::Idempotency::new(state.store.clone());
     let api = Router::new()
-        .merge(jobs::router(max_body_bytes.max(BULK_BODY_BYTES)))
-        .merge(runs::router())
+        .merge(jobs::router(
+            max_body_bytes.max(BULK_BODY_BYTES),
+            &idempotency,
+        ))
+        .merge(runs::router(&idempotency))
+        .merge(audit::router())
         .merge(service::router())
         .merge(instances::router())
         .merge(tokens::router())
@@ -100,6 +107,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             crate::auth::require_token,
+        ))
+        // Outside the token check, so that refused calls are recorded too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.store.clone(),
+            crate::audit::record_call,
         ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -26,7 +26,8 @@ use crate::handlers::HandlerRegistry;
         (name = "runs", description = "Runs of jobs and their history"),
         (name = "service", description = "Service state and probes"),
         (name = "cluster", description = "Replicas sharing the database, and held lock keys"),
-        (name = "tokens", description = "API tokens (admin scope)")
+        (name = "tokens", description = "API tokens (admin scope)"),
+        (name = "audit", description = "The audit log of mutating calls (admin scope)")
     )
 )]
 struct ApiDoc;
@@ -72,6 +73,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::service::ServiceApi::openapi());
     api.merge(super::instances::InstancesApi::openapi());
     api.merge(super::tokens::TokensApi::openapi());
+    api.merge(super::audit::AuditApi::openapi());
     let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
     let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))
         .into_iter()

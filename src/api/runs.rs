@@ -1,7 +1,7 @@
 //! Runs: trigger a job now, read run history, cancel, override a stuck
 //! run's state.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
@@ -15,8 +15,10 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::job_view::run_view;
 use super::AppState;
+use crate::audit::AuditNote;
 use crate::domain::RunState;
 use crate::handlers::ERROR_HANDLER;
+use crate::idempotency::{opt_in, Idempotency};
 use crate::store::{JobRow, ManualRun, RunFilter, RunRow, StoreError};
 
 #[derive(OpenApi)]
@@ -34,9 +36,10 @@ use crate::store::{JobRow, ManualRun, RunFilter, RunRow, StoreError};
 )]
 pub struct RunsApi;
 
-pub fn router() -> Router<AppState> {
+/// `POST /jobs/{id}/run` honours `Idempotency-Key` (`crate::idempotency`).
+pub fn router(idempotency: &Idempotency) -> Router<AppState> {
     Router::new()
-        .route("/jobs/{id}/run", post(trigger_job))
+        .route("/jobs/{id}/run", opt_in(post(trigger_job), idempotency))
         .route("/jobs/{id}/runs", get(job_runs))
         .route("/jobs/{id}/runs/latest", get(latest_run))
         .route("/runs", get(list_runs))
@@ -122,12 +125,15 @@ async fn rerun_of_failure(app: &AppState, record: &JobRow) -> ApiResult<ManualRu
 /// Run a job now
 ///
 /// Queues a manual run at once. For a failure record (`handler` ErrorHandler) it
-/// re-runs the failed job with its original kwargs.
+/// re-runs the failed job with its original kwargs. With an `Idempotency-Key`,
+/// a retry within 24 h gets the first answer again and queues no other run.
 #[utoipa::path(post, path = "/api/v1/jobs/{job_id}/run", tag = "runs",
-    params(("job_id" = String, Path, description = "The job's id")),
+    params(("job_id" = String, Path, description = "The job's id"),
+           crate::idempotency::IdempotencyKeyHeader),
     responses((status = 201, body = RunEnvelope, headers(("Location" = String, description = "The run's URL"))),
               (status = 404, body = ErrorBody),
-              (status = 409, description = "max_instances reached", body = ErrorBody)))]
+              (status = 409, description = "max_instances reached, or a request with the same Idempotency-Key in progress", body = ErrorBody),
+              (status = 422, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn trigger_job(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
@@ -150,9 +156,15 @@ async fn trigger_job(
         .map_err(|e| ApiError::from_store(e, || format!("no job with job_id {job_id:?}")))?;
     tracing::info!(job_id = %run.job_id, run_id = %run.run_id, "manual run queued");
     let location = format!("/api/v1/runs/{}", run.run_id);
+    let note = AuditNote {
+        job_id: Some(run.job_id.clone()),
+        run_id: Some(run.run_id),
+        reason: None,
+    };
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
+        Extension(note),
         Json(RunEnvelope {
             run: run_view(run, &app.registry),
         }),
@@ -302,7 +314,7 @@ async fn get_run(
 async fn cancel_run(
     State(app): State<AppState>,
     Path(raw): Path<String>,
-) -> ApiResult<Json<RunEnvelope>> {
+) -> ApiResult<(Extension<AuditNote>, Json<RunEnvelope>)> {
     let run_id = parse_run_id(&raw)?;
     let run = app
         .store
@@ -310,9 +322,13 @@ async fn cancel_run(
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::info!(run_id = %run_id, state = %run.state, "run cancel requested");
-    Ok(Json(RunEnvelope {
-        run: run_view(run, &app.registry),
-    }))
+    let note = AuditNote {
+        job_id: Some(run.job_id.clone()),
+        ..AuditNote::default()
+    };
+    Ok((Extension(note), Json(RunEnvelope {
+            run: run_view(run, &app.registry),
+        })))
 }
 
 /// An operator's override of a run's state.
@@ -345,8 +361,23 @@ async fn override_run_state(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     JsonBody(body): JsonBody<StateOverride>,
-) -> ApiResult<Json<RunEnvelope>> {
-    let run_id = parse_run_id(&raw)?;
+) -> Response {
+    // The reason goes to the audit log whatever the answer.
+    let mut note = AuditNote {
+        reason: Some(body.reason.trim().replace('\0', "")).filter(|r| !r.is_empty()),
+        ..AuditNote::default()
+    };
+    let answer = apply_override(&app, &raw, &body).await.map(|run| {
+        note.job_id = Some(run.job_id.clone());
+        Json(RunEnvelope {
+            run: run_view(run, &app.registry),
+        })
+    });
+    (Extension(note), answer).into_response()
+}
+
+async fn apply_override(app: &AppState, raw: &str, body: &StateOverride) -> ApiResult<RunRow> {
+    let run_id = parse_run_id(raw)?;
     let Some(state) = body
         .state
         .parse()
@@ -377,7 +408,5 @@ async fn override_run_state(
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::warn!(run_id = %run_id, state = %run.state, reason, "run state overridden by an operator");
-    Ok(Json(RunEnvelope {
-        run: run_view(run, &app.registry),
-    }))
+    Ok(run)
 }

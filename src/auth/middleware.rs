@@ -103,8 +103,10 @@ pub async fn require_token(
             }
         }
     };
+    // The caller goes into the response too, for the audit log
+    // (`crate::audit`), which sits outside this layer.
     if !caller.scope.allows(needed) {
-        return ApiError::Forbidden(format!(
+        let mut refused = ApiError::Forbidden(format!(
             "the token {:?} has {} scope; {} {} needs {needed}",
             caller.name,
             caller.scope,
@@ -112,9 +114,13 @@ pub async fn require_token(
             route
         ))
         .into_response();
+        refused.extensions_mut().insert(caller);
+        return refused;
     }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
+    response
 }
 
 #[cfg(test)]

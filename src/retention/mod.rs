@@ -1,6 +1,7 @@
 //! Bounded history: the maintenance loop that every replica runs (there is
 //! no leader) to prune what `--retention`, `--failure-retention` and each
-//! job's `keep_runs` no longer keep. Each pass deletes in bounded batches
+//! job's `keep_runs` no longer keep, the audit log entries older than
+//! `--retention`, and expired idempotency keys. Each pass deletes in bounded batches
 //! (one short statement or transaction each, yielding between them), so it
 //! holds no long lock and never rewrites a table; deletes are safe to race
 //! between replicas (the stores lock what they delete with `SKIP LOCKED` on
@@ -102,6 +103,10 @@ pub struct Pruned {
     pub runs: u64,
     pub jobs: u64,
     pub failure_records: u64,
+    /// Audit log entries older than `--retention`.
+    pub audit_entries: u64,
+    /// Idempotency keys past their 24 h (`crate::idempotency::TTL`).
+    pub idempotency_keys: u64,
 }
 
 /// The maintenance loop of one replica.
@@ -151,6 +156,18 @@ impl Maintenance {
             })
             .await?;
         }
+        // The audit log is kept as long as the run history.
+        if let Some(cutoff) = self.config.retention.cutoff(now) {
+            pruned.audit_entries += batches(batch, shutdown, |limit| {
+                store.audit_prune_before(cutoff, limit)
+            })
+            .await?;
+        }
+        let expired = crate::idempotency::expired_before(now);
+        pruned.idempotency_keys += batches(batch, shutdown, |limit| {
+            store.idempotency_prune_before(expired, limit)
+        })
+        .await?;
         Ok(pruned)
     }
 
@@ -162,6 +179,8 @@ impl Maintenance {
                     runs = p.runs,
                     jobs = p.jobs,
                     failure_records = p.failure_records,
+                    audit_entries = p.audit_entries,
+                    idempotency_keys = p.idempotency_keys,
                     "pruned history"
                 ),
                 Ok(_) => {}

@@ -9,11 +9,13 @@
 //! lives in its own folder with its own SQL and migrations; the rules both
 //! would otherwise repeat are pure functions in [`crate::domain::rules`].
 
+pub(crate) mod audit;
 pub mod bench;
 mod connect;
 pub(crate) mod default_jobs;
 pub(crate) mod execution;
 pub(crate) mod firing;
+pub(crate) mod idempotency;
 pub(crate) mod instances;
 pub(crate) mod jobs;
 pub mod notify;
@@ -27,10 +29,12 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use audit::{AuditEntry, AuditFilter, AuditMethod};
 pub use connect::{redact_url, Backend, ConnectError, SCHEMES};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
+pub use idempotency::{Begun, IdempotencyBegin, IdempotencyKey, StoredAnswer, StoredKey};
 pub use instances::{InstanceRow, LockRow};
 pub use jobs::{JobFilter, JobRow, JobType, NewJob};
 pub use notify::{Listener, Notice};
@@ -450,6 +454,62 @@ impl Store {
     /// is ignored).
     pub async fn token_touch(&self, used: &[(Uuid, DateTime<Utc>)]) -> StoreResult<()> {
         on_backend!(self, s => s.token_touch(used).await)
+    }
+
+    // Idempotency keys (src/idempotency/).
+
+    /// Takes `begin.key` for this attempt (storing it pending), unless
+    /// another request holds it and it has not expired: then that one's
+    /// stored key. Of concurrent attempts exactly one gets `Started`.
+    pub async fn idempotency_begin(&self, begin: &IdempotencyBegin) -> StoreResult<Begun> {
+        on_backend!(self, s => s.idempotency_begin(begin).await)
+    }
+
+    /// Stores the answer of the attempt `claim` under its pending key;
+    /// false when the key is no longer that attempt's pending one.
+    pub async fn idempotency_complete(
+        &self,
+        key: &IdempotencyKey,
+        claim: Uuid,
+        answer: &StoredAnswer,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        on_backend!(self, s => s.idempotency_complete(key, claim, answer, now).await)
+    }
+
+    /// Deletes the pending key of the attempt `claim` (its request failed
+    /// in a way a retry may fix); false when it is not that attempt's.
+    pub async fn idempotency_release(
+        &self,
+        key: &IdempotencyKey,
+        claim: Uuid,
+    ) -> StoreResult<bool> {
+        on_backend!(self, s => s.idempotency_release(key, claim).await)
+    }
+
+    /// Deletes up to `limit` keys created before `cutoff` (expired).
+    pub async fn idempotency_prune_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.idempotency_prune_before(cutoff, limit).await)
+    }
+
+    // The audit log (src/audit/).
+
+    pub async fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {
+        on_backend!(self, s => s.audit_insert(entry).await)
+    }
+
+    /// Entries matching the filter, newest (highest id) first.
+    pub async fn audit_list(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        on_backend!(self, s => s.audit_list(filter).await)
+    }
+
+    /// Deletes up to `limit` entries recorded before `cutoff`.
+    pub async fn audit_prune_before(&self, cutoff: DateTime<Utc>, limit: i64) -> StoreResult<u64> {
+        on_backend!(self, s => s.audit_prune_before(cutoff, limit).await)
     }
 
     // Wake-ups.

@@ -3,6 +3,7 @@
 //! `JOBSD_TEST_BACKEND=sqlite` (see `support::backend`). The store
 //! conformance suite (`conformance`) runs on both in every run.
 
+mod audit;
 mod auth;
 mod bad_input;
 mod bench;
@@ -11,6 +12,7 @@ mod default_jobs;
 mod embedded_cli;
 mod embedded_crash;
 mod guards;
+mod idempotency;
 mod jobs_api;
 mod plans;
 mod replicas;

@@ -4,6 +4,7 @@
 //! Database time (`now()`) is the clock for everything that decides when a
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
+mod audit;
 pub mod bench;
 mod connect;
 mod copy;
@@ -12,6 +13,7 @@ pub(crate) mod ends;
 pub(crate) mod execution;
 pub(crate) mod firing;
 pub mod hot;
+mod idempotency;
 pub(crate) mod instances;
 pub(crate) mod jobs;
 pub(crate) mod notify;

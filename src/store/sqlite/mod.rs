@@ -25,12 +25,14 @@
 //! The rules every backend applies (lateness, completion, rescue, failure
 //! records, waiting runs) come from [`crate::domain::rules`].
 
+mod audit;
 pub mod bench;
 mod connect;
 mod copy;
 pub(crate) mod default_jobs;
 pub(crate) mod execution;
 pub(crate) mod firing;
+mod idempotency;
 pub(crate) mod instances;
 pub(crate) mod jobs;
 mod retention;

@@ -46,7 +46,7 @@ pub(crate) fn json(row: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> 
     serde_json::from_str(&text).map_err(|e| decode_err(column, e))
 }
 
-fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<Value>, sqlx::Error> {
+pub(crate) fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<Value>, sqlx::Error> {
     match row.try_get::<Option<String>, _>(column)? {
         None => Ok(None),
         Some(text) => serde_json::from_str(&text)
@@ -60,7 +60,7 @@ pub(crate) fn uuid(row: &SqliteRow, column: &str) -> Result<Uuid, sqlx::Error> {
     text.parse().map_err(|e| decode_err(column, e))
 }
 
-fn opt_uuid(row: &SqliteRow, column: &str) -> Result<Option<Uuid>, sqlx::Error> {
+pub(crate) fn opt_uuid(row: &SqliteRow, column: &str) -> Result<Option<Uuid>, sqlx::Error> {
     match row.try_get::<Option<String>, _>(column)? {
         None => Ok(None),
         Some(text) => text.parse().map(Some).map_err(|e| decode_err(column, e)),

@@ -44,9 +44,11 @@ macro_rules! conformance {
     )*};
 }
 
+mod audit;
 mod claims;
 mod files;
 mod firing;
+mod idempotency;
 mod jobs;
 mod retention;
 mod runs;

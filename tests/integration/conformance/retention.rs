@@ -235,7 +235,8 @@ async fn completed_one_shot_jobs_without_runs_are_removed(store: Store) {
         Pruned {
             runs: 1,
             jobs: 1,
-            failure_records: 0
+            failure_records: 0,
+            ..Pruned::default()
         }
     );
     let err = store.job_get("done").await.unwrap_err();
