@@ -326,9 +326,12 @@ async fn cancel_run(
         job_id: Some(run.job_id.clone()),
         ..AuditNote::default()
     };
-    Ok((Extension(note), Json(RunEnvelope {
+    Ok((
+        Extension(note),
+        Json(RunEnvelope {
             run: run_view(run, &app.registry),
-        })))
+        }),
+    ))
 }
 
 /// An operator's override of a run's state.
