@@ -10,6 +10,7 @@ mod nul;
 pub mod openapi;
 mod runs;
 mod service;
+mod stats;
 mod tokens;
 
 use std::sync::Arc;
@@ -86,6 +87,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(jobs::router(max_body_bytes.max(BULK_BODY_BYTES)))
         .merge(runs::router())
         .merge(service::router())
+        .merge(stats::router())
         .merge(instances::router())
         .merge(tokens::router())
         .route("/openapi.json", get(openapi_json))

@@ -45,6 +45,7 @@ macro_rules! conformance {
 }
 
 mod claims;
+mod counters;
 mod files;
 mod firing;
 mod jobs;
