@@ -17,9 +17,10 @@
 -- state did not change (heartbeats) cost none.
 --
 -- No foreign key to `jobs` (see 0003: its check would lock the job's row
--- on every counter insert). A deleted job's counters drop to zero when its
--- runs are deleted; `jobsd maintenance`'s pass removes the zero rows of
--- jobs that no longer exist.
+-- on every counter insert). A job's counter rows go once the job and all
+-- its runs are gone (whichever goes last removes them; a job deleted while
+-- a run of it runs keeps that run's count until the run ends and is
+-- removed), so rows are bounded by the jobs, not the history.
 CREATE TABLE run_counts (
     job_id      text NOT NULL,
     state       text NOT NULL,
@@ -60,6 +61,20 @@ BEGIN
     SELECT job_id, state, run_counts_shard(), -count(*) FROM deleted_runs
     GROUP BY job_id, state ORDER BY job_id, state
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = run_counts.n + excluded.n;
+    -- The last runs of a deleted job (a job is deleted before its runs).
+    DELETE FROM run_counts c
+    WHERE c.job_id IN (SELECT DISTINCT job_id FROM deleted_runs)
+      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = c.job_id)
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = c.job_id);
+    RETURN NULL;
+END $$;
+
+-- A job deleted when it has no runs left (pruned one-shot jobs).
+CREATE FUNCTION run_counts_after_job_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM run_counts c
+    WHERE c.job_id IN (SELECT job_id FROM deleted_jobs)
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = c.job_id);
     RETURN NULL;
 END $$;
 
@@ -75,6 +90,9 @@ CREATE TRIGGER runs_count_updated AFTER UPDATE ON runs
 CREATE TRIGGER runs_count_deleted AFTER DELETE ON runs
     REFERENCING OLD TABLE AS deleted_runs
     FOR EACH STATEMENT EXECUTE FUNCTION run_counts_after_delete();
+CREATE TRIGGER jobs_count_deleted AFTER DELETE ON jobs
+    REFERENCING OLD TABLE AS deleted_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION run_counts_after_job_delete();
 
 INSERT INTO run_counts (job_id, state, shard, n)
 SELECT job_id, state, 0, count(*) FROM runs GROUP BY job_id, state;

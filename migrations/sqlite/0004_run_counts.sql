@@ -24,9 +24,19 @@ WHEN old.state IS NOT new.state OR old.job_id IS NOT new.job_id BEGIN
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = n + 1;
 END;
 
+-- A job's counter rows go once the job and all its runs are gone
+-- (whichever goes last removes them), so rows are bounded by the jobs.
 CREATE TRIGGER runs_count_deleted AFTER DELETE ON runs BEGIN
     INSERT INTO run_counts (job_id, state, shard, n) VALUES (old.job_id, old.state, 0, -1)
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = n - 1;
+    DELETE FROM run_counts WHERE job_id = old.job_id
+      AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = old.job_id)
+      AND NOT EXISTS (SELECT 1 FROM runs WHERE job_id = old.job_id);
+END;
+
+CREATE TRIGGER jobs_count_deleted AFTER DELETE ON jobs BEGIN
+    DELETE FROM run_counts WHERE job_id = old.job_id
+      AND NOT EXISTS (SELECT 1 FROM runs WHERE job_id = old.job_id);
 END;
 
 INSERT INTO run_counts (job_id, state, shard, n)

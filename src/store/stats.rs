@@ -25,6 +25,8 @@ pub struct StatsRow {
 pub struct RunCountsCheck {
     pub counters: Vec<(String, i64)>,
     pub counted: Vec<(String, i64)>,
+    /// Counter rows stored for the job, zeros included.
+    pub rows: i64,
 }
 
 /// Every state of `all`, in its order, with its total in `rows` (0 for a

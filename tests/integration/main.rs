@@ -21,4 +21,5 @@ mod scheduling;
 mod service_api;
 mod sqlite_plans;
 mod startup;
+mod stats_api;
 mod support;

@@ -57,7 +57,15 @@ impl PgStore {
         .bind(job_id)
         .fetch_all(&mut *tx)
         .await?;
+        let rows = sqlx::query_scalar("SELECT count(*) FROM run_counts WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(RunCountsCheck { counters, counted })
+        Ok(RunCountsCheck {
+            counters,
+            counted,
+            rows,
+        })
     }
 }
