@@ -11,6 +11,7 @@ mod nul;
 pub mod openapi;
 mod runs;
 mod service;
+mod stats;
 mod tokens;
 
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(runs::router(&idempotency))
         .merge(audit::router())
         .merge(service::router())
+        .merge(stats::router())
         .merge(instances::router())
         .merge(tokens::router())
         .route("/openapi.json", get(openapi_json))

@@ -71,6 +71,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::jobs::JobsApi::openapi());
     api.merge(super::runs::RunsApi::openapi());
     api.merge(super::service::ServiceApi::openapi());
+    api.merge(super::stats::StatsApi::openapi());
     api.merge(super::instances::InstancesApi::openapi());
     api.merge(super::tokens::TokensApi::openapi());
     api.merge(super::audit::AuditApi::openapi());

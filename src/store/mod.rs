@@ -22,6 +22,7 @@ pub mod notify;
 pub mod postgres;
 pub(crate) mod runs;
 pub mod sqlite;
+pub mod stats;
 pub(crate) mod tokens;
 
 use crate::domain::RunState;
@@ -41,6 +42,7 @@ pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
 pub use sqlite::{ServeLock, SqliteOptions, SqliteStore, Synchronous};
+pub use stats::{RunCountsCheck, StatsRow};
 pub use tokens::{NewToken, TokenKey, TokenRow};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
@@ -402,6 +404,21 @@ impl Store {
         limit: i64,
     ) -> StoreResult<u64> {
         on_backend!(self, s => s.jobs_prune_failure_records_before(cutoff, limit).await)
+    }
+
+    // Stats.
+
+    /// Jobs and runs by state and the oldest due queued run, without
+    /// counting run history (runs come from the run counters).
+    pub async fn stats(&self) -> StoreResult<StatsRow> {
+        on_backend!(self, s => s.stats().await)
+    }
+
+    /// The run counters of `job_id` summed by state, beside a count of its
+    /// stored runs by state (both without zeros, sorted by state name):
+    /// equal unless a counter drifted. A check for tests and operators.
+    pub async fn run_counts_check(&self, job_id: &str) -> StoreResult<RunCountsCheck> {
+        on_backend!(self, s => s.run_counts_check(job_id).await)
     }
 
     // API tokens.

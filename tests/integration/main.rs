@@ -24,4 +24,5 @@ mod secrets;
 mod service_api;
 mod sqlite_plans;
 mod startup;
+mod stats_api;
 mod support;

@@ -25,7 +25,8 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      (SELECT jsonb_object_agg(c.state, c.n) FROM \
-        (SELECT r.state, count(*) AS n FROM runs r WHERE r.job_id = j.job_id GROUP BY r.state) c) AS run_counts, \
+        (SELECT rc.state, sum(rc.n)::int8 AS n FROM run_counts rc WHERE rc.job_id = j.job_id \
+         GROUP BY rc.state HAVING sum(rc.n) <> 0) c) AS run_counts, \
      EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run, \
      EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired, \
      j.xmin::text::int8 AS row_version \

@@ -20,6 +20,7 @@ pub(crate) mod notify;
 mod retention;
 pub(crate) mod runs;
 pub(crate) mod service;
+pub(crate) mod stats;
 pub(crate) mod tokens;
 
 use sqlx::PgPool;

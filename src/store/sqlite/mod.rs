@@ -39,6 +39,7 @@ mod retention;
 mod rows;
 pub(crate) mod runs;
 pub(crate) mod service;
+pub(crate) mod stats;
 pub(crate) mod tokens;
 
 use chrono::{DateTime, Utc};

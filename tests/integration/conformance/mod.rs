@@ -46,6 +46,7 @@ macro_rules! conformance {
 
 mod audit;
 mod claims;
+mod counters;
 mod files;
 mod firing;
 mod idempotency;
