@@ -1,26 +1,35 @@
--- Run counters (issue #12 §4): the stored runs of each job by state, so a
+-- Run counters (issue #12 §4): the ended runs of each job by state, so a
 -- job's `run_counts` and GET /api/v1/stats read a few counter rows instead
 -- of counting the job's run history.
+--
+-- Only ended runs (every state but queued, waiting and running) are
+-- counted here. The live ones are few (bounded by the queue and the
+-- workers, not by history) and each has an entry in a partial index
+-- (`runs_active_job_idx`, `runs_waiting_job_idx`, `runs_queue_idx`,
+-- `runs_running_idx`), so they are counted from those when read. Counting
+-- them here too cost every run three new counter rows (created, claimed,
+-- ended) and the drain a fifth of its speed; ended-only costs one, and a
+-- periodic job's run an in-place update (docs/benchmarks.md, "run
+-- counters").
 --
 -- Each job's count per state is the sum of up to 8 shard rows. A writing
 -- transaction adds to shard `txid % 8`: transactions running together have
 -- near-consecutive ids, so concurrent writers of one job's runs (workers
--- finishing its runs, the scheduler firing it) each update a row of their
--- own instead of all queueing on one.
+-- finishing its runs) each update a row of their own instead of all
+-- queueing on one.
 --
 -- The counters are kept by statement-level triggers on `runs`, not by each
--- statement of the store: every statement that inserts, changes the state
--- of, or deletes runs is counted, including those of a replica of an older
+-- statement of the store: every statement that inserts, ends, re-queues or
+-- deletes runs is counted, including those of a replica of an older
 -- version running beside this one during a rolling upgrade, and those added
 -- later. A trigger runs once per statement with all its rows (transition
--- tables), so a batch of runs costs one counter statement, and rows whose
--- state did not change (heartbeats) cost none.
+-- tables), so a batch of runs costs one counter statement, and rows that
+-- neither are nor were ended (claims, heartbeats) cost none.
 --
 -- No foreign key to `jobs` (see 0003: its check would lock the job's row
 -- on every counter insert). A job's counter rows go once the job and all
--- its runs are gone (whichever goes last removes them; a job deleted while
--- a run of it runs keeps that run's count until the run ends and is
--- removed), so rows are bounded by the jobs, not the history.
+-- its runs are gone (whichever goes last removes them), so rows are
+-- bounded by the jobs, not the history.
 CREATE TABLE run_counts (
     job_id      text NOT NULL,
     state       text NOT NULL,
@@ -39,6 +48,7 @@ CREATE FUNCTION run_counts_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO run_counts (job_id, state, shard, n)
     SELECT job_id, state, run_counts_shard(), count(*) FROM inserted_runs
+    WHERE state NOT IN ('queued', 'waiting', 'running')
     GROUP BY job_id, state ORDER BY job_id, state
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = run_counts.n + excluded.n;
     RETURN NULL;
@@ -48,8 +58,8 @@ CREATE FUNCTION run_counts_after_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO run_counts (job_id, state, shard, n)
     SELECT d.job_id, d.state, run_counts_shard(), sum(d.n) FROM (
-        SELECT job_id, state, 1 AS n FROM new_runs
-        UNION ALL SELECT job_id, state, -1 FROM old_runs) d
+        SELECT job_id, state, 1 AS n FROM new_runs WHERE state NOT IN ('queued', 'waiting', 'running')
+        UNION ALL SELECT job_id, state, -1 FROM old_runs WHERE state NOT IN ('queued', 'waiting', 'running')) d
     GROUP BY d.job_id, d.state HAVING sum(d.n) <> 0 ORDER BY d.job_id, d.state
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = run_counts.n + excluded.n;
     RETURN NULL;
@@ -59,6 +69,7 @@ CREATE FUNCTION run_counts_after_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO run_counts (job_id, state, shard, n)
     SELECT job_id, state, run_counts_shard(), -count(*) FROM deleted_runs
+    WHERE state NOT IN ('queued', 'waiting', 'running')
     GROUP BY job_id, state ORDER BY job_id, state
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = run_counts.n + excluded.n;
     -- The last runs of a deleted job (a job is deleted before its runs).
@@ -95,4 +106,4 @@ CREATE TRIGGER jobs_count_deleted AFTER DELETE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION run_counts_after_job_delete();
 
 INSERT INTO run_counts (job_id, state, shard, n)
-SELECT job_id, state, 0, count(*) FROM runs GROUP BY job_id, state;
+SELECT job_id, state, 0, count(*) FROM runs WHERE state NOT IN ('queued', 'waiting', 'running') GROUP BY job_id, state;

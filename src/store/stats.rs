@@ -1,7 +1,8 @@
 //! Service-wide counts (GET /api/v1/stats), read without counting run
-//! history: runs by state come from the per-job run counters (`run_counts`,
-//! kept by triggers on `runs`; see the migrations), the queue's age from
-//! the oldest due queued run (an index's first entry).
+//! history: ended runs by state come from the per-job run counters
+//! (`run_counts`, kept by triggers on `runs`; see the migrations), live
+//! ones (queued, waiting, running) from their partial indexes, the queue's
+//! age from the oldest due queued run (an index's first entry).
 
 use chrono::{DateTime, Utc};
 
@@ -20,7 +21,8 @@ pub struct StatsRow {
     pub now: DateTime<Utc>,
 }
 
-/// A job's run counters beside a count of its runs, by state name.
+/// A job's run counters beside a count of its runs, by state name (the
+/// counters hold ended runs only; live ones are counted when read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunCountsCheck {
     pub counters: Vec<(String, i64)>,

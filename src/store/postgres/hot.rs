@@ -19,7 +19,7 @@ use super::execution::{
 };
 use super::firing::{fire_commit_sql, DUE_JOBS_LOCK_SQL, DUE_JOBS_NEXT_SQL, FIRING_SETTINGS};
 use super::runs::RUN_COUNTS_ACTIVE_SQL;
-use super::stats::STATS_QUEUE_SQL;
+use super::stats::{STATS_QUEUE_SQL, STATS_RUNS_SQL};
 use crate::domain::rules;
 
 /// Rows of a loaded database to aim the statements at.
@@ -270,6 +270,12 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
             sql: DUE_JOBS_NEXT_SQL.to_string(),
             args: vec![],
             settings: Some(FIRING_SETTINGS),
+        },
+        HotStatement {
+            name: "stats: runs by state",
+            sql: STATS_RUNS_SQL.to_string(),
+            args: vec![],
+            settings: None,
         },
         HotStatement {
             name: "stats: oldest due queued run",

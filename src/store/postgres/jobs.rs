@@ -26,7 +26,11 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      (SELECT jsonb_object_agg(c.state, c.n) FROM \
         (SELECT rc.state, sum(rc.n)::int8 AS n FROM run_counts rc WHERE rc.job_id = j.job_id \
-         GROUP BY rc.state HAVING sum(rc.n) <> 0) c) AS run_counts, \
+         GROUP BY rc.state HAVING sum(rc.n) <> 0 \
+         UNION ALL SELECT a.state, count(*) FROM runs a \
+         WHERE a.job_id = j.job_id AND a.state IN ('queued', 'running') GROUP BY a.state \
+         UNION ALL SELECT w.state, count(*) FROM runs w \
+         WHERE w.job_id = j.job_id AND w.state = 'waiting' GROUP BY w.state) c) AS run_counts, \
      EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run, \
      EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired, \
      j.xmin::text::int8 AS row_version \

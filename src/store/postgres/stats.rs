@@ -6,9 +6,14 @@ use super::{PgStore, StoreResult};
 use crate::domain::{JobState, RunState};
 use crate::store::{RunCountsCheck, StatsRow};
 
-/// Runs by state: the counters of every job, summed.
+/// Runs by state: the ended ones from the counters of every job, summed;
+/// the live ones counted from their partial indexes (bounded by the queue
+/// and the workers, not by history).
 pub(crate) const STATS_RUNS_SQL: &str =
-    "SELECT state, sum(n)::int8 FROM run_counts GROUP BY state HAVING sum(n) <> 0";
+    "SELECT state, sum(n)::int8 FROM run_counts GROUP BY state HAVING sum(n) <> 0 \
+     UNION ALL SELECT 'queued', count(*) FROM runs WHERE state = 'queued' \
+     UNION ALL SELECT 'running', count(*) FROM runs WHERE state = 'running' \
+     UNION ALL SELECT 'waiting', count(*) FROM runs WHERE state = 'waiting'";
 
 /// The oldest due queued run (the first entry of `runs_queue_idx`) and the
 /// clock.

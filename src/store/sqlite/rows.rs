@@ -178,7 +178,10 @@ pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      (SELECT json_group_object(c.state, c.n) FROM \
         (SELECT rc.state, sum(rc.n) AS n FROM run_counts rc WHERE rc.job_id = j.job_id \
-         GROUP BY rc.state HAVING sum(rc.n) <> 0) c) AS run_counts, \
+         GROUP BY rc.state HAVING sum(rc.n) <> 0 \
+         UNION ALL SELECT a.state, count(*) FROM runs a INDEXED BY runs_active_job_idx \
+         WHERE a.job_id = j.job_id AND a.state IN ('queued', 'running', 'waiting') \
+         GROUP BY a.state) c) AS run_counts, \
      EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run, \
      EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired \
      FROM jobs j LEFT JOIN runs lr ON lr.run_id = (SELECT r.run_id FROM runs r WHERE r.job_id = j.job_id \

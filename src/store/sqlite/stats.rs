@@ -6,9 +6,14 @@ use super::{SqliteStore, StoreResult};
 use crate::domain::{JobState, RunState};
 use crate::store::{RunCountsCheck, StatsRow};
 
-/// Runs by state: the counters of every job, summed.
+/// Runs by state: the ended ones from the counters of every job, summed;
+/// the live ones counted from their partial indexes (bounded by the queue
+/// and the workers, not by history).
 pub(crate) const STATS_RUNS_SQL: &str =
-    "SELECT state, sum(n) FROM run_counts GROUP BY state HAVING sum(n) <> 0";
+    "SELECT state, sum(n) FROM run_counts GROUP BY state HAVING sum(n) <> 0 \
+     UNION ALL SELECT 'queued', count(*) FROM runs INDEXED BY runs_queue_idx WHERE state = 'queued' \
+     UNION ALL SELECT 'running', count(*) FROM runs INDEXED BY runs_running_idx WHERE state = 'running' \
+     UNION ALL SELECT 'waiting', count(*) FROM runs INDEXED BY runs_waiting_job_idx WHERE state = 'waiting'";
 
 /// The oldest due queued run (the first entry of `runs_queue_idx`): `?1` now.
 pub(crate) const STATS_QUEUE_SQL: &str =

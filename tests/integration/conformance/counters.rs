@@ -11,6 +11,16 @@ use jobsd::store::JobFilter;
 
 use super::*;
 
+/// The counts of ended runs among `counted`: what the counters hold (live
+/// runs are counted from their indexes when read).
+fn ended(counted: &[(String, i64)]) -> Vec<(String, i64)> {
+    counted
+        .iter()
+        .filter(|(state, _)| !state.parse::<RunState>().unwrap().is_active())
+        .cloned()
+        .collect()
+}
+
 /// The jobs a test touched (deleted ones too), to check after each step.
 struct Checked {
     store: Store,
@@ -40,7 +50,11 @@ impl Checked {
         self.jobs.extend(jobs.iter().map(|j| j.job_id.clone()));
         for job_id in &self.jobs {
             let check = self.store.run_counts_check(job_id).await.unwrap();
-            assert_eq!(check.counters, check.counted, "{step}: job {job_id}");
+            assert_eq!(
+                check.counters,
+                ended(&check.counted),
+                "{step}: job {job_id}"
+            );
             let job = jobs.iter().find(|j| &j.job_id == job_id);
             if job.is_none() && check.counted.is_empty() {
                 // Gone with its runs: so are its counters.
@@ -328,6 +342,8 @@ conformance![
 mod upgrade {
     use std::borrow::Cow;
 
+    use super::ended;
+
     use jobsd::store::Store;
     use sqlx::migrate::Migrator;
 
@@ -392,7 +408,7 @@ mod upgrade {
         };
         let a = store.run_counts_check("a").await.unwrap();
         assert_eq!(a.counted, counts(&[("queued", 2), ("succeeded", 1)]));
-        assert_eq!(a.counters, a.counted);
+        assert_eq!(a.counters, ended(&a.counted));
         let b = store.run_counts_check("b").await.unwrap();
         assert_eq!(b.counters, counts(&[("failed", 1)]));
         let stats = store.stats().await.unwrap();
