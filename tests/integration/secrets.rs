@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::{assert_error, wait_for, ChildLog, TestDb};
+use crate::support::{self, assert_error, wait_for, ChildLog, TestDb};
 
 /// The secrets of these tests: none may appear in an answer or a log line.
 const AUTHORIZATION: &str = "Bearer sk-live-authorization-1234";
@@ -127,11 +127,7 @@ impl Service {
         // Every line, those before it listens included.
         let address = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(Some(line)) = lines.next_line().await {
-                let address = line
-                    .split("address=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(str::to_string);
+                let address = support::address_in(&line);
                 log.lock().unwrap().push(line);
                 if address.is_some() {
                     return address;

@@ -407,13 +407,19 @@ impl Drop for TestApp {
 /// The log of a `jobsd serve` child, line by line.
 pub type ChildLog = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
 
+/// The address a `jobsd serve` log line says it listens at, if it says so.
+pub fn address_in(line: &str) -> Option<String> {
+    let rest = line.split("address=").nth(1)?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
 /// Reads `log` until the child says where it listens (`address=`), within
 /// 30 s; `name` names the child in the panic otherwise.
 pub async fn listening_address(log: &mut ChildLog, name: &str) -> String {
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = log.next_line().await {
-            if let Some(rest) = line.split("address=").nth(1) {
-                return rest.split_whitespace().next().map(str::to_string);
+            if let Some(address) = address_in(&line) {
+                return Some(address);
             }
         }
         None

@@ -3,6 +3,8 @@
 //! first to commit and then does nothing.
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgArguments, Postgres};
+use sqlx::query::Query;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -85,22 +87,18 @@ impl PgStore {
         answer: &StoredAnswer,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE idempotency_keys SET status = $6, headers = $7, body = $8, completed_at = $9 \
              WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND claim = $5 \
                AND status IS NULL",
-        )
-        .bind(&key.caller)
-        .bind(&key.method)
-        .bind(&key.route)
-        .bind(&key.key)
-        .bind(claim)
-        .bind(i32::from(answer.status))
-        .bind(headers_json(&answer.headers))
-        .bind(&answer.body)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        );
+        let done = bind_claim(query, key, claim)
+            .bind(i32::from(answer.status))
+            .bind(headers_json(&answer.headers))
+            .bind(&answer.body)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -109,18 +107,12 @@ impl PgStore {
         key: &IdempotencyKey,
         claim: Uuid,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "DELETE FROM idempotency_keys \
              WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND claim = $5 \
                AND status IS NULL",
-        )
-        .bind(&key.caller)
-        .bind(&key.method)
-        .bind(&key.route)
-        .bind(&key.key)
-        .bind(claim)
-        .execute(&self.pool)
-        .await?;
+        );
+        let done = bind_claim(query, key, claim).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -141,4 +133,19 @@ impl PgStore {
         .await?;
         Ok(deleted.rows_affected())
     }
+}
+
+/// Binds `$1`–`$5` (`?1`–`?5`): the key's caller, method, route and key,
+/// and the claim of the request that holds it.
+fn bind_claim<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    key: &'q IdempotencyKey,
+    claim: Uuid,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(&key.caller)
+        .bind(&key.method)
+        .bind(&key.route)
+        .bind(&key.key)
+        .bind(claim)
 }

@@ -3,6 +3,8 @@
 //! first).
 
 use chrono::{DateTime, Utc};
+use sqlx::query::Query;
+use sqlx::sqlite::{Sqlite, SqliteArguments};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -77,22 +79,18 @@ impl SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE idempotency_keys SET status = ?6, headers = ?7, body = ?8, completed_at = ?9 \
              WHERE caller = ?1 AND method = ?2 AND route = ?3 AND key = ?4 AND claim = ?5 \
                AND status IS NULL",
-        )
-        .bind(&key.caller)
-        .bind(&key.method)
-        .bind(&key.route)
-        .bind(&key.key)
-        .bind(claim.to_string())
-        .bind(i64::from(answer.status))
-        .bind(headers_json(&answer.headers).to_string())
-        .bind(&answer.body)
-        .bind(micros(now))
-        .execute(&mut *tx)
-        .await?;
+        );
+        let done = bind_claim(query, key, claim)
+            .bind(i64::from(answer.status))
+            .bind(headers_json(&answer.headers).to_string())
+            .bind(&answer.body)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
@@ -103,18 +101,12 @@ impl SqliteStore {
         claim: Uuid,
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "DELETE FROM idempotency_keys \
              WHERE caller = ?1 AND method = ?2 AND route = ?3 AND key = ?4 AND claim = ?5 \
                AND status IS NULL",
-        )
-        .bind(&key.caller)
-        .bind(&key.method)
-        .bind(&key.route)
-        .bind(&key.key)
-        .bind(claim.to_string())
-        .execute(&mut *tx)
-        .await?;
+        );
+        let done = bind_claim(query, key, claim).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
@@ -137,4 +129,19 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(deleted.rows_affected())
     }
+}
+
+/// Binds `$1`–`$5` (`?1`–`?5`): the key's caller, method, route and key,
+/// and the claim of the request that holds it.
+fn bind_claim<'q>(
+    query: Query<'q, Sqlite, SqliteArguments<'q>>,
+    key: &'q IdempotencyKey,
+    claim: Uuid,
+) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+    query
+        .bind(&key.caller)
+        .bind(&key.method)
+        .bind(&key.route)
+        .bind(&key.key)
+        .bind(claim.to_string())
 }
