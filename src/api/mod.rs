@@ -9,6 +9,7 @@ mod job_view;
 mod jobs;
 mod nul;
 pub mod openapi;
+mod request_id;
 mod runs;
 mod service;
 mod stats;
@@ -119,6 +120,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(nul::refuse_nul_in_uri))
         .layer(TraceLayer::new_for_http())
+        // Outside the trace layer, whose span and lines then carry the id.
+        .layer(axum::middleware::from_fn(request_id::tag_request))
         // Outside the token check, so that browsers' preflights are answered.
         .layer(tower::util::option_layer(state.auth.cors()))
         .with_state(state)

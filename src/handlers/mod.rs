@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,9 @@ pub struct RunContext {
     pub job_id: String,
     /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt: i32,
+    /// The time the run was scheduled for (its fire time; for a manual run,
+    /// when it was requested).
+    pub scheduled_for: DateTime<Utc>,
     /// Cancelled when the run is cancelled, times out, loses its lease or the
     /// service shuts down. Long handlers should watch it.
     pub cancel: CancellationToken,
@@ -41,12 +45,19 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    pub fn new(run_id: Uuid, job_id: String, attempt: i32, cancel: CancellationToken) -> Self {
+    pub fn new(
+        run_id: Uuid,
+        job_id: String,
+        attempt: i32,
+        scheduled_for: DateTime<Utc>,
+        cancel: CancellationToken,
+    ) -> Self {
         let (tx, _rx) = watch::channel(None);
         RunContext {
             run_id,
             job_id,
             attempt,
+            scheduled_for,
             cancel,
             progress: Arc::new(tx),
         }

@@ -250,7 +250,7 @@ mod tests {
         stop: &StopSignal,
         token: CancellationToken,
     ) -> Execution {
-        let ctx = RunContext::new(Uuid::new_v4(), "job".into(), 1, token);
+        let ctx = RunContext::new(Uuid::new_v4(), "job".into(), 1, chrono::Utc::now(), token);
         execute(
             Arc::new(Scripted(script)),
             ctx,

@@ -310,7 +310,13 @@ impl WorkerPool {
     fn start(&self, run: RunRow, slot: ExecutingSlot) {
         let cancel = CancellationToken::new();
         let stop = StopSignal::default();
-        let ctx = RunContext::new(run.run_id, run.job_id.clone(), run.attempt, cancel.clone());
+        let ctx = RunContext::new(
+            run.run_id,
+            run.job_id.clone(),
+            run.attempt,
+            run.scheduled_for,
+            cancel.clone(),
+        );
         let claim = RunClaim {
             run_id: run.run_id,
             attempt: run.attempt,
@@ -331,7 +337,14 @@ impl WorkerPool {
             );
         }
         let pool = self.clone();
-        let span = tracing::info_span!("run", run_id = %run.run_id, job_id = %run.job_id, handler = %run.handler, attempt = run.attempt);
+        let span = tracing::info_span!(
+            "run",
+            run_id = %run.run_id,
+            job_id = %run.job_id,
+            handler = %run.handler,
+            attempt = run.attempt,
+            instance = %self.config.instance,
+        );
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let execution = pool.execute(&run, ctx, &stop).await.scrubbed(&secrets);

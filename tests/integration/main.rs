@@ -14,6 +14,7 @@ mod embedded_crash;
 mod guards;
 mod idempotency;
 mod jobs_api;
+mod logs;
 mod plans;
 mod replicas;
 mod retention;

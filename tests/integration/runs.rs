@@ -544,6 +544,66 @@ async fn http_handler_calls_a_real_server() {
     wait_job_state(&app, "ping", "completed").await;
 }
 
+/// Every request of an `http` run names the run, so the service called can
+/// de-duplicate a run executed again after a crash (issue #14 §3).
+#[tokio::test]
+async fn http_requests_carry_the_run_headers_a_server_can_deduplicate_by() {
+    let server = axum::Router::new().route(
+        "/seen",
+        get(|headers: axum::http::HeaderMap| async move {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            axum::Json(json!({
+                "run_id": header("x-jobsd-run-id"),
+                "job_id": header("x-jobsd-job-id"),
+                "scheduled_for": header("x-jobsd-scheduled-for"),
+                "attempt": header("x-jobsd-attempt"),
+                "idempotency_key": header("idempotency-key"),
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, server).await });
+
+    let app = TestApp::start().await;
+    let url = format!("http://{address}/seen");
+    let (status, body) = app
+        .post("/api/v1/jobs/http?job_id=named", json!({"url": url}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let runs = wait_runs(&app, "named", "succeeded", 1, Duration::from_secs(10)).await;
+    let run = &runs[0];
+    let seen = &run["result"]["body"];
+    assert_eq!(seen["run_id"], run["run_id"], "{run}");
+    assert_eq!(seen["idempotency_key"], run["run_id"], "{run}");
+    assert_eq!(seen["job_id"], "named");
+    assert_eq!(seen["attempt"], "1");
+    let sent = chrono::DateTime::parse_from_rfc3339(seen["scheduled_for"].as_str().unwrap())
+        .expect("RFC 3339");
+    let scheduled =
+        chrono::DateTime::parse_from_rfc3339(run["scheduled_for"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, scheduled, "{run}");
+
+    // A kwarg turns them off.
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs/http?job_id=quiet",
+            json!({"url": url, "run_headers": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let runs = wait_runs(&app, "quiet", "succeeded", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        runs[0]["result"]["body"],
+        json!({"run_id": null, "job_id": null, "scheduled_for": null, "attempt": null, "idempotency_key": null})
+    );
+}
+
 #[tokio::test]
 async fn command_handler_runs_a_real_process_when_enabled() {
     let app = TestApp::start_with(&["--enable-command-handler"]).await;

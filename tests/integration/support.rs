@@ -2,8 +2,10 @@
 //! SQLite file, as `JOBSD_TEST_BACKEND` says), and a real jobsd
 //! (in-process, or as a real child process) serving on a free port.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -407,8 +409,12 @@ impl Drop for TestApp {
 /// The log of a `jobsd serve` child, line by line.
 pub type ChildLog = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
 
-/// The address a `jobsd serve` log line says it listens at, if it says so.
+/// The address a `jobsd serve` log line says it listens at, if it says so
+/// (`address=…` in text, the `address` field in JSON).
 pub fn address_in(line: &str) -> Option<String> {
+    if let Ok(json) = serde_json::from_str::<Value>(line) {
+        return json["fields"]["address"].as_str().map(str::to_string);
+    }
     let rest = line.split("address=").nth(1)?;
     rest.split_whitespace().next().map(str::to_string)
 }
@@ -434,7 +440,11 @@ pub struct Replica {
     pub base: String,
     child: Child,
     client: reqwest::Client,
+    log: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// The most recent log lines a [`Replica`] keeps.
+const REPLICA_LOG_LINES: usize = 10_000;
 
 impl Replica {
     /// Starts `jobsd serve` on `db` as instance `name` and waits until it
@@ -475,14 +485,30 @@ impl Replica {
             .expect("jobsd starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let address = listening_address(&mut lines, name).await;
-        // Keep draining its log so the pipe never fills.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining its log so the pipe never fills, keeping the last lines.
+        let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut kept = kept.lock().unwrap();
+                if kept.len() == REPLICA_LOG_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
         Replica {
             name: name.to_string(),
             base: format!("http://{address}"),
             child,
             client: reqwest::Client::new(),
+            log,
         }
+    }
+
+    /// Its log lines since it listened (the last 10,000).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().iter().cloned().collect()
     }
 
     /// Sends a request; status 0 when it could not be sent.

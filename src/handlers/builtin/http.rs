@@ -10,6 +10,11 @@
 //! - a string `body` is sent as text (`text/plain; charset=utf-8`), any other
 //!   JSON `body` as JSON (`application/json`), unless `headers` sets
 //!   `content-type`;
+//! - unless `run_headers` is false, the request says which run sends it:
+//!   `X-Jobsd-Run-Id`, `X-Jobsd-Job-Id`, `X-Jobsd-Scheduled-For` (RFC 3339),
+//!   `X-Jobsd-Attempt` and `Idempotency-Key: <run_id>`, so that the service
+//!   called can de-duplicate (a run may be executed again after a crash); a
+//!   header of the same name in `headers` or `secret_headers` wins;
 //! - the whole exchange (connect, send, read the body) is bounded by `timeout`
 //!   seconds (default 30) and stops promptly when the run is cancelled;
 //! - redirects are followed (up to 10); the result describes the final response;
@@ -69,6 +74,29 @@ struct HttpKwargs {
     timeout: f64,
     #[serde(default)]
     expect_status: Option<ExpectStatus>,
+    #[serde(default = "default_run_headers")]
+    run_headers: bool,
+}
+
+fn default_run_headers() -> bool {
+    true
+}
+
+/// The headers that tell the called service which run sends the request.
+/// The run id and `Idempotency-Key` stay the same for every attempt of a
+/// run; `X-Jobsd-Attempt` tells the attempts apart.
+fn run_header_values(ctx: &RunContext) -> [(&'static str, String); 5] {
+    [
+        ("x-jobsd-run-id", ctx.run_id.to_string()),
+        ("x-jobsd-job-id", ctx.job_id.clone()),
+        (
+            "x-jobsd-scheduled-for",
+            ctx.scheduled_for
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        ("x-jobsd-attempt", ctx.attempt.to_string()),
+        ("idempotency-key", ctx.run_id.to_string()),
+    ]
 }
 
 fn default_timeout() -> f64 {
@@ -140,7 +168,7 @@ impl HttpHandler {
         }
     }
 
-    async fn request(&self, kwargs: HttpKwargs) -> HandlerResult {
+    async fn request(&self, ctx: &RunContext, kwargs: HttpKwargs) -> HandlerResult {
         let client = self
             .client
             .as_ref()
@@ -161,7 +189,17 @@ impl HttpHandler {
         // A literal IP is never resolved: the resolver cannot check it.
         check_url(&self.policy, &url, self.via_proxy)
             .map_err(|refusal| fatal(format!("{method} {url}: {refusal}")))?;
-        let headers = header_map(&kwargs.headers, &kwargs.secret_headers)?;
+        let mut headers = header_map(&kwargs.headers, &kwargs.secret_headers)?;
+        if kwargs.run_headers {
+            for (name, value) in run_header_values(ctx) {
+                // A job id is any text; one a header cannot carry is left out.
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers
+                        .entry(HeaderName::from_static(name))
+                        .or_insert(value);
+                }
+            }
+        }
         let has_content_type = headers.contains_key(CONTENT_TYPE);
         let mut request = client
             .request(method.clone(), url.clone())
@@ -356,6 +394,11 @@ impl Handler for HttpHandler {
                     "default": DEFAULT_TIMEOUT_SECONDS,
                     "description": "Seconds for the whole exchange (connect, send, read the body).",
                 },
+                "run_headers": {
+                    "type": "boolean",
+                    "default": true,
+                    "description": "Send X-Jobsd-Run-Id, X-Jobsd-Job-Id, X-Jobsd-Scheduled-For, X-Jobsd-Attempt and Idempotency-Key (the run id), so the service called can de-duplicate a run executed again after a crash. A header of the same name in headers wins.",
+                },
                 "expect_status": {
                     "oneOf": [
                         status,
@@ -394,7 +437,7 @@ impl Handler for HttpHandler {
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => Err(cancelled(format!("{what}: cancelled"))),
-            result = self.request(kwargs) => result,
+            result = self.request(&ctx, kwargs) => result,
         }
     }
 }
@@ -439,6 +482,20 @@ mod tests {
                     Json(json!({"x-custom": custom}))
                 }),
             )
+            .route(
+                "/run-headers",
+                get(|headers: HeaderMap| async move {
+                    let seen: Map<String, Value> = headers
+                        .iter()
+                        .filter(|(name, _)| {
+                            name.as_str().starts_with("x-jobsd-")
+                                || name.as_str() == "idempotency-key"
+                        })
+                        .map(|(name, value)| (name.to_string(), json!(value.to_str().unwrap())))
+                        .collect();
+                    Json(Value::Object(seen))
+                }),
+            )
             .route("/status/{code}", get(status))
             .route(
                 "/created",
@@ -469,6 +526,49 @@ mod tests {
 
     async fn run(kwargs: Value) -> HandlerResult {
         handler(64 * 1024).execute(ctx(), kwargs).await
+    }
+
+    #[tokio::test]
+    async fn requests_say_which_run_sends_them_unless_turned_off() {
+        let base = server().await;
+        let url = format!("{base}/run-headers");
+        let mut ctx = ctx();
+        ctx.attempt = 3;
+        ctx.scheduled_for = chrono::DateTime::parse_from_rfc3339("2026-12-02T05:00:00.250Z")
+            .unwrap()
+            .into();
+        let run_id = ctx.run_id.to_string();
+        let out = handler(64 * 1024)
+            .execute(ctx.clone(), json!({"url": url}))
+            .await
+            .unwrap();
+        assert_eq!(
+            out["body"],
+            json!({
+                "x-jobsd-run-id": run_id,
+                "x-jobsd-job-id": "test-job",
+                "x-jobsd-scheduled-for": "2026-12-02T05:00:00.250Z",
+                "x-jobsd-attempt": "3",
+                "idempotency-key": run_id,
+            })
+        );
+
+        // A header of the job's own wins.
+        let out = handler(64 * 1024)
+            .execute(
+                ctx.clone(),
+                json!({"url": url, "headers": {"Idempotency-Key": "mine"}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["body"]["idempotency-key"], "mine");
+        assert_eq!(out["body"]["x-jobsd-run-id"], run_id.as_str());
+
+        let out = handler(64 * 1024)
+            .execute(ctx, json!({"url": url, "run_headers": false}))
+            .await
+            .unwrap();
+        assert_eq!(out["body"], json!({}));
     }
 
     fn message(error: &HandlerError) -> String {

@@ -229,6 +229,7 @@ pub(crate) mod tests {
             Uuid::new_v4(),
             "test-job".into(),
             1,
+            chrono::Utc::now(),
             CancellationToken::new(),
         )
     }
