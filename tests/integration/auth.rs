@@ -66,6 +66,15 @@ async fn get(base: &str, path: &str, cred: Cred<'_>) -> (u16, Value) {
     (status, body)
 }
 
+/// Waits up to 5 s for `base` to refuse `GET /api/v1/jobs` with `cred`
+/// (401): a change of tokens seen through the cache.
+async fn wait_refused(what: &str, base: &str, cred: Cred<'_>) {
+    wait_for(what, Duration::from_secs(5), || async {
+        (get(base, "/api/v1/jobs", cred).await.0 == 401).then_some(())
+    })
+    .await;
+}
+
 /// Creates a token in `store` (as `jobsd token create` does) and returns it.
 async fn token(store: &Store, name: &str, scope: Scope) -> String {
     jobsd::auth::issue(store, name, scope, Utc::now(), None)
@@ -360,10 +369,7 @@ async fn auto_mode_turns_on_within_5_s_of_a_first_token_created_elsewhere() {
         .unwrap();
     let created = Instant::now();
     let read = token(&other, "ci", Scope::Read).await;
-    wait_for("auth to turn on", Duration::from_secs(5), || async {
-        (get(&app.base, "/api/v1/jobs", Cred::None).await.0 == 401).then_some(())
-    })
-    .await;
+    wait_refused("auth to turn on", &app.base, Cred::None).await;
     assert!(
         created.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -834,12 +840,7 @@ async fn the_token_cli_creates_lists_and_revokes_beside_a_serving_jobsd() {
         stderr.contains("shown only this once") && stderr.contains(&admin[..14]),
         "{stderr}"
     );
-    wait_for(
-        "the served jobsd to turn auth on",
-        Duration::from_secs(5),
-        || async { (get(&app.base, "/api/v1/jobs", Cred::None).await.0 == 401).then_some(()) },
-    )
-    .await;
+    wait_refused("the served jobsd to turn auth on", &app.base, Cred::None).await;
     assert_eq!(
         get(&app.base, "/api/v1/jobs", Cred::Bearer(&admin)).await.0,
         200
@@ -890,16 +891,10 @@ async fn the_token_cli_creates_lists_and_revokes_beside_a_serving_jobsd() {
     let (out, _, stderr) = token_cli(db, &["revoke", &writer[..14]]).await;
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("revoked token"), "{stderr}");
-    wait_for(
+    wait_refused(
         "the served jobsd to refuse the revoked token",
-        Duration::from_secs(5),
-        || async {
-            (get(&app.base, "/api/v1/jobs", Cred::Bearer(&writer))
-                .await
-                .0
-                == 401)
-                .then_some(())
-        },
+        &app.base,
+        Cred::Bearer(&writer),
     )
     .await;
 
@@ -975,16 +970,10 @@ async fn a_revocation_is_seen_by_another_replica_within_5_s() {
             .0,
         401
     );
-    wait_for(
+    wait_refused(
         "the other replica to refuse the token",
-        Duration::from_secs(5),
-        || async {
-            (get(&two.base, "/api/v1/jobs", Cred::Bearer(&reader))
-                .await
-                .0
-                == 401)
-                .then_some(())
-        },
+        &two.base,
+        Cred::Bearer(&reader),
     )
     .await;
     let seen_after = revoked.elapsed();
