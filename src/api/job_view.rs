@@ -73,7 +73,7 @@ impl JobView {
         let duration = |ms: Option<i64>| ms.map(|ms| format_duration(Duration::milliseconds(ms)));
         // `pending`: the original service's word for a job with a run
         // waiting to start (a view, not a stored state).
-        let state = if row.state == JobState::Running && row.has_queued_run {
+        let state = if row.state == JobState::Running && row.has_queued_run() {
             "pending".to_string()
         } else {
             row.state.to_string()

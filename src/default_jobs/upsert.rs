@@ -413,7 +413,6 @@ mod tests {
                 last_run_started_at: None,
                 last_run_finished_at: None,
                 run_counts: None,
-                has_queued_run: false,
                 has_fired: false,
                 row_version: 0,
             },

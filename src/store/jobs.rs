@@ -92,7 +92,6 @@ pub struct JobRow {
     pub last_run_finished_at: Option<DateTime<Utc>>,
     /// Runs by state, e.g. `{"succeeded": 3, "failed": 1}`.
     pub run_counts: Option<Value>,
-    pub has_queued_run: bool,
     /// A scheduled (not manual) run exists: a one-shot job has fired.
     pub has_fired: bool,
     /// The row's version as read (its `xmin`: every write of the row, by
@@ -102,6 +101,22 @@ pub struct JobRow {
 }
 
 impl JobRow {
+    /// A run of this job is queued. Read from the live counts in
+    /// `run_counts` rather than probed again, so a job read makes one probe
+    /// of the live runs.
+    pub fn has_queued_run(&self) -> bool {
+        self.run_count(RunState::Queued) > 0
+    }
+
+    /// How many of this job's runs are in `state`.
+    pub fn run_count(&self, state: RunState) -> i64 {
+        self.run_counts
+            .as_ref()
+            .and_then(|counts| counts.get(state.as_str()))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    }
+
     /// A stored job as the definition to insert elsewhere: everything, with
     /// its state and next fire time as they are.
     pub fn definition(&self) -> NewJob {

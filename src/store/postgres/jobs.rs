@@ -31,7 +31,6 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
          WHERE a.job_id = j.job_id AND a.state IN ('queued', 'running') GROUP BY a.state \
          UNION ALL SELECT w.state, count(*) FROM runs w \
          WHERE w.job_id = j.job_id AND w.state = 'waiting' GROUP BY w.state) c) AS run_counts, \
-     EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run, \
      EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired, \
      j.xmin::text::int8 AS row_version \
      FROM jobs j LEFT JOIN LATERAL (SELECT r.run_id, r.state, r.scheduled_for, r.started_at, r.finished_at \

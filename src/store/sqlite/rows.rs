@@ -182,7 +182,6 @@ pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
          UNION ALL SELECT a.state, count(*) FROM runs a INDEXED BY runs_active_job_idx \
          WHERE a.job_id = j.job_id AND a.state IN ('queued', 'running', 'waiting') \
          GROUP BY a.state) c) AS run_counts, \
-     EXISTS (SELECT 1 FROM runs q WHERE q.job_id = j.job_id AND q.state = 'queued') AS has_queued_run, \
      EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired \
      FROM jobs j LEFT JOIN runs lr ON lr.run_id = (SELECT r.run_id FROM runs r WHERE r.job_id = j.job_id \
         ORDER BY r.created_at DESC, r.scheduled_for DESC, r.run_id DESC LIMIT 1)";
@@ -231,7 +230,6 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         last_run_started_at: opt_time(row, "last_run_started_at")?,
         last_run_finished_at: opt_time(row, "last_run_finished_at")?,
         run_counts,
-        has_queued_run: row.try_get("has_queued_run")?,
         has_fired: row.try_get("has_fired")?,
         row_version: row.try_get("version")?,
     })

@@ -14,7 +14,7 @@ async fn a_one_shot_job_due_at_creation_gets_its_run(store: Store) {
     let at = job.next_run_at.unwrap();
     let row = store.job_insert(&job, "creator").await.unwrap();
     assert_eq!(row.next_run_at, None, "its one time is taken");
-    assert!(row.has_fired && row.has_queued_run, "{row:?}");
+    assert!(row.has_fired && row.has_queued_run(), "{row:?}");
     let runs = runs_of(&store, "now").await;
     assert_eq!(runs.len(), 1, "{runs:#?}");
     let run = &runs[0];

@@ -58,7 +58,7 @@ async fn a_job_reads_back_as_written(store: Store) {
         assert_eq!(read.last_run_id, None);
         assert_eq!(read.last_run_state, None);
         assert_eq!(counts(&read), json!({}));
-        assert!(!read.has_queued_run && !read.has_fired);
+        assert!(!read.has_queued_run() && !read.has_fired);
     }
 
     let mut again = interval.clone();
@@ -153,7 +153,7 @@ async fn a_job_row_sums_up_its_runs(store: Store) {
     assert_eq!(row.last_run_started_at, None);
     assert_eq!(row.last_run_finished_at, None);
     assert_eq!(counts(&row), json!({"succeeded": 1, "queued": 1}));
-    assert!(row.has_queued_run);
+    assert!(row.has_queued_run());
     assert!(!row.has_fired, "manual runs are not firings");
 }
 
