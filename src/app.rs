@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::handlers::HandlerRegistry;
+use crate::metrics::Metrics;
 use crate::retention::{Maintenance, Retention, RetentionConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::{ServeLock, SqliteOptions, Store};
@@ -103,6 +104,11 @@ pub async fn start(
     let auth = crate::auth::Auth::start(&store, &config.auth, config.bind).await?;
     let registry = Arc::new(registry);
     crate::default_jobs::start(&store, &registry, &config, &shutdown).await;
+    let metrics = Metrics::new();
+    // Every registered handler's series exist from 0, before its first run.
+    for handler in registry.iter() {
+        metrics.handler(handler.name());
+    }
     let workers = WorkerPool::new(
         store.clone(),
         registry.clone(),
@@ -115,7 +121,8 @@ pub async fn start(
             shutdown_grace: config.shutdown_grace,
             max_result_bytes: 64 * 1024,
         },
-    );
+    )
+    .with_metrics(metrics.clone());
     let state = AppState::new(
         store.clone(),
         registry.clone(),
@@ -124,6 +131,7 @@ pub async fn start(
         workers.clone(),
         shutdown.clone(),
         auth.clone(),
+        metrics.clone(),
     );
     let app = api::router(state, config.max_body_bytes);
 
@@ -132,7 +140,9 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, %instance, "jobsd listening; Swagger UI at http://{address}/api/v1/ui");
-    let mut background = spawn_background(&config, address, &store, workers, &instance, &shutdown);
+    let mut background = spawn_background(
+        &config, address, &store, workers, &metrics, &instance, &shutdown,
+    );
     background.push(tokio::spawn(auth.run(shutdown.clone())));
     let (deregister, deregister_name) = (store.clone(), instance.clone());
     // The HTTP server outlives the drain. Its graceful shutdown (stop
@@ -194,6 +204,7 @@ fn spawn_background(
     address: SocketAddr,
     store: &Store,
     workers: WorkerPool,
+    metrics: &Metrics,
     instance: &str,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
@@ -205,7 +216,8 @@ fn spawn_background(
             poll_interval: config.poll_interval,
         },
     )
-    .with_local_workers(workers.clone());
+    .with_local_workers(workers.clone())
+    .with_metrics(metrics.clone());
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {
@@ -215,7 +227,8 @@ fn spawn_background(
             every: (config.lease / 4).max(std::time::Duration::from_millis(100)),
             prune_after: (config.lease * 10).max(std::time::Duration::from_secs(300)),
         },
-    );
+    )
+    .with_metrics(metrics.clone());
     let maintenance = Maintenance::new(
         store.clone(),
         RetentionConfig {

@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod job_spec;
 pub mod logging;
 pub mod maintenance;
+pub mod metrics;
 pub mod redact;
 pub mod retention;
 pub mod schedule;

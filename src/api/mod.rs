@@ -30,6 +30,7 @@ pub use error::{ApiError, ErrorBody};
 
 use crate::auth::Auth;
 use crate::handlers::HandlerRegistry;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::worker::WorkerPool;
 
@@ -52,6 +53,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Who may call the API (checked by a layer in front of every route).
     pub auth: Auth,
+    /// This replica's metrics (`GET /metrics`), shared with its workers,
+    /// scheduler and supervisor.
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -63,6 +67,7 @@ impl AppState {
         workers: WorkerPool,
         shutdown: CancellationToken,
         auth: Auth,
+        metrics: Metrics,
     ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
@@ -74,6 +79,7 @@ impl AppState {
             workers,
             shutdown,
             auth,
+            metrics,
         }
     }
 }
@@ -81,8 +87,9 @@ impl AppState {
 /// The smallest body limit of `POST /api/v1/jobs/bulk` (10,000 small jobs fit).
 const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 
-/// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, and `/`
-/// redirecting to it. `max_body_bytes` bounds every request body. Every
+/// The whole application: `/api/v1/...`, Swagger UI at `/api/v1/ui`, `/`
+/// redirecting to it, and `/metrics` (Prometheus' usual path, outside the
+/// API). `max_body_bytes` bounds every request body. Every
 /// route is behind the token check (`crate::auth::require_token`), and
 /// every mutating call is recorded in the audit log (`crate::audit`).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -105,6 +112,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/api/v1", api)
         .merge(SwaggerUi::new("/api/v1/ui").config(Config::from("/api/v1/openapi.json")))
         .route("/", get(|| async { Redirect::temporary("/api/v1/ui/") }))
+        .route("/metrics", get(crate::metrics::http::scrape))
         // A route layer, so that it knows the matched route's template; it
         // covers the routes above, so a route is added above it.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -117,6 +125,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             crate::audit::record_call,
         ))
         .fallback(not_found)
+        // Inside `Router::layer`, so it sees the matched route's template,
+        // and covers the fallback too (counted as `unmatched`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::http::track,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(nul::refuse_nul_in_uri))
         .layer(TraceLayer::new_for_http())

@@ -322,6 +322,8 @@ async fn cancel_run(
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::info!(run_id = %run_id, state = %run.state, "run cancel requested");
+    // A queued run ends here; a running one when its worker has stopped it.
+    app.metrics.run_ended(&run.handler, run.state);
     let note = AuditNote {
         job_id: Some(run.job_id.clone()),
         ..AuditNote::default()
@@ -411,5 +413,6 @@ async fn apply_override(app: &AppState, raw: &str, body: &StateOverride) -> ApiR
         .await
         .map_err(|e| ApiError::from_store(e, missing_run(run_id)))?;
     tracing::warn!(run_id = %run_id, state = %run.state, reason, "run state overridden by an operator");
+    app.metrics.run_ended(&run.handler, run.state);
     Ok(run)
 }

@@ -36,9 +36,15 @@ pub struct AuthConfig {
     #[arg(long, env = "JOBSD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
-    /// Make `/metrics` require a read token (it is open by default, as
-    /// Prometheus scrapers expect).
-    #[arg(long, env = "JOBSD_METRICS_AUTH")]
+    /// Serve `/metrics` without a token even when auth is on (it needs a
+    /// read token then, by default): for a scraper that cannot send one,
+    /// on a network where the metrics may be seen by anyone.
+    #[arg(long, env = "JOBSD_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
+    /// What `/metrics` does by default now (a read token when auth is on);
+    /// accepted so that configurations written before it keep working.
+    #[arg(long, env = "JOBSD_METRICS_AUTH", hide = true, conflicts_with = "metrics_public")]
     pub metrics_auth: bool,
 
     /// Origins that browsers may call the API from (CORS), comma-separated,
@@ -54,7 +60,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("mode", &self.mode)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("insecure_no_auth", &self.insecure_no_auth)
-            .field("metrics_auth", &self.metrics_auth)
+            .field("metrics_public", &self.metrics_public)
             .field("cors_origin", &self.cors_origin)
             .finish()
     }

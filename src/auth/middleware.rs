@@ -69,7 +69,7 @@ pub async fn require_token(
     let route = matched
         .as_ref()
         .map_or_else(|| request.uri().path(), MatchedPath::as_str);
-    let Access::Needs(needed) = required_access(request.method(), route, auth.metrics_auth())
+    let Access::Needs(needed) = required_access(request.method(), route, auth.metrics_public())
     else {
         return next.run(request).await;
     };

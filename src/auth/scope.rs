@@ -11,8 +11,8 @@
 //! - A mutation no rule names needs `admin`: a route added without a rule
 //!   here fails closed, never open.
 //! - Open (no token at all): the probes, the OpenAPI document, Swagger UI
-//!   (so that its Authorize button can be reached from a browser) and `/`;
-//!   `/metrics` unless `--metrics-auth`, which asks a `read` token for it.
+//!   (so that its Authorize button can be reached from a browser) and `/`.
+//! - `/metrics` needs `read`, unless `--metrics-public` opens it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -96,16 +96,16 @@ const ADMIN_RESOURCES: [&str; 3] = ["tokens", "webhooks", "audit"];
 /// the router matched it (`/api/v1/jobs/{id}`), so a request's path can not
 /// dress up as another route; only the shape of the template counts, not
 /// the names of its parameters.
-pub fn required_access(method: &Method, route: &str, metrics_auth: bool) -> Access {
+pub fn required_access(method: &Method, route: &str, metrics_public: bool) -> Access {
     match route {
         "/" | "/api/v1/liveness" | "/api/v1/readiness" | "/api/v1/openapi.json" => {
             return Access::Open
         }
         "/metrics" | "/api/v1/metrics" => {
-            return if metrics_auth {
-                Access::Needs(Scope::Read)
-            } else {
+            return if metrics_public {
                 Access::Open
+            } else {
+                Access::Needs(Scope::Read)
             };
         }
         _ if route == "/api/v1/ui" || route.starts_with("/api/v1/ui/") => return Access::Open,
@@ -281,11 +281,11 @@ mod tests {
             assert_eq!(needs(Method::GET, route), Access::Open, "{route}");
         }
         for route in ["/metrics", "/api/v1/metrics"] {
-            assert_eq!(required_access(&Method::GET, route, false), Access::Open);
             assert_eq!(
-                required_access(&Method::GET, route, true),
+                required_access(&Method::GET, route, false),
                 Access::Needs(Scope::Read)
             );
+            assert_eq!(required_access(&Method::GET, route, true), Access::Open);
         }
         // Only the exact probe routes: a look-alike is not open.
         assert_eq!(

@@ -155,7 +155,7 @@ struct CachedToken {
 struct Inner {
     store: Store,
     mode: AuthMode,
-    metrics_auth: bool,
+    metrics_public: bool,
     bootstrap: Option<TokenDigest>,
     /// A token has been seen in the store (under auto, auth is on by it).
     tokens_seen: AtomicBool,
@@ -215,7 +215,7 @@ impl Auth {
             inner: Arc::new(Inner {
                 store: store.clone(),
                 mode: config.mode,
-                metrics_auth: config.metrics_auth,
+                metrics_public: config.metrics_public,
                 bootstrap,
                 tokens_seen: AtomicBool::new(tokens_seen),
                 cache: RwLock::new(HashMap::new()),
@@ -264,9 +264,9 @@ impl Auth {
         self.inner.cors.clone()
     }
 
-    /// Whether `/metrics` needs a read token.
-    pub fn metrics_auth(&self) -> bool {
-        self.inner.metrics_auth
+    /// Whether `/metrics` is served without a token (`--metrics-public`).
+    pub fn metrics_public(&self) -> bool {
+        self.inner.metrics_public
     }
 
     /// Who `presented` is, at `now`.

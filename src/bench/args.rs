@@ -37,6 +37,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub drain_rounds: usize,
 
+    /// drain: scrape the replica's `GET /metrics` this many times a second
+    /// while it drains (0: no scraper), to measure what scraping costs.
+    #[arg(long, default_value_t = 0)]
+    pub scrape_metrics_per_second: u32,
+
     /// How the scenarios create their jobs: `POST /api/v1/jobs/bulk`, or
     /// concurrent single `POST /api/v1/jobs` (`--concurrency` in flight).
     #[arg(long, value_enum, default_value = "bulk")]
@@ -215,6 +220,7 @@ pub(super) fn replica_flags(args: &BenchArgs, server: &crate::store::bench::Benc
 pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
     json!({
         "jobs": args.jobs,
+        "scrape_metrics_per_second": args.scrape_metrics_per_second,
         "create": format!("{:?}", args.create).to_lowercase(),
         "bulk_size": args.bulk_size,
         "lag_jobs_50": args.lag_jobs_50,

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use super::client::{seconds_between, Api, CreatePath, RunsFilter};
 use super::report::{Cmp, Figure};
+use super::scrape::{Scraped, Scraper};
 use super::{say, Ctx};
 
 const SCENARIO: &str = "drain";
@@ -44,8 +45,21 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     if ctx.args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    let measured = measure(ctx).await?;
+    let (measured, scraped) = measure(ctx).await?;
     let mut figures = figures(ctx, &measured);
+    if let Some(scraped) = scraped {
+        figures.push(
+            Figure::new(SCENARIO, "metrics scrapes", scraped.per_second(), "scrapes/s").note(
+                format!(
+                    "GET /metrics during every round, one at a time: {} answered, {} failed, \
+                     slowest {:.1} ms",
+                    scraped.ok,
+                    scraped.failed,
+                    scraped.slowest.as_secs_f64() * 1000.0
+                ),
+            ),
+        );
+    }
     if let Some(base) = ctx.baseline() {
         say(
             SCENARIO,
@@ -54,18 +68,29 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
                 base.backend_name()
             ),
         );
-        let based = measure(base).await.context("the baseline drain")?;
+        let (based, _) = measure(base).await.context("the baseline drain")?;
         figures.extend(baseline_figures(ctx, base, &measured, &based));
     }
     Ok(figures)
 }
 
-/// The rounds of the drain on one replica of `ctx`'s store.
-async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Round>> {
+/// The rounds of the drain on one replica of `ctx`'s store, and what the
+/// scraper of `--scrape-metrics-per-second` did meanwhile.
+async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<(Vec<Round>, Option<Scraped>)> {
     let n = ctx.args.jobs;
     let rounds = ctx.args.drain_rounds.max(1);
     let mut service = ctx.spawn("bench-drain", &[]).await?;
     let api = Api::new(&service.base)?;
+    let per_second = ctx.args.scrape_metrics_per_second;
+    let scraper = if per_second > 0 {
+        say(
+            SCENARIO,
+            format_args!("scraping {}/metrics {per_second} times a second", service.base),
+        );
+        Some(Scraper::start(&service.base, per_second)?)
+    } else {
+        None
+    };
     let mut seen = HashSet::new();
     let mut measured = Vec::with_capacity(rounds);
     for round in 1..=rounds {
@@ -112,8 +137,12 @@ async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Round>> {
             single: matches!(created.path, CreatePath::Single(_)),
         });
     }
+    let scraped = match scraper {
+        Some(scraper) => Some(scraper.stop().await),
+        None => None,
+    };
     service.kill().await?;
-    Ok(measured)
+    Ok((measured, scraped))
 }
 
 fn median(measured: &[Round], f: fn(&Round) -> f64) -> f64 {
@@ -143,6 +172,10 @@ fn figures(ctx: &Ctx<'_>, measured: &[Round]) -> Vec<Figure> {
     };
     let median = |f: fn(&Round) -> f64| median(measured, f);
     let rounds_note = |f: fn(&Round) -> f64| rounds_note(ctx, measured, f);
+    let scraping = match ctx.args.scrape_metrics_per_second {
+        0 => String::new(),
+        n => format!("; GET /metrics scraped {n} times a second meanwhile"),
+    };
     let end_to_end = Figure::new(
         SCENARIO,
         format!("end to end, {n} jobs"),
@@ -165,7 +198,7 @@ fn figures(ctx: &Ctx<'_>, measured: &[Round]) -> Vec<Figure> {
     };
     vec![
         end_to_end.note(format!(
-            "first create request → last run finished; created by {}; {}{target}",
+            "first create request → last run finished; created by {}; {}{scraping}{target}",
             measured[0].create_path,
             rounds_note(|r| r.end_to_end)
         )),

@@ -31,6 +31,7 @@ mod lag;
 mod load;
 mod proc;
 mod report;
+mod scrape;
 mod steady;
 
 use std::path::PathBuf;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::RunState;
 use crate::job_spec::schedule_of;
+use crate::metrics::Metrics;
 use crate::store::notify::{self, FireHint};
 use crate::store::{ClaimSlots, Store, StoreResult};
 use crate::worker::WorkerPool;
@@ -37,6 +38,7 @@ pub struct Scheduler {
     store: Store,
     config: SchedulerConfig,
     local_workers: Option<WorkerPool>,
+    metrics: Metrics,
 }
 
 impl Scheduler {
@@ -45,7 +47,14 @@ impl Scheduler {
             store,
             config,
             local_workers: None,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts the scheduled times it records as missed in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Hands due runs straight to this replica's workers: as many as they
@@ -109,6 +118,9 @@ impl Scheduler {
             .as_ref()
             .map_or_else(|| ClaimSlots::none(&self.config.instance), |r| r.claim());
         let claimed = batch.commit(&runs, &advances, &claim).await?;
+        for (reason, count) in runs.iter().filter_map(crate::metrics::labels::missed_of) {
+            self.metrics.missed(reason, count);
+        }
         let left_queued = queued > claimed.len();
         if let Some(reservation) = reservation {
             reservation.start(claimed);

@@ -42,7 +42,7 @@ pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
 pub use sqlite::{ServeLock, SqliteOptions, SqliteStore, Synchronous};
-pub use stats::{RunCountsCheck, StatsRow};
+pub use stats::{PoolConnections, RunCountsCheck, StatsRow};
 pub use tokens::{NewToken, TokenKey, TokenRow};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
@@ -408,10 +408,15 @@ impl Store {
 
     // Stats.
 
-    /// Jobs and runs by state and the oldest due queued run, without
-    /// counting run history (runs come from the run counters).
+    /// Jobs and runs by state, the oldest due queued run and how many are
+    /// due, without counting run history (runs come from the run counters).
     pub async fn stats(&self) -> StoreResult<StatsRow> {
         on_backend!(self, s => s.stats().await)
+    }
+
+    /// The pools' open connections, idle and in use (no round trip).
+    pub fn pool_connections(&self) -> PoolConnections {
+        on_backend!(self, s => s.pool_connections())
     }
 
     /// The run counters of `job_id` summed by state, beside a count of its

@@ -17,8 +17,37 @@ pub struct StatsRow {
     /// The `run_after` of the queued run due longest (`None`: no queued
     /// run is due).
     pub oldest_due_run_after: Option<DateTime<Utc>>,
+    /// Queued runs due now (`run_after` passed): the queue the workers
+    /// have not caught up with, apart from retries waiting out a backoff.
+    pub due_queued: i64,
     /// The store's clock when it read them.
     pub now: DateTime<Utc>,
+}
+
+/// The connections of the store's pools (both pools of the embedded
+/// store, added up), as sqlx counts them; no database round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolConnections {
+    pub idle: u32,
+    pub in_use: u32,
+}
+
+impl PoolConnections {
+    /// From a pool's open connections and how many of them are idle.
+    pub fn of(size: u32, idle: usize) -> PoolConnections {
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+        PoolConnections {
+            idle,
+            in_use: size - idle,
+        }
+    }
+
+    pub fn add(self, other: PoolConnections) -> PoolConnections {
+        PoolConnections {
+            idle: self.idle.saturating_add(other.idle),
+            in_use: self.in_use.saturating_add(other.in_use),
+        }
+    }
 }
 
 /// A job's run counters beside a count of its runs, by state name (the
@@ -74,6 +103,23 @@ mod tests {
         assert_eq!(total(RunState::Queued), Some(2));
         assert_eq!(total(RunState::Succeeded), Some(7));
         assert_eq!(total(RunState::Failed), Some(0));
+    }
+
+    #[test]
+    fn pool_connections_never_count_more_idle_than_open() {
+        assert_eq!(
+            PoolConnections::of(4, 1),
+            PoolConnections { idle: 1, in_use: 3 }
+        );
+        // Read one after the other, the two counts may disagree for a moment.
+        assert_eq!(
+            PoolConnections::of(2, 3),
+            PoolConnections { idle: 2, in_use: 0 }
+        );
+        assert_eq!(
+            PoolConnections::of(1, 0).add(PoolConnections::of(3, 3)),
+            PoolConnections { idle: 3, in_use: 1 }
+        );
     }
 
     #[test]

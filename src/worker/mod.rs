@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::domain::RunState;
 use crate::handlers::{HandlerRegistry, RunContext};
+use crate::metrics::{HandlerMetrics, Metrics};
 use crate::redact::scrub_value;
 use crate::scheduler::backoff;
 use crate::store::notify;
@@ -105,6 +106,13 @@ pub fn check_lease_settings(lease: Duration, cancel_grace: Duration) -> Result<(
     Ok(())
 }
 
+/// What an attempt's recorded outcome is counted in.
+struct Counted<'a> {
+    handler: &'a HandlerMetrics,
+    /// How long the handler ran.
+    ran: Duration,
+}
+
 /// A run this replica is executing.
 struct Active {
     claim: RunClaim,
@@ -166,6 +174,11 @@ impl Reservation {
         for run in runs {
             if run.state != RunState::Running {
                 tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, "run missed: started later than misfire_grace_time");
+                if run.state == RunState::Missed {
+                    self.pool
+                        .metrics
+                        .missed(crate::metrics::MissedReason::MisfireGrace, 1);
+                }
                 continue;
             }
             let Some(slot) = self.slots.pop() else {
@@ -203,6 +216,7 @@ pub struct WorkerPool {
     /// Poked by this replica's scheduler when it queued runs.
     queued: Arc<Notify>,
     completer: Completer,
+    metrics: Metrics,
 }
 
 impl WorkerPool {
@@ -218,7 +232,15 @@ impl WorkerPool {
             queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
             store,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts outcomes, retries, lag and missed claims in `metrics` (a
+    /// registry of its own otherwise, which nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The handle this replica's scheduler uses to wake the pool at once.
@@ -336,6 +358,8 @@ impl WorkerPool {
                 },
             );
         }
+        self.metrics.run_started(&run);
+        let handler_metrics = self.metrics.handler(&run.handler);
         let pool = self.clone();
         let span = tracing::info_span!(
             "run",
@@ -347,11 +371,16 @@ impl WorkerPool {
         );
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let began = tokio::time::Instant::now();
                 let execution = pool.execute(&run, ctx, &stop).await.scrubbed(&secrets);
                 let ended = tokio::time::Instant::now();
                 drop(slot);
                 pool.finished.notify_one();
-                pool.record(&run, &claim, execution, ended).await;
+                let counted = Counted {
+                    handler: &handler_metrics,
+                    ran: ended.saturating_duration_since(began),
+                };
+                pool.record(&run, &claim, execution, ended, counted).await;
                 if let Ok(mut active) = pool.active.lock() {
                     active.remove(&key);
                 }
@@ -392,13 +421,15 @@ impl WorkerPool {
 
     /// Stores the outcome; retries the write a few times if the database
     /// hiccups (after that the lease expires and the supervisor re-queues
-    /// the run: at-least-once).
+    /// the run: at-least-once). A written end or retry is counted in the
+    /// metrics (a stale one is not: whoever took the run over counts it).
     async fn record(
         &self,
         run: &RunRow,
         claim: &RunClaim,
         execution: Execution,
         ended: tokio::time::Instant,
+        counted: Counted<'_>,
     ) {
         match &execution {
             Execution::Failed { error, .. } => tracing::warn!(error = %error, "run attempt failed"),
@@ -435,7 +466,14 @@ impl WorkerPool {
                 Write::Nothing => return,
             };
             match written {
-                Ok(true) => return,
+                Ok(true) => {
+                    match &write {
+                        Write::Finish(o) => counted.handler.ended(o.state, Some(counted.ran)),
+                        Write::Retry(_) => self.metrics.retried(),
+                        Write::HandBack | Write::Nothing => {}
+                    }
+                    return;
+                }
                 Ok(false) => {
                     tracing::warn!("outcome not recorded: the run is no longer this instance's (cancelled, overridden or taken over)");
                     return;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::RunState;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreResult};
 
 /// Runs rescued per statement.
@@ -29,11 +31,22 @@ pub struct SupervisorConfig {
 pub struct Supervisor {
     store: Store,
     config: SupervisorConfig,
+    metrics: Metrics,
 }
 
 impl Supervisor {
     pub fn new(store: Store, config: SupervisorConfig) -> Self {
-        Supervisor { store, config }
+        Supervisor {
+            store,
+            config,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Counts expired leases, and what became of their runs, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn register(&self) {
@@ -54,9 +67,15 @@ impl Supervisor {
             .store
             .run_rescue_expired(RESCUE_BATCH, &self.config.instance)
             .await?;
+        self.metrics.lease_expired(rescued.len() as u64);
         for run in &rescued {
             tracing::warn!(run_id = %run.run_id, job_id = %run.job_id, state = %run.state,
                 "rescued a run whose lease expired");
+            if run.state == RunState::Queued {
+                self.metrics.retried();
+            } else {
+                self.metrics.run_ended(&run.handler, run.state);
+            }
         }
         let settled = self.store.run_settle_waiting(None, RESCUE_BATCH).await?;
         if settled > 0 {

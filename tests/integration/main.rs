@@ -15,6 +15,7 @@ mod guards;
 mod idempotency;
 mod jobs_api;
 mod logs;
+mod metrics;
 mod plans;
 mod replicas;
 mod retention;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::{PgStore, StoreResult};
 use crate::domain::{JobState, RunState};
-use crate::store::{RunCountsCheck, StatsRow};
+use crate::store::{PoolConnections, RunCountsCheck, StatsRow};
 
 /// Runs by state: the ended ones from the counters of every job, summed;
 /// the live ones counted from their partial indexes (bounded by the queue
@@ -15,10 +15,12 @@ pub(crate) const STATS_RUNS_SQL: &str =
      UNION ALL SELECT 'running', count(*) FROM runs WHERE state = 'running' \
      UNION ALL SELECT 'waiting', count(*) FROM runs WHERE state = 'waiting'";
 
-/// The oldest due queued run (the first entry of `runs_queue_idx`) and the
+/// The oldest due queued run (the first entry of `runs_queue_idx`), how
+/// many queued runs are due (that index's entries up to now), and the
 /// clock.
 pub(crate) const STATS_QUEUE_SQL: &str =
-    "SELECT (SELECT min(run_after) FROM runs WHERE state = 'queued' AND run_after <= now()), now()";
+    "SELECT (SELECT min(run_after) FROM runs WHERE state = 'queued' AND run_after <= now()), \
+     (SELECT count(*) FROM runs WHERE state = 'queued' AND run_after <= now()), now()";
 
 impl PgStore {
     /// See [`crate::store::Store::stats`]. One snapshot for all three reads.
@@ -32,15 +34,21 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
         let runs: Vec<(RunState, i64)> = sqlx::query_as(STATS_RUNS_SQL).fetch_all(&mut *tx).await?;
-        let (oldest_due_run_after, now): (Option<DateTime<Utc>>, DateTime<Utc>) =
+        let (oldest_due_run_after, due_queued, now): (Option<DateTime<Utc>>, i64, DateTime<Utc>) =
             sqlx::query_as(STATS_QUEUE_SQL).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(StatsRow {
             jobs,
             runs,
             oldest_due_run_after,
+            due_queued,
             now,
         })
+    }
+
+    /// See [`crate::store::Store::pool_connections`].
+    pub fn pool_connections(&self) -> PoolConnections {
+        PoolConnections::of(self.pool.size(), self.pool.num_idle())
     }
 
     /// See [`crate::store::Store::run_counts_check`].

@@ -4,7 +4,7 @@
 use super::rows::{from_micros, micros};
 use super::{SqliteStore, StoreResult};
 use crate::domain::{JobState, RunState};
-use crate::store::{RunCountsCheck, StatsRow};
+use crate::store::{PoolConnections, RunCountsCheck, StatsRow};
 
 /// Runs by state: the ended ones from the counters of every job, summed;
 /// the live ones counted from their partial indexes (bounded by the queue
@@ -15,9 +15,10 @@ pub(crate) const STATS_RUNS_SQL: &str =
      UNION ALL SELECT 'running', count(*) FROM runs INDEXED BY runs_running_idx WHERE state = 'running' \
      UNION ALL SELECT 'waiting', count(*) FROM runs INDEXED BY runs_waiting_job_idx WHERE state = 'waiting'";
 
-/// The oldest due queued run (the first entry of `runs_queue_idx`): `?1` now.
+/// The oldest due queued run (the first entry of `runs_queue_idx`) and how
+/// many queued runs are due (that index's entries up to now): `?1` now.
 pub(crate) const STATS_QUEUE_SQL: &str =
-    "SELECT min(run_after) FROM runs INDEXED BY runs_queue_idx \
+    "SELECT min(run_after), count(*) FROM runs INDEXED BY runs_queue_idx \
      WHERE state = 'queued' AND run_after <= ?1";
 
 impl SqliteStore {
@@ -31,7 +32,7 @@ impl SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
         let runs: Vec<(RunState, i64)> = sqlx::query_as(STATS_RUNS_SQL).fetch_all(&mut *tx).await?;
-        let oldest: Option<i64> = sqlx::query_scalar(STATS_QUEUE_SQL)
+        let (oldest, due_queued): (Option<i64>, i64) = sqlx::query_as(STATS_QUEUE_SQL)
             .bind(micros(now))
             .fetch_one(&mut *tx)
             .await?;
@@ -40,8 +41,18 @@ impl SqliteStore {
             jobs,
             runs,
             oldest_due_run_after: oldest.map(from_micros),
+            due_queued,
             now,
         })
+    }
+
+    /// See [`crate::store::Store::pool_connections`]: the writer's and the
+    /// readers' pools together.
+    pub fn pool_connections(&self) -> PoolConnections {
+        PoolConnections::of(self.writer.size(), self.writer.num_idle()).add(PoolConnections::of(
+            self.readers.size(),
+            self.readers.num_idle(),
+        ))
     }
 
     /// See [`crate::store::Store::run_counts_check`].

@@ -51,6 +51,7 @@ mod files;
 mod firing;
 mod idempotency;
 mod jobs;
+mod queue;
 mod retention;
 mod runs;
 mod service;
