@@ -2,6 +2,7 @@
 //! the shared layers (body limit, tracing) and Swagger UI.
 
 mod audit;
+mod callbacks;
 mod error;
 mod extract;
 mod instances;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Who may call the API (checked by a layer in front of every route).
     pub auth: Auth,
+    /// Remote completion settings (the heartbeat's window).
+    pub callbacks: crate::callbacks::CallbackSettings,
 }
 
 impl AppState {
@@ -74,7 +77,14 @@ impl AppState {
             workers,
             shutdown,
             auth,
+            callbacks: crate::callbacks::CallbackSettings::default(),
         }
+    }
+
+    /// This state with the remote completion settings.
+    pub fn with_callbacks(mut self, callbacks: crate::callbacks::CallbackSettings) -> Self {
+        self.callbacks = callbacks;
+        self
     }
 }
 
@@ -93,6 +103,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             &idempotency,
         ))
         .merge(runs::router(&idempotency))
+        .merge(callbacks::router())
         .merge(audit::router())
         .merge(service::router())
         .merge(stats::router())
