@@ -95,6 +95,11 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     crate::worker::check_lease_settings(config.lease, config.cancel_grace)
         .map_err(anyhow::Error::msg)?;
+    let callbacks = config
+        .guards
+        .callbacks
+        .settings()
+        .map_err(anyhow::Error::msg)?;
     let instance = config.instance_name();
     let store = connect_store(&config.database).await?;
     // Held by the service task below until the service has stopped.
@@ -120,6 +125,7 @@ pub async fn start(
             cancel_grace: config.cancel_grace,
             shutdown_grace: config.shutdown_grace,
             max_result_bytes: 64 * 1024,
+            callbacks: callbacks.clone(),
         },
     )
     .with_metrics(metrics.clone());
@@ -132,7 +138,8 @@ pub async fn start(
         shutdown.clone(),
         auth.clone(),
         metrics.clone(),
-    );
+    )
+    .with_callbacks(callbacks.clone());
     let app = api::router(state, config.max_body_bytes);
 
     let listener = TcpListener::bind(config.bind)
@@ -226,6 +233,11 @@ fn spawn_background(
             address: Some(address.to_string()),
             every: (config.lease / 4).max(std::time::Duration::from_millis(100)),
             prune_after: (config.lease * 10).max(std::time::Duration::from_secs(300)),
+            callbacks: config
+                .guards
+                .callbacks
+                .settings()
+                .unwrap_or_default(),
         },
     )
     .with_metrics(metrics.clone());

@@ -225,4 +225,9 @@ pub struct GuardConfig {
     /// Largest default-job YAML file, in bytes.
     #[arg(long, env = "JOBSD_MAX_DEFAULT_JOB_FILE_BYTES", default_value_t = 1024 * 1024)]
     pub max_default_job_file_bytes: u64,
+
+    /// Remote completion (`--public-url`, `--callback-timeout`): here so
+    /// that `validate` judges callback jobs as `serve` would.
+    #[command(flatten)]
+    pub callbacks: crate::callbacks::CallbackArgs,
 }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod callbacks;
 pub mod config;
 pub mod default_jobs;
 pub mod domain;

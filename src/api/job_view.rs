@@ -25,6 +25,16 @@ pub struct LastRun {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// The progress of a job's newest run, while it runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobProgress {
+    pub run_id: Uuid,
+    /// What the run reported last (its handler, or the service it called).
+    #[schema(value_type = Object)]
+    pub progress: Value,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
 /// A job as the API returns it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
@@ -51,6 +61,10 @@ pub struct JobView {
     pub state: String,
     pub next_run_at: Option<DateTime<Utc>>,
     pub last_run: Option<LastRun>,
+    /// The newest run's latest progress while it is running (absent
+    /// otherwise, and while it has reported none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
     /// Runs by state.
     #[schema(value_type = Object)]
     pub run_counts: Value,
@@ -88,6 +102,18 @@ impl JobView {
                 started_at: row.last_run_started_at,
                 finished_at: row.last_run_finished_at,
             });
+        let progress = match (row.last_run_id, row.last_run_state, row.last_run_progress) {
+            (Some(run_id), Some(RunState::Running), Some(mut progress)) => {
+                let secrets = registry.secrets_of(&row.handler, &row.kwargs);
+                scrub_value(&mut progress, &secrets);
+                Some(JobProgress {
+                    run_id,
+                    progress,
+                    updated_at: row.last_run_progress_updated_at,
+                })
+            }
+            _ => None,
+        };
         let kwargs = registry.redact_kwargs(&row.handler, &row.kwargs);
         JobView {
             periodically: duration(row.interval_ms),
@@ -96,6 +122,7 @@ impl JobView {
             retry_backoff: format_duration(Duration::milliseconds(row.retry_backoff_ms)),
             state,
             last_run,
+            progress,
             run_counts: row.run_counts.unwrap_or_else(|| Value::Object(Map::new())),
             job_id: row.job_id,
             handler: row.handler,

@@ -2,6 +2,7 @@
 //! the shared layers (body limit, tracing) and Swagger UI.
 
 mod audit;
+mod callbacks;
 mod error;
 mod extract;
 mod instances;
@@ -56,6 +57,8 @@ pub struct AppState {
     /// This replica's metrics (`GET /metrics`), shared with its workers,
     /// scheduler and supervisor.
     pub metrics: Metrics,
+    /// Remote completion settings (the heartbeat's window).
+    pub callbacks: crate::callbacks::CallbackSettings,
 }
 
 impl AppState {
@@ -80,7 +83,14 @@ impl AppState {
             shutdown,
             auth,
             metrics,
+            callbacks: crate::callbacks::CallbackSettings::default(),
         }
+    }
+
+    /// This state with the remote completion settings.
+    pub fn with_callbacks(mut self, callbacks: crate::callbacks::CallbackSettings) -> Self {
+        self.callbacks = callbacks;
+        self
     }
 }
 
@@ -100,6 +110,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             &idempotency,
         ))
         .merge(runs::router(&idempotency))
+        .merge(callbacks::router())
         .merge(audit::router())
         .merge(service::router())
         .merge(stats::router())

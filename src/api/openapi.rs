@@ -24,6 +24,7 @@ use crate::handlers::HandlerRegistry;
         (name = "jobs", description = "Job definitions"),
         (name = "handlers", description = "Create a job of one handler: query parameters for the schedule, the body for the kwargs"),
         (name = "runs", description = "Runs of jobs and their history"),
+        (name = "callbacks", description = "Reports from the services that callback runs (http, \"callback\": true) call, authenticated by the run's callback token"),
         (name = "service", description = "Service state and probes"),
         (name = "cluster", description = "Replicas sharing the database, and held lock keys"),
         (name = "tokens", description = "API tokens (admin scope)"),
@@ -53,6 +54,18 @@ impl Modify for TokenSchemes {
             ),
         );
         components.add_security_scheme(
+            "callback_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("jobsdcb_…")
+                    .description(Some(
+                        "A callback run's token, as its request's X-Jobsd-Callback-Token sent it, as `Authorization: Bearer <token>` (the callback routes only)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "auth_token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "auth-token",
@@ -70,6 +83,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     let mut api = ApiDoc::openapi();
     api.merge(super::jobs::JobsApi::openapi());
     api.merge(super::runs::RunsApi::openapi());
+    api.merge(super::callbacks::CallbacksApi::openapi());
     api.merge(super::service::ServiceApi::openapi());
     api.merge(super::stats::StatsApi::openapi());
     api.merge(super::instances::InstancesApi::openapi());

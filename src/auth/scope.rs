@@ -10,6 +10,10 @@
 //!   state overrides.
 //! - A mutation no rule names needs `admin`: a route added without a rule
 //!   here fails closed, never open.
+//! - Callback token instead of an API token: `POST /api/v1/runs/{id}/progress`,
+//!   `/complete` and `/heartbeat`, which the service a callback run called
+//!   reports through; they check the run's callback token themselves
+//!   (`crate::api::callbacks`), so they are open here.
 //! - Open (no token at all): the probes, the OpenAPI document, Swagger UI
 //!   (so that its Authorize button can be reached from a browser) and `/`.
 //! - `/metrics` needs `read`, unless `--metrics-public` opens it.
@@ -126,6 +130,10 @@ pub fn required_access(method: &Method, route: &str, metrics_public: bool) -> Ac
         return Access::Needs(Scope::Read);
     }
     match segments.as_slice() {
+        // A callback run's service, with the run's callback token.
+        ["runs", "{}", "progress" | "complete" | "heartbeat"] if *method == Method::POST => {
+            Access::Open
+        }
         // An operator's override of a stuck run's state.
         ["runs", "{}", "state"] => Access::Needs(Scope::Admin),
         ["jobs", ..] | ["runs", ..] | ["batches", ..] => Access::Needs(Scope::Write),
@@ -240,6 +248,23 @@ mod tests {
                 "{method} {route}"
             );
         }
+    }
+
+    #[test]
+    fn the_callback_routes_take_a_callback_token_instead() {
+        for route in [
+            "/api/v1/runs/{run_id}/progress",
+            "/api/v1/runs/{run_id}/complete",
+            "/api/v1/runs/{run_id}/heartbeat",
+        ] {
+            assert_eq!(needs(Method::POST, route), Access::Open, "{route}");
+            // Only those three POSTs: anything else keeps its rule.
+            assert_eq!(needs(Method::PUT, route), Access::Needs(Scope::Write), "{route}");
+        }
+        assert_eq!(
+            needs(Method::POST, "/api/v1/runs/{run_id}/completed"),
+            Access::Needs(Scope::Write)
+        );
     }
 
     #[test]

@@ -412,6 +412,8 @@ mod tests {
                 last_run_scheduled_for: None,
                 last_run_started_at: None,
                 last_run_finished_at: None,
+                last_run_progress: None,
+                last_run_progress_updated_at: None,
                 run_counts: None,
                 has_fired: false,
                 row_version: 0,

@@ -42,6 +42,9 @@ pub struct RunContext {
     /// service shuts down. Long handlers should watch it.
     pub cancel: CancellationToken,
     progress: Arc<watch::Sender<Option<Value>>>,
+    /// Where and with which secret the service called reports back, for a
+    /// run whose handler asked for a callback ([`Handler::wants_callback`]).
+    callback: Option<Arc<crate::callbacks::CallbackGrant>>,
 }
 
 impl RunContext {
@@ -60,7 +63,20 @@ impl RunContext {
             scheduled_for,
             cancel,
             progress: Arc::new(tx),
+            callback: None,
         }
+    }
+
+    /// This context with the callback grant of its attempt (the worker
+    /// sets it for a run whose handler wants a callback).
+    pub fn with_callback(mut self, grant: crate::callbacks::CallbackGrant) -> Self {
+        self.callback = Some(Arc::new(grant));
+        self
+    }
+
+    /// The callback URL and token of this attempt, when it has one.
+    pub fn callback(&self) -> Option<&crate::callbacks::CallbackGrant> {
+        self.callback.as_deref()
     }
 
     /// Records the run's progress (any JSON, e.g. `{"done": 3, "total": 10}`);
@@ -143,6 +159,14 @@ pub trait Handler: Send + Sync + 'static {
     /// in the description), for the API documentation.
     fn secret_fields(&self) -> Vec<SecretField> {
         Vec::new()
+    }
+
+    /// Whether a run with these kwargs is completed by the service it calls
+    /// (`crate::callbacks`): then each attempt gets a callback grant in its
+    /// context, and a successful return means "accepted": the run stays
+    /// `running` until the service reports back or its deadline passes.
+    fn wants_callback(&self, _kwargs: &Value) -> bool {
+        false
     }
 
     /// Does the work. The returned value is stored as the run's result.

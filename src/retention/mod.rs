@@ -107,6 +107,8 @@ pub struct Pruned {
     pub audit_entries: u64,
     /// Idempotency keys past their 24 h (`crate::idempotency::TTL`).
     pub idempotency_keys: u64,
+    /// Callback tokens whose run was pruned (`crate::callbacks`).
+    pub callback_tokens: u64,
 }
 
 /// The maintenance loop of one replica.
@@ -168,6 +170,10 @@ impl Maintenance {
             store.idempotency_prune_before(expired, limit)
         })
         .await?;
+        pruned.callback_tokens += batches(batch, shutdown, |limit| {
+            store.callback_tokens_prune(limit)
+        })
+        .await?;
         Ok(pruned)
     }
 
@@ -181,6 +187,7 @@ impl Maintenance {
                     failure_records = p.failure_records,
                     audit_entries = p.audit_entries,
                     idempotency_keys = p.idempotency_keys,
+                    callback_tokens = p.callback_tokens,
                     "pruned history"
                 ),
                 Ok(_) => {}

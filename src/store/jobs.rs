@@ -90,6 +90,9 @@ pub struct JobRow {
     pub last_run_scheduled_for: Option<DateTime<Utc>>,
     pub last_run_started_at: Option<DateTime<Utc>>,
     pub last_run_finished_at: Option<DateTime<Utc>>,
+    /// The newest run's progress and when it was written (shown while it runs).
+    pub last_run_progress: Option<Value>,
+    pub last_run_progress_updated_at: Option<DateTime<Utc>>,
     /// Runs by state, e.g. `{"succeeded": 3, "failed": 1}`.
     pub run_counts: Option<Value>,
     /// A scheduled (not manual) run exists: a one-shot job has fired.

@@ -11,6 +11,7 @@
 
 pub(crate) mod audit;
 pub mod bench;
+pub(crate) mod callbacks;
 mod connect;
 pub(crate) mod default_jobs;
 pub(crate) mod execution;
@@ -31,6 +32,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use audit::{AuditEntry, AuditFilter, AuditMethod};
+pub use callbacks::CallbackRun;
 pub use connect::{redact_url, Backend, ConnectError, SCHEMES};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
@@ -306,6 +308,80 @@ impl Store {
         limit: i64,
     ) -> StoreResult<u64> {
         on_backend!(self, s => s.run_settle_waiting(among, limit).await)
+    }
+
+    // Remote completion (src/callbacks/).
+
+    /// Stores the hash of attempt `attempt`'s callback token of `run_id`.
+    pub async fn callback_token_insert(
+        &self,
+        hash: &str,
+        run_id: Uuid,
+        attempt: i32,
+    ) -> StoreResult<()> {
+        on_backend!(self, s => s.callback_token_insert(hash, run_id, attempt).await)
+    }
+
+    /// The run and attempt whose callback token hashes to `hash`.
+    pub async fn callback_token_owner(
+        &self,
+        hash: &str,
+    ) -> StoreResult<Option<crate::callbacks::rules::TokenOwner>> {
+        on_backend!(self, s => s.callback_token_owner(hash).await)
+    }
+
+    /// A run with its callback facts; `NotFound` when there is none.
+    pub async fn callback_run_get(&self, run_id: Uuid) -> StoreResult<CallbackRun> {
+        on_backend!(self, s => s.callback_run_get(run_id).await)
+    }
+
+    /// Marks the claimed attempt as accepted by its service and waiting for
+    /// its callback until `deadline`, and clears its lease (no handler
+    /// holds it now: the lease-expiry rescue passes it by, and the worker's
+    /// heartbeat no longer renews it). `reason` goes into its history.
+    /// False when the claim is stale (the run was completed, cancelled or
+    /// overridden meanwhile).
+    pub async fn run_await_callback(
+        &self,
+        claim: &RunClaim,
+        deadline: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<bool> {
+        on_backend!(self, s => s.run_await_callback(claim, deadline, reason).await)
+    }
+
+    /// Stores the progress a running attempt's service reported; returns
+    /// when it was written (`progress_updated_at`), None when the run is
+    /// no longer running at `attempt`.
+    pub async fn run_callback_progress(
+        &self,
+        run_id: Uuid,
+        attempt: i32,
+        progress: &Value,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        on_backend!(self, s => s.run_callback_progress(run_id, attempt, progress).await)
+    }
+
+    /// Moves the deadline of an attempt waiting for its callback to
+    /// `deadline`; false when it is no longer waiting at `attempt`.
+    pub async fn run_callback_heartbeat(
+        &self,
+        run_id: Uuid,
+        attempt: i32,
+        deadline: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        on_backend!(self, s => s.run_callback_heartbeat(run_id, attempt, deadline).await)
+    }
+
+    /// Up to `limit` runs waiting for a callback whose deadline has passed
+    /// or whose cancel was requested, soonest deadline first.
+    pub async fn run_callbacks_due(&self, limit: i64) -> StoreResult<Vec<CallbackRun>> {
+        on_backend!(self, s => s.run_callbacks_due(limit).await)
+    }
+
+    /// Deletes up to `limit` callback tokens whose run is gone.
+    pub async fn callback_tokens_prune(&self, limit: i64) -> StoreResult<u64> {
+        on_backend!(self, s => s.callback_tokens_prune(limit).await)
     }
 
     // Firing.

@@ -40,8 +40,12 @@ pub struct RunRow {
     pub result: Option<Value>,
     pub error: Option<String>,
     pub traceback: Option<String>,
+    /// The latest progress the run reported (its handler in jobsd, or the
+    /// service it called back through `POST /api/v1/runs/{id}/progress`).
     #[schema(value_type = Option<Object>)]
     pub progress: Option<Value>,
+    /// When `progress` was last written.
+    pub progress_updated_at: Option<DateTime<Utc>>,
     /// Every transition: `{"at", "from", "to", "instance", "reason"}`.
     #[schema(value_type = Vec<Object>)]
     pub history: Value,

@@ -12,7 +12,7 @@
 
 mod completer;
 pub mod execute;
-mod outcome;
+pub(crate) mod outcome;
 pub mod panic;
 pub mod retry;
 mod supervisor;
@@ -65,6 +65,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Larger results are stored as a preview.
     pub max_result_bytes: usize,
+    /// Remote completion (`--public-url`, `--callback-timeout`).
+    pub callbacks: crate::callbacks::CallbackSettings,
 }
 
 /// How often a replica renews the leases of its running runs.
@@ -345,7 +347,30 @@ impl WorkerPool {
             instance: self.config.instance.clone(),
         };
         let key = (run.run_id, run.attempt);
-        let secrets = Arc::new(self.registry.secrets_of(&run.handler, &run.kwargs));
+        let mut secrets = self.registry.secrets_of(&run.handler, &run.kwargs);
+        // A callback run's attempt gets its token now; its hash is stored
+        // before the handler starts (so the service can call back as soon
+        // as it has the request), and the secret is scrubbed like a kwarg
+        // secret from whatever the attempt reports.
+        let wants_callback = self
+            .registry
+            .get(&run.handler)
+            .is_some_and(|h| h.wants_callback(&run.kwargs));
+        let callback = wants_callback
+            .then(|| self.config.callbacks.url_of(run.run_id))
+            .flatten()
+            .map(|url| (url, crate::callbacks::token::mint()));
+        let ctx = match &callback {
+            Some((url, minted)) => {
+                secrets.push(minted.secret.clone());
+                ctx.with_callback(crate::callbacks::CallbackGrant {
+                    url: url.clone(),
+                    token: minted.secret.clone(),
+                })
+            }
+            None => ctx,
+        };
+        let secrets = Arc::new(secrets);
         if let Ok(mut active) = self.active.lock() {
             active.insert(
                 key,
@@ -372,7 +397,22 @@ impl WorkerPool {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let began = tokio::time::Instant::now();
-                let execution = pool.execute(&run, ctx, &stop).await.scrubbed(&secrets);
+                let execution = match &callback {
+                    Some((_, minted)) => match pool
+                        .store
+                        .callback_token_insert(&minted.hash, run.run_id, run.attempt)
+                        .await
+                    {
+                        Ok(()) => pool.execute(&run, ctx, &stop).await,
+                        Err(e) => Execution::Failed {
+                            error: format!("storing the attempt's callback token failed: {e}"),
+                            traceback: String::new(),
+                            retryable: true,
+                        },
+                    },
+                    None => pool.execute(&run, ctx, &stop).await,
+                }
+                .scrubbed(&secrets);
                 let ended = tokio::time::Instant::now();
                 drop(slot);
                 pool.finished.notify_one();
@@ -380,7 +420,8 @@ impl WorkerPool {
                     handler: &handler_metrics,
                     ran: ended.saturating_duration_since(began),
                 };
-                pool.record(&run, &claim, execution, ended, counted).await;
+                pool.record(&run, &claim, execution, ended, counted, callback.is_some())
+                    .await;
                 if let Ok(mut active) = pool.active.lock() {
                     active.remove(&key);
                 }
@@ -430,6 +471,7 @@ impl WorkerPool {
         execution: Execution,
         ended: tokio::time::Instant,
         counted: Counted<'_>,
+        callback: bool,
     ) {
         match &execution {
             Execution::Failed { error, .. } => tracing::warn!(error = %error, "run attempt failed"),
@@ -439,12 +481,14 @@ impl WorkerPool {
             }
             _ => {}
         }
-        let write = outcome::decide(
-            run,
-            execution,
-            self.config.max_result_bytes,
-            rand::random::<f64>(),
-        );
+        let (limit, jitter) = (self.config.max_result_bytes, rand::random::<f64>());
+        let write = if callback {
+            let window =
+                crate::callbacks::rules::window(run.timeout_ms, self.config.callbacks.timeout);
+            outcome::decide_callback(run, execution, limit, jitter, window)
+        } else {
+            outcome::decide(run, execution, limit, jitter)
+        };
         for failures in 1..=5u32 {
             let written = match &write {
                 Write::Finish(o) => self
@@ -463,6 +507,19 @@ impl WorkerPool {
                     .await
                     .map(|n| n == 1)
                     .map_err(StoreFailure::Store),
+                Write::AwaitCallback { deadline, reason } => {
+                    match self.store.run_await_callback(claim, *deadline, reason).await {
+                        Ok(true) => {
+                            tracing::info!(%deadline, "request accepted; waiting for the callback");
+                            return;
+                        }
+                        Ok(false) => {
+                            tracing::info!("the run ended before it was marked waiting for its callback (reported back, cancelled or overridden first)");
+                            return;
+                        }
+                        Err(e) => Err(StoreFailure::Store(e)),
+                    }
+                }
                 Write::Nothing => return,
             };
             match written {
@@ -470,7 +527,7 @@ impl WorkerPool {
                     match &write {
                         Write::Finish(o) => counted.handler.ended(o.state, Some(counted.ran)),
                         Write::Retry(_) => self.metrics.retried(),
-                        Write::HandBack | Write::Nothing => {}
+                        Write::HandBack | Write::AwaitCallback { .. } | Write::Nothing => {}
                     }
                     return;
                 }
@@ -489,11 +546,16 @@ impl WorkerPool {
     /// Renews the leases of the active attempts; stops those this instance
     /// no longer holds and those with a pending cancel request.
     pub async fn heartbeat_once(&self) -> crate::store::StoreResult<()> {
+        // Progress goes only when it changed since it was last sent (and is
+        // marked unsent again if the renewal fails).
         let held: Vec<(RunClaim, Option<Value>)> = match self.active.lock() {
-            Ok(active) => active
-                .values()
+            Ok(mut active) => active
+                .values_mut()
                 .map(|a| {
-                    let mut progress = a.progress.borrow().clone();
+                    let mut progress = None;
+                    if a.progress.has_changed().unwrap_or(false) {
+                        progress = a.progress.borrow_and_update().clone();
+                    }
                     if let Some(progress) = &mut progress {
                         scrub_value(progress, &a.secrets);
                     }
@@ -506,10 +568,23 @@ impl WorkerPool {
             return Ok(());
         }
         let lease_ms = self.config.lease.as_millis() as i64;
-        let acks = self
+        let acks = match self
             .store
             .run_heartbeat(&self.config.instance, lease_ms, &held)
-            .await?;
+            .await
+        {
+            Ok(acks) => acks,
+            Err(e) => {
+                if let Ok(mut active) = self.active.lock() {
+                    for (claim, _) in held.iter().filter(|(_, p)| p.is_some()) {
+                        if let Some(a) = active.get_mut(&(claim.run_id, claim.attempt)) {
+                            a.progress.mark_changed();
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
         for (claim, _) in &held {
             let key = (claim.run_id, claim.attempt);
             match acks.iter().find(|a| (a.run_id, a.attempt) == key) {

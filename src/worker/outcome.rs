@@ -20,6 +20,12 @@ pub enum Write {
     HandBack,
     /// The lease was lost: the run is another instance's now.
     Nothing,
+    /// A callback run's request was accepted: the run stays `running`,
+    /// waiting for its service to report back until `deadline`.
+    AwaitCallback {
+        deadline: chrono::DateTime<chrono::Utc>,
+        reason: String,
+    },
 }
 
 fn finish(
@@ -113,6 +119,33 @@ pub fn decide(run: &RunRow, execution: Execution, max_result_bytes: usize, jitte
     }
 }
 
+/// [`decide`] for an attempt of a callback run (`crate::callbacks`): an
+/// accepted request (a success) waits for its callback, until the run's
+/// deadline (`window` from its start, end to end); any other end is
+/// decided as for every run.
+pub fn decide_callback(
+    run: &RunRow,
+    execution: Execution,
+    max_result_bytes: usize,
+    jitter: f64,
+    window: Duration,
+) -> Write {
+    match execution {
+        Execution::Succeeded(_) => {
+            let started = run.started_at.unwrap_or(run.created_at);
+            let deadline = crate::callbacks::rules::deadline(started, window);
+            Write::AwaitCallback {
+                deadline,
+                reason: format!(
+                    "request accepted; waiting for the callback until {}",
+                    deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+            }
+        }
+        other => decide(run, other, max_result_bytes, jitter),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +179,7 @@ mod tests {
             error: None,
             traceback: None,
             progress: None,
+            progress_updated_at: None,
             history: json!([]),
         }
     }
@@ -164,7 +198,31 @@ mod tests {
             Write::Retry(_) => "retry".into(),
             Write::HandBack => "hand back".into(),
             Write::Nothing => "nothing".into(),
+            Write::AwaitCallback { .. } => "await".into(),
         }
+    }
+
+    #[test]
+    fn an_accepted_callback_request_waits_until_the_deadline_from_the_start() {
+        let mut r = run(1, 1);
+        let started = Utc::now() - chrono::Duration::seconds(10);
+        r.started_at = Some(started);
+        let write = decide_callback(
+            &r,
+            Execution::Succeeded(json!({"status": 202})),
+            1024,
+            0.0,
+            Duration::from_secs(60),
+        );
+        let Write::AwaitCallback { deadline, reason } = write else {
+            panic!("{write:?}")
+        };
+        assert_eq!(deadline, started + chrono::Duration::seconds(60));
+        assert!(reason.starts_with("request accepted"), "{reason}");
+        // A refused request fails the attempt as any failure does.
+        let w = Duration::from_secs(60);
+        assert_eq!(state(&decide_callback(&r, failed(true), 1024, 0.0, w)), "retry");
+        assert_eq!(state(&decide_callback(&run(2, 1), failed(true), 1024, 0.0, w)), "failed");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The supervisor: keeps this replica registered (instance heartbeat), and
 //! finds runs whose lease expired (their instance died or lost the
 //! database), records `dead` and re-queues them on a live replica while
-//! retries remain. Every replica runs one — there is no leader; rows are
+//! retries remain; and ends runs waiting for a callback whose deadline
+//! passed (`crate::callbacks::sweep`). Every replica runs one — there is no leader; rows are
 //! locked with `SKIP LOCKED`, so two never rescue the same run.
 
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct SupervisorConfig {
     pub every: Duration,
     /// Replicas silent for this long are removed from the registry.
     pub prune_after: Duration,
+    /// The deadlines of runs waiting for a callback are kept here too.
+    pub callbacks: crate::callbacks::CallbackSettings,
 }
 
 pub struct Supervisor {
@@ -77,6 +80,9 @@ impl Supervisor {
                 self.metrics.run_ended(&run.handler, run.state);
             }
         }
+        // Runs waiting for a callback have no lease: their deadline is
+        // kept here, by any replica (`crate::callbacks::sweep`).
+        let timed_out = crate::callbacks::sweep::run_once(&self.store, &self.config.callbacks).await?;
         let settled = self.store.run_settle_waiting(None, RESCUE_BATCH).await?;
         if settled > 0 {
             tracing::warn!(
@@ -84,7 +90,7 @@ impl Supervisor {
                 "decided runs left waiting for a slot whose run had ended"
             );
         }
-        Ok(rescued.len())
+        Ok(rescued.len().max(timed_out))
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

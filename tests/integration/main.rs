@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod bad_input;
 mod bench;
+mod callbacks;
 mod conformance;
 mod default_jobs;
 mod embedded_cli;

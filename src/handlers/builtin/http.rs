@@ -15,6 +15,12 @@
 //!   `X-Jobsd-Attempt` and `Idempotency-Key: <run_id>`, so that the service
 //!   called can de-duplicate (a run may be executed again after a crash); a
 //!   header of the same name in `headers` or `secret_headers` wins;
+//! - with `"callback": true` (which needs `--public-url`), the request also
+//!   carries `X-Jobsd-Callback-Url` and `X-Jobsd-Callback-Token` (the
+//!   attempt's secret, never shown or logged), whatever `run_headers` says
+//!   and replacing headers of those names; an accepted answer (in
+//!   `expect_status`) then leaves the run `running` until the service
+//!   reports back (`crate::callbacks`);
 //! - the whole exchange (connect, send, read the body) is bounded by `timeout`
 //!   seconds (default 30) and stops promptly when the run is cancelled;
 //! - redirects are followed (up to 10); the result describes the final response;
@@ -55,6 +61,10 @@ const DEFAULT_TIMEOUT_SECONDS: f64 = 30.0;
 const ERROR_BODY_BYTES: usize = 512;
 /// `headers` whose values are secrets, compared ignoring case.
 const SECRET_HEADER_NAMES: [&str; 3] = ["authorization", "cookie", "x-api-key"];
+/// Where a callback run's service reports back (`{public_url}/api/v1/runs/{run_id}`).
+pub const CALLBACK_URL_HEADER: &str = "x-jobsd-callback-url";
+/// The attempt's callback secret, to send back as `Authorization: Bearer`.
+pub const CALLBACK_TOKEN_HEADER: &str = "x-jobsd-callback-token";
 /// Response headers copied into the result.
 const RESULT_HEADERS: [&str; 3] = ["content-type", "content-length", "location"];
 
@@ -76,6 +86,8 @@ struct HttpKwargs {
     expect_status: Option<ExpectStatus>,
     #[serde(default = "default_run_headers")]
     run_headers: bool,
+    #[serde(default)]
+    callback: bool,
 }
 
 fn default_run_headers() -> bool {
@@ -155,6 +167,8 @@ pub struct HttpHandler {
     policy: Arc<AddressPolicy>,
     via_proxy: bool,
     max_output_bytes: usize,
+    /// Whether `--public-url` is set (callback jobs are refused without).
+    callbacks_enabled: bool,
 }
 
 impl HttpHandler {
@@ -165,7 +179,14 @@ impl HttpHandler {
             policy,
             via_proxy: proxy.is_some(),
             max_output_bytes,
+            callbacks_enabled: false,
         }
+    }
+
+    /// Accepts callback jobs (`--public-url` is set).
+    pub fn with_callbacks(mut self, enabled: bool) -> Self {
+        self.callbacks_enabled = enabled;
+        self
     }
 
     async fn request(&self, ctx: &RunContext, kwargs: HttpKwargs) -> HandlerResult {
@@ -199,6 +220,18 @@ impl HttpHandler {
                         .or_insert(value);
                 }
             }
+        }
+        if kwargs.callback {
+            let grant = ctx.callback().ok_or_else(|| {
+                fatal("callback: true, but this replica has no --public-url to be called back at")
+            })?;
+            let mut token = HeaderValue::from_str(&grant.token)
+                .map_err(|_| fatal("the callback token cannot be sent as a header"))?;
+            token.set_sensitive(true);
+            let url = HeaderValue::from_str(&grant.url)
+                .map_err(|_| fatal("the callback URL cannot be sent as a header"))?;
+            headers.insert(HeaderName::from_static(CALLBACK_URL_HEADER), url);
+            headers.insert(HeaderName::from_static(CALLBACK_TOKEN_HEADER), token);
         }
         let has_content_type = headers.contains_key(CONTENT_TYPE);
         let mut request = client
@@ -353,6 +386,23 @@ impl Handler for HttpHandler {
         NAME
     }
 
+    fn wants_callback(&self, kwargs: &Value) -> bool {
+        kwargs.get("callback") == Some(&Value::Bool(true))
+    }
+
+    fn check_kwargs(&self, kwargs: &Value) -> Vec<(String, String)> {
+        if self.wants_callback(kwargs) && !self.callbacks_enabled {
+            return vec![(
+                "/callback".into(),
+                "true needs --public-url (JOBSD_PUBLIC_URL): the base URL at which the called \
+                 service reaches jobsd to report back; set it on every replica, or drop \
+                 \"callback\""
+                    .into(),
+            )];
+        }
+        Vec::new()
+    }
+
     fn description(&self) -> &str {
         "Sends an HTTP request and stores the status, a few headers and the bounded body"
     }
@@ -398,6 +448,11 @@ impl Handler for HttpHandler {
                     "type": "boolean",
                     "default": true,
                     "description": "Send X-Jobsd-Run-Id, X-Jobsd-Job-Id, X-Jobsd-Scheduled-For, X-Jobsd-Attempt and Idempotency-Key (the run id), so the service called can de-duplicate a run executed again after a crash. A header of the same name in headers wins.",
+                },
+                "callback": {
+                    "type": "boolean",
+                    "default": false,
+                    "description": "The service called completes the run itself: the request also carries X-Jobsd-Callback-Url ({public_url}/api/v1/runs/{run_id}) and X-Jobsd-Callback-Token (a secret per attempt); an accepted answer leaves the run running until the service calls POST {url}/complete (and /progress, /heartbeat) with Authorization: Bearer <token>, or until its timeout (default --callback-timeout) passes. Needs --public-url.",
                 },
                 "expect_status": {
                     "oneOf": [

@@ -46,6 +46,9 @@ pub struct BuiltinConfig {
     pub max_output_bytes: usize,
     /// Largest kwargs (as JSON) a job may have; the registry checks it.
     pub max_kwargs_bytes: usize,
+    /// Whether `--public-url` is set: without it `http` jobs with
+    /// `"callback": true` are refused.
+    pub callbacks_enabled: bool,
 }
 
 impl Default for BuiltinConfig {
@@ -57,6 +60,7 @@ impl Default for BuiltinConfig {
             http_proxy: None,
             max_output_bytes: 64 * 1024,
             max_kwargs_bytes: super::DEFAULT_MAX_KWARGS_BYTES,
+            callbacks_enabled: false,
         }
     }
 }
@@ -80,7 +84,9 @@ impl BuiltinConfig {
         } else {
             None
         };
+        let callbacks = guards.callbacks.settings().map_err(anyhow::Error::msg)?;
         Ok(BuiltinConfig {
+            callbacks_enabled: callbacks.public_url.is_some(),
             command_enabled,
             command_allow,
             http_policy: Arc::new(http_policy),
@@ -112,11 +118,14 @@ impl BuiltinConfig {
 /// All built-in handlers, configured.
 pub fn all(config: BuiltinConfig) -> Vec<Arc<dyn Handler>> {
     vec![
-        Arc::new(http::HttpHandler::new(
-            config.max_output_bytes,
-            config.http_policy.clone(),
-            config.http_proxy.clone(),
-        )),
+        Arc::new(
+            http::HttpHandler::new(
+                config.max_output_bytes,
+                config.http_policy.clone(),
+                config.http_proxy.clone(),
+            )
+            .with_callbacks(config.callbacks_enabled),
+        ),
         Arc::new(command::CommandHandler::new(
             config.command_enabled,
             config.command_allow.clone(),

@@ -37,7 +37,7 @@ impl PgStore {
                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], \
                $10::timestamptz[], $11::text[], $12::int4[], $13::int4[], $14::int8[], $15::int8[], \
                $16::int8[], $17::text[], $18::text[], $19::timestamptz[], $20::bool[], $21::jsonb[], \
-               $22::text[], $23::text[], $24::jsonb[], $25::jsonb[]) \
+               $22::text[], $23::text[], $24::jsonb[], $25::timestamptz[], $26::jsonb[]) \
              AS u({RUN_COLUMNS}) \
              WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = u.job_id) \
              ON CONFLICT DO NOTHING RETURNING state"
@@ -66,6 +66,7 @@ impl PgStore {
         .bind(col(runs, |r| r.error.clone()))
         .bind(col(runs, |r| r.traceback.clone()))
         .bind(col(runs, |r| r.progress.clone()))
+        .bind(col(runs, |r| r.progress_updated_at))
         .bind(col(runs, |r| r.history.clone()))
         .fetch_all(&mut *tx)
         .await?;

@@ -235,7 +235,8 @@ impl PgStore {
     }
 
     /// Renews the leases of this instance's running attempts (each fenced by
-    /// run, attempt and instance) and stores their latest progress. Returns
+    /// run, attempt and instance, and not waiting for a callback) and stores
+    /// the progress given (a changed one; `None` leaves it). Returns
     /// the attempts still held (one missing from the answer was lost: its
     /// lease was taken over, an operator ended it, or it was re-claimed as a
     /// newer attempt).
@@ -673,12 +674,18 @@ pub(crate) fn run_hand_back_sql() -> String {
 pub(crate) fn run_heartbeat_sql() -> String {
     // `$3` maps run ids to `{"a": attempt, "p": progress}` (see
     // `run_finish_many_sql` for why a map and not a join).
+    // An attempt accepted by the service it called and waiting for its
+    // callback (`callback_attempt`) is no longer renewed: a renewal sent
+    // just before the waiting mark was written must not give it back a
+    // lease that would expire. Progress is sent only when it changed, and
+    // its time is written with it.
     let h = "($3::jsonb -> r.run_id::text)";
     format!(
         "UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
-         progress = COALESCE({h} -> 'p', r.progress) \
+         progress = COALESCE({h} -> 'p', r.progress), \
+         progress_updated_at = CASE WHEN {h} ? 'p' THEN now() ELSE r.progress_updated_at END \
          WHERE r.run_id = ANY($4) AND r.attempt = ({h} ->> 'a')::int4 \
-           AND {RUNNING} AND r.instance = $1 \
+           AND {RUNNING} AND r.instance = $1 AND r.callback_attempt IS DISTINCT FROM r.attempt \
          RETURNING r.run_id, r.attempt, r.cancel_requested"
     )
 }

@@ -24,6 +24,7 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      j.failed_run_id, j.keep_runs, j.created_at, j.updated_at, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
+     lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \
      (SELECT jsonb_object_agg(c.state, c.n) FROM \
         (SELECT rc.state, sum(rc.n)::int8 AS n FROM run_counts rc WHERE rc.job_id = j.job_id \
          GROUP BY rc.state HAVING sum(rc.n) <> 0 \
@@ -33,8 +34,8 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
          WHERE w.job_id = j.job_id AND w.state = 'waiting' GROUP BY w.state) c) AS run_counts, \
      EXISTS (SELECT 1 FROM runs s WHERE s.job_id = j.job_id AND s.trigger <> 'manual') AS has_fired, \
      j.xmin::text::int8 AS row_version \
-     FROM jobs j LEFT JOIN LATERAL (SELECT r.run_id, r.state, r.scheduled_for, r.started_at, r.finished_at \
-        FROM runs r WHERE r.job_id = j.job_id ORDER BY r.created_at DESC, r.scheduled_for DESC, r.run_id DESC LIMIT 1) lr ON true";
+     FROM jobs j LEFT JOIN LATERAL (SELECT r.run_id, r.state, r.scheduled_for, r.started_at, r.finished_at, \
+        r.progress, r.progress_updated_at FROM runs r WHERE r.job_id = j.job_id ORDER BY r.created_at DESC, r.scheduled_for DESC, r.run_id DESC LIMIT 1) lr ON true";
 
 fn push_job_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
     qb.push(" WHERE true");

@@ -18,7 +18,7 @@ use crate::store::runs::{free_slot, override_takes_slot, requeue_slot};
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
     created_at, started_at, finished_at, state, attempt, max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, instance, \
-    lease_expires_at, cancel_requested, result, error, traceback, progress, history";
+    lease_expires_at, cancel_requested, result, error, traceback, progress, progress_updated_at, history";
 
 /// SQL for one history entry, with `$from`, `$to`, `$instance`, `$reason` as SQL expressions.
 pub(crate) fn history_entry(from: &str, to: &str, instance: &str, reason: &str) -> String {

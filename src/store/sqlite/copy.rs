@@ -31,7 +31,7 @@ impl SqliteStore {
         if runs.is_empty() {
             return Ok(0);
         }
-        let placeholders = (1..=25).map(|i| format!("?{i}")).collect::<Vec<_>>();
+        let placeholders = (1..=26).map(|i| format!("?{i}")).collect::<Vec<_>>();
         // `WHERE` keeps the upsert clause unambiguous after a SELECT.
         let sql = format!(
             "INSERT INTO runs ({RUN_COLUMNS}) SELECT {} \
@@ -67,6 +67,7 @@ impl SqliteStore {
                 .bind(&r.error)
                 .bind(&r.traceback)
                 .bind(rows::opt_json_text(r.progress.as_ref()))
+                .bind(rows::opt_micros(r.progress_updated_at))
                 .bind(rows::json_text(&r.history))
                 .execute(&mut *tx)
                 .await?;

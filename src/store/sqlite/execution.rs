@@ -446,8 +446,11 @@ impl SqliteStore {
         let mut held = Vec::with_capacity(runs.len());
         for (claim, progress) in runs {
             let row = sqlx::query(
-                "UPDATE runs SET lease_expires_at = ?, progress = COALESCE(?, progress) \
-                 WHERE run_id = ? AND attempt = ? AND +state = 'running' AND instance = ? \
+                // Not renewed once waiting for a callback (see PostgreSQL's).
+                "UPDATE runs SET lease_expires_at = ?1, progress = COALESCE(?2, progress), \
+                 progress_updated_at = iif(?2 IS NULL, progress_updated_at, ?6) \
+                 WHERE run_id = ?3 AND attempt = ?4 AND +state = 'running' AND instance = ?5 \
+                   AND callback_attempt IS NOT attempt \
                  RETURNING cancel_requested",
             )
             .bind(micros(at + Duration::milliseconds(lease_ms)))
@@ -455,6 +458,7 @@ impl SqliteStore {
             .bind(claim.run_id.to_string())
             .bind(claim.attempt)
             .bind(instance)
+            .bind(micros(at))
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = row {

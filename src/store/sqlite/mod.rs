@@ -27,6 +27,7 @@
 
 mod audit;
 pub mod bench;
+mod callbacks;
 mod connect;
 mod copy;
 pub(crate) mod default_jobs;

@@ -37,7 +37,7 @@ fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
     Ok(from_micros(row.try_get::<i64, _>(column)?))
 }
 
-fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+pub(crate) fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     Ok(row.try_get::<Option<i64>, _>(column)?.map(from_micros))
 }
 
@@ -137,7 +137,7 @@ pub(crate) fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
     created_at, started_at, finished_at, state, attempt, max_retries, retry_backoff_ms, timeout_ms, \
     misfire_grace_ms, lock_key, instance, lease_expires_at, cancel_requested, result, error, traceback, \
-    progress, history";
+    progress, progress_updated_at, history";
 
 pub(crate) fn run_from_row(row: &SqliteRow) -> Result<RunRow, sqlx::Error> {
     Ok(RunRow {
@@ -165,6 +165,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<RunRow, sqlx::Error> {
         error: row.try_get("error")?,
         traceback: row.try_get("traceback")?,
         progress: opt_json(row, "progress")?,
+        progress_updated_at: opt_time(row, "progress_updated_at")?,
         history: json(row, "history")?,
     })
 }
@@ -176,6 +177,7 @@ pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      j.failed_run_id, j.keep_runs, j.created_at, j.updated_at, j.version, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
+     lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \
      (SELECT json_group_object(c.state, c.n) FROM \
         (SELECT rc.state, sum(rc.n) AS n FROM run_counts rc WHERE rc.job_id = j.job_id \
          GROUP BY rc.state HAVING sum(rc.n) <> 0 \
@@ -229,6 +231,8 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         last_run_scheduled_for: opt_time(row, "last_run_scheduled_for")?,
         last_run_started_at: opt_time(row, "last_run_started_at")?,
         last_run_finished_at: opt_time(row, "last_run_finished_at")?,
+        last_run_progress: opt_json(row, "last_run_progress")?,
+        last_run_progress_updated_at: opt_time(row, "last_run_progress_updated_at")?,
         run_counts,
         has_fired: row.try_get("has_fired")?,
         row_version: row.try_get("version")?,
