@@ -233,11 +233,7 @@ fn spawn_background(
             address: Some(address.to_string()),
             every: (config.lease / 4).max(std::time::Duration::from_millis(100)),
             prune_after: (config.lease * 10).max(std::time::Duration::from_secs(300)),
-            callbacks: config
-                .guards
-                .callbacks
-                .settings()
-                .unwrap_or_default(),
+            callbacks: config.guards.callbacks.settings().unwrap_or_default(),
         },
     )
     .with_metrics(metrics.clone());

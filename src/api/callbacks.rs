@@ -112,14 +112,15 @@ struct Authorised {
 /// docs); nothing is written.
 async fn authorise(app: &AppState, headers: &HeaderMap, raw_run_id: &str) -> ApiResult<Authorised> {
     let run_id = parse_run_id(raw_run_id)?;
-    let value = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::Unauthorized("the Authorization header is not text".into())
-        })?),
-    };
-    let secret = token::parse_authorization(value)
-        .map_err(|m| ApiError::Unauthorized(m.to_string()))?;
+    let value =
+        match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                ApiError::Unauthorized("the Authorization header is not text".into())
+            })?),
+        };
+    let secret =
+        token::parse_authorization(value).map_err(|m| ApiError::Unauthorized(m.to_string()))?;
     let owner = app.store.callback_token_owner(&token::hash(secret)).await?;
     let run = match app.store.callback_run_get(run_id).await {
         Ok(run) => Some(run),
@@ -148,7 +149,9 @@ fn changed_meanwhile(run_id: Uuid) -> ApiError {
 
 /// The secrets a report is scrubbed of: the run's kwargs' and the token.
 fn secrets_of(app: &AppState, a: &Authorised) -> Vec<String> {
-    let mut secrets = app.registry.secrets_of(&a.run.run.handler, &a.run.run.kwargs);
+    let mut secrets = app
+        .registry
+        .secrets_of(&a.run.run.handler, &a.run.run.kwargs);
     secrets.push(a.secret.clone());
     secrets
 }
@@ -309,7 +312,9 @@ async fn report_complete(
                 .then_some(state)
         }
         Write::Retry(mut retry) => {
-            retry.reason = retry.reason.replacen("failed", "the service reported failed", 1);
+            retry.reason = retry
+                .reason
+                .replacen("failed", "the service reported failed", 1);
             retry.traceback = None;
             app.store
                 .run_retry(&claim, &retry)

@@ -259,7 +259,11 @@ mod tests {
         ] {
             assert_eq!(needs(Method::POST, route), Access::Open, "{route}");
             // Only those three POSTs: anything else keeps its rule.
-            assert_eq!(needs(Method::PUT, route), Access::Needs(Scope::Write), "{route}");
+            assert_eq!(
+                needs(Method::PUT, route),
+                Access::Needs(Scope::Write),
+                "{route}"
+            );
         }
         assert_eq!(
             needs(Method::POST, "/api/v1/runs/{run_id}/completed"),

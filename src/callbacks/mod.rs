@@ -68,8 +68,8 @@ impl CallbackArgs {
 }
 
 fn check_public_url(raw: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(raw)
-        .map_err(|e| format!("--public-url {raw:?} is not a URL: {e}"))?;
+    let url =
+        reqwest::Url::parse(raw).map_err(|e| format!("--public-url {raw:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!(
             "--public-url {raw:?} must be an http:// or https:// URL with a host"
@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn the_public_url_is_an_http_base_and_names_each_runs_endpoints() {
-        let s = args(Some("https://jobsd.example:8443/")).settings().unwrap();
+        let s = args(Some("https://jobsd.example:8443/"))
+            .settings()
+            .unwrap();
         assert_eq!(s.public_url.as_deref(), Some("https://jobsd.example:8443"));
         let run = uuid::Uuid::nil();
         assert_eq!(
@@ -166,7 +168,9 @@ mod tests {
     #[test]
     fn callback_jobs_need_a_public_url_in_the_api_and_in_default_job_files() {
         let kwargs = serde_json::json!({"url": "https://svc.example/start", "callback": true});
-        let problems = registry(false).validate_kwargs("http", &kwargs).unwrap_err();
+        let problems = registry(false)
+            .validate_kwargs("http", &kwargs)
+            .unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].starts_with("kwargs/callback: "), "{problems:?}");
         assert!(problems[0].contains("--public-url"), "{problems:?}");
@@ -193,7 +197,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].field, "kwargs/callback");
-        assert!(problems[0].to_string().contains("--public-url"), "{}", problems[0]);
+        assert!(
+            problems[0].to_string().contains("--public-url"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

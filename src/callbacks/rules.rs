@@ -74,9 +74,7 @@ pub enum Fence {
 /// complete), is a conflict.
 pub fn fence(owner: Option<TokenOwner>, path_run: Uuid, run: Option<RunNow>) -> Fence {
     let Some(owner) = owner.filter(|o| o.run_id == path_run) else {
-        return Fence::Unauthorized(format!(
-            "the callback token is not one of run {path_run}'s"
-        ));
+        return Fence::Unauthorized(format!("the callback token is not one of run {path_run}'s"));
     };
     let Some(run) = run else {
         return Fence::Conflict(format!("run {path_run} no longer exists"));
@@ -135,16 +133,31 @@ mod tests {
     fn fencing_by_run_and_attempt() {
         let run = Uuid::new_v4();
         let other = Uuid::new_v4();
-        let owner = |attempt| Some(TokenOwner { run_id: run, attempt });
+        let owner = |attempt| {
+            Some(TokenOwner {
+                run_id: run,
+                attempt,
+            })
+        };
         let now = |state, attempt| Some(RunNow { state, attempt });
-        assert_eq!(fence(owner(2), run, now(RunState::Running, 2)), Fence::Proceed);
+        assert_eq!(
+            fence(owner(2), run, now(RunState::Running, 2)),
+            Fence::Proceed
+        );
         assert!(matches!(
             fence(None, run, now(RunState::Running, 2)),
             Fence::Unauthorized(_)
         ));
         // Another run's token authorises nothing here.
         assert!(matches!(
-            fence(Some(TokenOwner { run_id: other, attempt: 2 }), run, now(RunState::Running, 2)),
+            fence(
+                Some(TokenOwner {
+                    run_id: other,
+                    attempt: 2
+                }),
+                run,
+                now(RunState::Running, 2)
+            ),
             Fence::Unauthorized(_)
         ));
         // An earlier attempt's token: 409, whatever the run's state.
@@ -155,8 +168,16 @@ mod tests {
             assert!(m.contains("attempt 1"), "{m}");
         }
         // A second complete: the attempt has ended.
-        for state in [RunState::Succeeded, RunState::Failed, RunState::TimedOut, RunState::Cancelled] {
-            assert!(matches!(fence(owner(2), run, now(state, 2)), Fence::Conflict(_)));
+        for state in [
+            RunState::Succeeded,
+            RunState::Failed,
+            RunState::TimedOut,
+            RunState::Cancelled,
+        ] {
+            assert!(matches!(
+                fence(owner(2), run, now(state, 2)),
+                Fence::Conflict(_)
+            ));
         }
         assert!(matches!(fence(owner(2), run, None), Fence::Conflict(_)));
     }

@@ -25,7 +25,10 @@ impl std::fmt::Debug for MintedCallback {
 
 /// Makes a new random token.
 pub fn mint() -> MintedCallback {
-    let secret = format!("{PREFIX}{}", Alphanumeric.sample_string(&mut OsRng, SECRET_LEN));
+    let secret = format!(
+        "{PREFIX}{}",
+        Alphanumeric.sample_string(&mut OsRng, SECRET_LEN)
+    );
     MintedCallback {
         hash: hash(&secret),
         secret,
@@ -107,7 +110,10 @@ mod tests {
             parse_authorization(Some("Basic dXNlcg==")),
             Err(Malformed::NotBearer)
         );
-        assert_eq!(parse_authorization(Some("Bearer")), Err(Malformed::NotBearer));
+        assert_eq!(
+            parse_authorization(Some("Bearer")),
+            Err(Malformed::NotBearer)
+        );
         for bad in [
             "Bearer jobsd_abcdefgh_0123456789abcdef0123456789abcdef",
             "Bearer jobsdcb_short",
@@ -120,6 +126,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(!Malformed::NotACallbackToken.to_string().contains("jobsdcb_"));
+        assert!(!Malformed::NotACallbackToken
+            .to_string()
+            .contains("jobsdcb_"));
     }
 }

@@ -170,10 +170,8 @@ impl Maintenance {
             store.idempotency_prune_before(expired, limit)
         })
         .await?;
-        pruned.callback_tokens += batches(batch, shutdown, |limit| {
-            store.callback_tokens_prune(limit)
-        })
-        .await?;
+        pruned.callback_tokens +=
+            batches(batch, shutdown, |limit| store.callback_tokens_prune(limit)).await?;
         Ok(pruned)
     }
 

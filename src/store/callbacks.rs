@@ -20,8 +20,8 @@ pub struct CallbackRun {
 impl CallbackRun {
     /// The deadline, while the run's current attempt waits for its callback.
     pub fn waiting_until(&self) -> Option<DateTime<Utc>> {
-        let waiting = self.run.state == RunState::Running
-            && self.callback_attempt == Some(self.run.attempt);
+        let waiting =
+            self.run.state == RunState::Running && self.callback_attempt == Some(self.run.attempt);
         self.callback_deadline.filter(|_| waiting)
     }
 

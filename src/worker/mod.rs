@@ -508,7 +508,11 @@ impl WorkerPool {
                     .map(|n| n == 1)
                     .map_err(StoreFailure::Store),
                 Write::AwaitCallback { deadline, reason } => {
-                    match self.store.run_await_callback(claim, *deadline, reason).await {
+                    match self
+                        .store
+                        .run_await_callback(claim, *deadline, reason)
+                        .await
+                    {
                         Ok(true) => {
                             tracing::info!(%deadline, "request accepted; waiting for the callback");
                             return;

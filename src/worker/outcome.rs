@@ -221,8 +221,14 @@ mod tests {
         assert!(reason.starts_with("request accepted"), "{reason}");
         // A refused request fails the attempt as any failure does.
         let w = Duration::from_secs(60);
-        assert_eq!(state(&decide_callback(&r, failed(true), 1024, 0.0, w)), "retry");
-        assert_eq!(state(&decide_callback(&run(2, 1), failed(true), 1024, 0.0, w)), "failed");
+        assert_eq!(
+            state(&decide_callback(&r, failed(true), 1024, 0.0, w)),
+            "retry"
+        );
+        assert_eq!(
+            state(&decide_callback(&run(2, 1), failed(true), 1024, 0.0, w)),
+            "failed"
+        );
     }
 
     #[test]

@@ -152,13 +152,17 @@ fn reasons(run: &Value) -> Vec<String> {
 
 /// Waits until the run's request was accepted and recorded so.
 async fn wait_accepted(app: &TestApp, run_id: &str) -> Value {
-    wait_for("the run waiting for its callback", Duration::from_secs(10), || async {
-        let run = run(app, run_id).await;
-        reasons(&run)
-            .iter()
-            .any(|r| r.starts_with("request accepted"))
-            .then_some(run)
-    })
+    wait_for(
+        "the run waiting for its callback",
+        Duration::from_secs(10),
+        || async {
+            let run = run(app, run_id).await;
+            reasons(&run)
+                .iter()
+                .any(|r| r.starts_with("request accepted"))
+                .then_some(run)
+        },
+    )
     .await
 }
 
@@ -199,23 +203,48 @@ async fn a_callback_run_waits_for_its_service_which_reports_progress_and_success
     assert_eq!(shown["progress_updated_at"], ack["progress_updated_at"]);
     assert!(shown["progress_updated_at"].is_string(), "{shown}");
     let (_, job) = app.get("/api/v1/jobs/remote").await;
-    assert_eq!(job["job"]["progress"]["progress"], json!({"done": 3, "total": 10}), "{job}");
+    assert_eq!(
+        job["job"]["progress"]["progress"],
+        json!({"done": 3, "total": 10}),
+        "{job}"
+    );
     assert_eq!(job["job"]["progress"]["run_id"], json!(seen.run_id));
-    assert_eq!(job["job"]["progress"]["updated_at"], ack["progress_updated_at"]);
+    assert_eq!(
+        job["job"]["progress"]["updated_at"],
+        ack["progress_updated_at"]
+    );
     let (_, list) = app.get("/api/v1/jobs").await;
     assert_eq!(list["jobs"][0]["progress"]["progress"]["done"], 3, "{list}");
 
     // Bad bodies change nothing.
-    let (status, _) = report(&seen.callback_url, "complete", &seen.token, json!({"state": "done"})).await;
+    let (status, _) = report(
+        &seen.callback_url,
+        "complete",
+        &seen.token,
+        json!({"state": "done"}),
+    )
+    .await;
     assert_eq!(status, 400);
-    let (status, _) = report(&seen.callback_url, "progress", &seen.token, json!({"nope": 1})).await;
+    let (status, _) = report(
+        &seen.callback_url,
+        "progress",
+        &seen.token,
+        json!({"nope": 1}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(run(&app, &seen.run_id).await["state"], "running");
 
     // Malformed and unknown tokens: 401, nothing changed.
     let unknown = format!("jobsdcb_{}", "a".repeat(40));
     for token in ["not-a-token", unknown.as_str()] {
-        let response = report(&seen.callback_url, "complete", token, json!({"state": "succeeded"})).await;
+        let response = report(
+            &seen.callback_url,
+            "complete",
+            token,
+            json!({"state": "succeeded"}),
+        )
+        .await;
         assert_error(&response, 401, "callback token");
     }
     let response = reqwest::Client::new()
@@ -240,18 +269,39 @@ async fn a_callback_run_waits_for_its_service_which_reports_progress_and_success
     let done = run(&app, &seen.run_id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"]["rows"], 42);
-    assert_eq!(done["result"]["echo"], "***", "the token is scrubbed: {done}");
-    assert!(reasons(&done).contains(&"the service reported succeeded".to_string()), "{done}");
+    assert_eq!(
+        done["result"]["echo"], "***",
+        "the token is scrubbed: {done}"
+    );
+    assert!(
+        reasons(&done).contains(&"the service reported succeeded".to_string()),
+        "{done}"
+    );
     // The one-shot job completed and its counters moved, as for any run.
     let (_, job) = app.get("/api/v1/jobs/remote").await;
     assert_eq!(job["job"]["state"], "completed", "{job}");
     assert_eq!(job["job"]["run_counts"]["succeeded"], 1, "{job}");
-    assert!(job["job"].get("progress").is_none(), "no progress once ended: {job}");
+    assert!(
+        job["job"].get("progress").is_none(),
+        "no progress once ended: {job}"
+    );
 
     // A second complete: 409, nothing changed.
-    let response = report(&seen.callback_url, "complete", &seen.token, json!({"state": "failed"})).await;
+    let response = report(
+        &seen.callback_url,
+        "complete",
+        &seen.token,
+        json!({"state": "failed"}),
+    )
+    .await;
     assert_error(&response, 409, "succeeded already");
-    let response = report(&seen.callback_url, "progress", &seen.token, json!({"progress": 1})).await;
+    let response = report(
+        &seen.callback_url,
+        "progress",
+        &seen.token,
+        json!({"progress": 1}),
+    )
+    .await;
     assert_eq!(response.0, 409);
     let after = run(&app, &seen.run_id).await;
     assert_eq!(after["state"], "succeeded");
@@ -334,10 +384,21 @@ async fn without_a_callback_the_run_times_out_at_its_deadline_and_heartbeats_ext
     wait_accepted(&app, &silent.run_id).await;
     let ended = wait_state(&app, &silent.run_id, "timed_out", Duration::from_secs(15)).await;
     assert_eq!(ended["attempt"], 1, "{ended}");
-    let started = chrono::DateTime::parse_from_rfc3339(ended["started_at"].as_str().unwrap()).unwrap();
-    let finished = chrono::DateTime::parse_from_rfc3339(ended["finished_at"].as_str().unwrap()).unwrap();
-    assert!(finished - started >= chrono::Duration::seconds(2), "{ended}");
-    let response = report(&silent.callback_url, "complete", &silent.token, json!({"state": "succeeded"})).await;
+    let started =
+        chrono::DateTime::parse_from_rfc3339(ended["started_at"].as_str().unwrap()).unwrap();
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(ended["finished_at"].as_str().unwrap()).unwrap();
+    assert!(
+        finished - started >= chrono::Duration::seconds(2),
+        "{ended}"
+    );
+    let response = report(
+        &silent.callback_url,
+        "complete",
+        &silent.token,
+        json!({"state": "succeeded"}),
+    )
+    .await;
     assert_error(&response, 409, "timed_out");
 
     // A service that heartbeats keeps its run past the timeout.
@@ -347,7 +408,13 @@ async fn without_a_callback_the_run_times_out_at_its_deadline_and_heartbeats_ext
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut last_deadline = Value::Null;
     while tokio::time::Instant::now() < until {
-        let (status, ack) = report(&beating.callback_url, "heartbeat", &beating.token, json!({})).await;
+        let (status, ack) = report(
+            &beating.callback_url,
+            "heartbeat",
+            &beating.token,
+            json!({}),
+        )
+        .await;
         assert_eq!(status, 200, "{ack}");
         assert!(ack["deadline"].is_string(), "{ack}");
         last_deadline = ack["deadline"].clone();
@@ -413,20 +480,28 @@ async fn a_killed_replica_leaves_the_run_waiting_and_another_replica_completes_i
     let seen = service.request(1).await;
     let b = Replica::spawn(&db, "cb-b", &public).await;
     let path = format!("/api/v1/runs/{}", seen.run_id);
-    wait_for("the run waiting for its callback", Duration::from_secs(10), || async {
-        let (_, body) = b.get(&path).await;
-        reasons(&body["run"])
-            .iter()
-            .any(|r| r.starts_with("request accepted"))
-            .then_some(())
-    })
+    wait_for(
+        "the run waiting for its callback",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = b.get(&path).await;
+            reasons(&body["run"])
+                .iter()
+                .any(|r| r.starts_with("request accepted"))
+                .then_some(())
+        },
+    )
     .await;
     a.signal("KILL");
     // Well past the 2 s lease and several supervisor passes of b.
-    assert_stays("the run running, neither dead nor rescued", Duration::from_secs(5), || async {
-        let (_, body) = b.get(&path).await;
-        body["run"]["state"] == "running"
-    })
+    assert_stays(
+        "the run running, neither dead nor rescued",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = b.get(&path).await;
+            body["run"]["state"] == "running"
+        },
+    )
     .await;
     let other_replica = format!("{}{path}", b.base);
     let (status, ack) = report(

@@ -43,12 +43,14 @@ impl PgStore {
         run_id: Uuid,
         attempt: i32,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO callback_tokens (token_hash, run_id, attempt) VALUES ($1, $2, $3)")
-            .bind(hash)
-            .bind(run_id)
-            .bind(attempt)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO callback_tokens (token_hash, run_id, attempt) VALUES ($1, $2, $3)",
+        )
+        .bind(hash)
+        .bind(run_id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -63,10 +63,16 @@ async fn an_accepted_attempt_waits_without_a_lease_neither_rescued_nor_renewed(s
     // Another instance's claim, or another attempt's, is stale.
     let mut stale = claim.clone();
     stale.instance = "other".into();
-    assert!(!store.run_await_callback(&stale, deadline, "accepted").await.unwrap());
+    assert!(!store
+        .run_await_callback(&stale, deadline, "accepted")
+        .await
+        .unwrap());
     stale = claim.clone();
     stale.attempt = 2;
-    assert!(!store.run_await_callback(&stale, deadline, "accepted").await.unwrap());
+    assert!(!store
+        .run_await_callback(&stale, deadline, "accepted")
+        .await
+        .unwrap());
     let before = store.callback_run_get(run.run_id).await.unwrap();
     assert_eq!(before.waiting_until(), None);
 
@@ -79,19 +85,36 @@ async fn an_accepted_attempt_waits_without_a_lease_neither_rescued_nor_renewed(s
     assert_eq!(waiting.run.state, RunState::Running);
     assert_eq!(waiting.run.lease_expires_at, None);
     assert_eq!(waiting.claim(), claim);
-    let last = waiting.run.history.as_array().unwrap().last().unwrap().clone();
+    let last = waiting
+        .run
+        .history
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["reason"], "request accepted; waiting");
-    assert_eq!((last["from"].as_str(), last["to"].as_str()), (Some("running"), Some("running")));
+    assert_eq!(
+        (last["from"].as_str(), last["to"].as_str()),
+        (Some("running"), Some("running"))
+    );
 
     // No lease: the rescue passes it by; the worker's renewal no longer
     // holds it (nor gives it a lease back).
-    assert!(store.run_rescue_expired(100, "rescuer").await.unwrap().is_empty());
+    assert!(store
+        .run_rescue_expired(100, "rescuer")
+        .await
+        .unwrap()
+        .is_empty());
     let acks = store
         .run_heartbeat("me", 60_000, &[(claim.clone(), None)])
         .await
         .unwrap();
     assert!(acks.is_empty(), "{acks:?}");
-    assert_eq!(store.run_get(run.run_id).await.unwrap().lease_expires_at, None);
+    assert_eq!(
+        store.run_get(run.run_id).await.unwrap().lease_expires_at,
+        None
+    );
 
     // Its end is written by the usual call, with the sender's claim.
     assert!(store
@@ -127,15 +150,28 @@ async fn callback_progress_and_heartbeats_are_fenced_by_attempt(store: Store) {
     );
     // A heartbeat moves only a waiting attempt's deadline.
     let later = now() + seconds(120);
-    assert!(!store.run_callback_heartbeat(run.run_id, 1, later).await.unwrap());
+    assert!(!store
+        .run_callback_heartbeat(run.run_id, 1, later)
+        .await
+        .unwrap());
     assert!(store
         .run_await_callback(&claim, now() + seconds(60), "accepted")
         .await
         .unwrap());
-    assert!(store.run_callback_heartbeat(run.run_id, 1, later).await.unwrap());
-    assert!(!store.run_callback_heartbeat(run.run_id, 2, later).await.unwrap());
+    assert!(store
+        .run_callback_heartbeat(run.run_id, 1, later)
+        .await
+        .unwrap());
+    assert!(!store
+        .run_callback_heartbeat(run.run_id, 2, later)
+        .await
+        .unwrap());
     assert_eq!(
-        store.callback_run_get(run.run_id).await.unwrap().waiting_until(),
+        store
+            .callback_run_get(run.run_id)
+            .await
+            .unwrap()
+            .waiting_until(),
         Some(later)
     );
     // Once ended, neither writes.
@@ -150,8 +186,14 @@ async fn callback_progress_and_heartbeats_are_fenced_by_attempt(store: Store) {
             .unwrap(),
         None
     );
-    assert!(!store.run_callback_heartbeat(run.run_id, 1, later).await.unwrap());
-    assert_eq!(store.run_get(run.run_id).await.unwrap().progress, Some(progress));
+    assert!(!store
+        .run_callback_heartbeat(run.run_id, 1, later)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.run_get(run.run_id).await.unwrap().progress,
+        Some(progress)
+    );
 }
 
 async fn the_sweep_finds_deadlines_passed_and_cancels_of_the_current_attempt_only(store: Store) {
@@ -227,7 +269,9 @@ async fn worker_heartbeats_write_the_progress_time_only_with_a_progress(store: S
         .unwrap();
     let first = store.run_get(run.run_id).await.unwrap();
     assert_eq!(first.progress, Some(json!({"step": 1})));
-    let at = first.progress_updated_at.expect("written with the progress");
+    let at = first
+        .progress_updated_at
+        .expect("written with the progress");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     store
         .run_heartbeat("me", 60_000, &[(claim.clone(), None)])
@@ -235,5 +279,9 @@ async fn worker_heartbeats_write_the_progress_time_only_with_a_progress(store: S
         .unwrap();
     let kept = store.run_get(run.run_id).await.unwrap();
     assert_eq!(kept.progress, Some(json!({"step": 1})));
-    assert_eq!(kept.progress_updated_at, Some(at), "unchanged without a progress");
+    assert_eq!(
+        kept.progress_updated_at,
+        Some(at),
+        "unchanged without a progress"
+    );
 }
