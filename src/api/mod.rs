@@ -62,6 +62,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         registry: Arc<HandlerRegistry>,

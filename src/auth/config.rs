@@ -44,7 +44,12 @@ pub struct AuthConfig {
 
     /// What `/metrics` does by default now (a read token when auth is on);
     /// accepted so that configurations written before it keep working.
-    #[arg(long, env = "JOBSD_METRICS_AUTH", hide = true, conflicts_with = "metrics_public")]
+    #[arg(
+        long,
+        env = "JOBSD_METRICS_AUTH",
+        hide = true,
+        conflicts_with = "metrics_public"
+    )]
     pub metrics_auth: bool,
 
     /// Origins that browsers may call the API from (CORS), comma-separated,

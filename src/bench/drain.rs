@@ -49,15 +49,19 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     let mut figures = figures(ctx, &measured);
     if let Some(scraped) = scraped {
         figures.push(
-            Figure::new(SCENARIO, "metrics scrapes", scraped.per_second(), "scrapes/s").note(
-                format!(
-                    "GET /metrics during every round, one at a time: {} answered, {} failed, \
+            Figure::new(
+                SCENARIO,
+                "metrics scrapes",
+                scraped.per_second(),
+                "scrapes/s",
+            )
+            .note(format!(
+                "GET /metrics during every round, one at a time: {} answered, {} failed, \
                      slowest {:.1} ms",
-                    scraped.ok,
-                    scraped.failed,
-                    scraped.slowest.as_secs_f64() * 1000.0
-                ),
-            ),
+                scraped.ok,
+                scraped.failed,
+                scraped.slowest.as_secs_f64() * 1000.0
+            )),
         );
     }
     if let Some(base) = ctx.baseline() {
@@ -85,7 +89,10 @@ async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<(Vec<Round>, Option<Scraped>)>
     let scraper = if per_second > 0 {
         say(
             SCENARIO,
-            format_args!("scraping {}/metrics {per_second} times a second", service.base),
+            format_args!(
+                "scraping {}/metrics {per_second} times a second",
+                service.base
+            ),
         );
         Some(Scraper::start(&service.base, per_second)?)
     } else {

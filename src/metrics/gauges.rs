@@ -157,7 +157,9 @@ impl DbGauges {
             .map_or(0.0, |wait| wait.as_secs_f64());
         self.oldest_queued_age.set(age);
         for (state, n) in totals_by_state(JobState::ALL, &stats.jobs) {
-            self.jobs.get_or_create(&StateLabel::new(state.as_str())).set(n);
+            self.jobs
+                .get_or_create(&StateLabel::new(state.as_str()))
+                .set(n);
         }
         let alive = instances.iter().filter(|i| i.alive).count();
         self.instances_alive

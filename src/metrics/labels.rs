@@ -77,7 +77,10 @@ pub fn missed_of(run: &FiredRun) -> Option<(MissedReason, u64)> {
         .and_then(Value::as_u64)
         .unwrap_or(1)
         .max(1);
-    let reason = match result.and_then(|r| r.get("skipped")).and_then(Value::as_str) {
+    let reason = match result
+        .and_then(|r| r.get("skipped"))
+        .and_then(Value::as_str)
+    {
         Some("max_instances") => MissedReason::MaxInstances,
         Some("max_runs_per_firing") => MissedReason::MaxRunsPerFiring,
         _ => MissedReason::MisfireGrace,
@@ -93,10 +96,7 @@ mod tests {
 
     #[test]
     fn routes_are_templates_and_fallbacks_one_fixed_label() {
-        assert_eq!(
-            route(Some("/api/v1/jobs/{id}")),
-            "/api/v1/jobs/{id}"
-        );
+        assert_eq!(route(Some("/api/v1/jobs/{id}")), "/api/v1/jobs/{id}");
         assert_eq!(route(Some("/metrics")), "/metrics");
         assert_eq!(route(None), UNMATCHED);
         assert_eq!(

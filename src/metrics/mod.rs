@@ -38,15 +38,13 @@ pub use labels::MissedReason;
 
 /// Buckets of run durations, in seconds: 5 ms to an hour.
 const RUN_DURATION_BUCKETS: [f64; 16] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
 /// Buckets of schedule lag, in seconds: 1 ms to 5 minutes (so that a p99
 /// around the 1 s alert threshold is resolved).
 const LAG_BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// Buckets of API latency, in seconds: 1 ms to 10 s.
@@ -197,17 +195,19 @@ impl Metrics {
              the runs its supervisor ended after their lease expired, API cancels and overrides)",
             runs.clone(),
         );
-        let run_duration = Family::<HandlerLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            run_duration_histogram,
-        );
+        let run_duration =
+            Family::<HandlerLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                run_duration_histogram,
+            );
         registry.register(
             "jobsd_run_duration_seconds",
             "How long runs executed on this replica ran, from start to finish, by handler",
             run_duration.clone(),
         );
-        let lag_family = Family::<TriggerLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            || Histogram::new(LAG_BUCKETS.iter().copied()),
-        );
+        let lag_family =
+            Family::<TriggerLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(LAG_BUCKETS.iter().copied())
+            });
         registry.register(
             "jobsd_schedule_lag_seconds",
             "started_at - scheduled_for of first attempts started on this replica: schedule to \
@@ -234,9 +234,7 @@ impl Metrics {
             .iter()
             .map(|r| {
                 missed_family
-                    .get_or_create(&ReasonLabel {
-                        reason: r.as_str(),
-                    })
+                    .get_or_create(&ReasonLabel { reason: r.as_str() })
                     .clone()
             })
             .collect();
@@ -428,8 +426,7 @@ impl Metrics {
     /// Every series in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::with_capacity(16 * 1024);
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
-        {
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {
             tracing::error!(error = %e, "metrics: encoding failed");
         }
         text
@@ -455,14 +452,21 @@ mod tests {
         assert!(Arc::ptr_eq(&log, &metrics.handler("log")), "looked up once");
         let text = metrics.encode();
         assert_eq!(
-            line_of(&text, "jobsd_runs_total{handler=\"log\",state=\"succeeded\"}"),
+            line_of(
+                &text,
+                "jobsd_runs_total{handler=\"log\",state=\"succeeded\"}"
+            ),
             Some("jobsd_runs_total{handler=\"log\",state=\"succeeded\"} 2")
         );
         assert_eq!(
             line_of(&text, "jobsd_runs_total{handler=\"log\",state=\"failed\"}"),
             Some("jobsd_runs_total{handler=\"log\",state=\"failed\"} 0")
         );
-        assert!(line_of(&text, "jobsd_runs_total{handler=\"log\",state=\"missed\"} 1").is_some());
+        assert!(line_of(
+            &text,
+            "jobsd_runs_total{handler=\"log\",state=\"missed\"} 1"
+        )
+        .is_some());
         assert!(line_of(&text, "jobsd_runs_total{handler=\"log\",state=\"running\"}").is_none());
         assert_eq!(
             line_of(&text, "jobsd_run_duration_seconds_count{handler=\"log\"}"),

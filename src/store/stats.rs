@@ -42,6 +42,7 @@ impl PoolConnections {
         }
     }
 
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, other: PoolConnections) -> PoolConnections {
         PoolConnections {
             idle: self.idle.saturating_add(other.idle),

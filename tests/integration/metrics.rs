@@ -248,10 +248,14 @@ async fn a_scrape_names_every_metric_with_its_type_and_counts_what_happened() {
     )
     .await;
     assert_eq!(changed, 1);
-    let rescued = wait_for("the expired run is rescued", Duration::from_secs(20), || async {
-        let run = run_of(&app, &run_id).await;
-        (run["state"] != "running").then_some(run)
-    })
+    let rescued = wait_for(
+        "the expired run is rescued",
+        Duration::from_secs(20),
+        || async {
+            let run = run_of(&app, &run_id).await;
+            (run["state"] != "running").then_some(run)
+        },
+    )
     .await;
     let rescued_state = rescued["state"].as_str().unwrap().to_string();
 
@@ -269,10 +273,7 @@ async fn a_scrape_names_every_metric_with_its_type_and_counts_what_happened() {
             let done = s.value("jobsd_instances_alive", &[]) == Some(1.0)
                 && s.value("jobsd_jobs", &[("state", "completed")]) == Some(4.0)
                 && s.value("jobsd_lease_expiries", &[]) == Some(1.0)
-                && s.value(
-                    "jobsd_runs",
-                    &[("handler", "http"), ("state", "failed")],
-                ) == Some(1.0);
+                && s.value("jobsd_runs", &[("handler", "http"), ("state", "failed")]) == Some(1.0);
             done.then_some(s)
         },
     )
@@ -289,7 +290,11 @@ async fn a_scrape_names_every_metric_with_its_type_and_counts_what_happened() {
     assert_eq!(runs("log", "failed"), 0.0, "every end exists from 0");
     assert_eq!(runs("http", "failed"), 1.0);
     assert_eq!(runs("http", "succeeded"), 0.0);
-    assert_eq!(after.value("jobsd_retries", &[]), Some(1.0), "flaky's one retry");
+    assert_eq!(
+        after.value("jobsd_retries", &[]),
+        Some(1.0),
+        "flaky's one retry"
+    );
     assert_eq!(
         after.value("jobsd_missed", &[("reason", "misfire_grace")]),
         Some(1.0)
@@ -318,7 +323,12 @@ async fn a_scrape_names_every_metric_with_its_type_and_counts_what_happened() {
         .iter()
         .map(|s| s.value)
         .sum();
-    assert_eq!(lag, 3.0, "{:?}", after.samples("jobsd_schedule_lag_seconds"));
+    assert_eq!(
+        lag,
+        3.0,
+        "{:?}",
+        after.samples("jobsd_schedule_lag_seconds")
+    );
     assert_eq!(after.value("jobsd_runs_running", &[]), Some(0.0));
     assert_eq!(after.value("jobsd_runs_queued", &[]), Some(0.0));
     assert_eq!(
@@ -385,10 +395,16 @@ async fn metrics_need_a_read_token_when_auth_is_on_unless_public() {
     let (status, _, body) = scrape_text(&app, None).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("read scope"), "{body}");
-    let read = jobsd::auth::issue(&app.store, "prometheus", Scope::Read, chrono::Utc::now(), None)
-        .await
-        .unwrap()
-        .secret;
+    let read = jobsd::auth::issue(
+        &app.store,
+        "prometheus",
+        Scope::Read,
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap()
+    .secret;
     let (status, _, text) = scrape_text(&app, Some(&read)).await;
     assert_eq!(status, 200, "{text}");
     Scrape::parse(&text);
