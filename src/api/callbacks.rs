@@ -22,7 +22,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{parse_json, RawBody};
 use super::AppState;
 use crate::callbacks::rules::{self, Fence, RunNow};
-use crate::callbacks::token;
+use crate::callbacks::{token, write_decision};
 use crate::domain::RunState;
 use crate::redact::scrub_value;
 use crate::store::{CallbackRun, StoreError};
@@ -298,31 +298,23 @@ async fn report_complete(
     }
     .scrubbed(&secrets_of(&app, &a));
     let run = &a.run.run;
-    let claim = a.run.claim();
-    let written = match decide(run, execution, MAX_REPORT_BYTES, rand::random::<f64>()) {
-        Write::Finish(mut outcome) => {
+    let mut write = decide(run, execution, MAX_REPORT_BYTES, rand::random::<f64>());
+    match &mut write {
+        Write::Finish(outcome) => {
             outcome.reason = format!("the service reported {}", outcome.state);
             if outcome.traceback.as_deref() == Some("") {
                 outcome.traceback = None;
             }
-            let state = outcome.state;
-            app.store
-                .run_finish(&claim, &outcome)
-                .await?
-                .then_some(state)
         }
-        Write::Retry(mut retry) => {
+        Write::Retry(retry) => {
             retry.reason = retry
                 .reason
                 .replacen("failed", "the service reported failed", 1);
             retry.traceback = None;
-            app.store
-                .run_retry(&claim, &retry)
-                .await?
-                .then_some(RunState::Queued)
         }
-        Write::HandBack | Write::Nothing | Write::AwaitCallback { .. } => None,
-    };
+        Write::HandBack | Write::Nothing | Write::AwaitCallback { .. } => {}
+    }
+    let written = write_decision(&app.store, &app.metrics, &a.run, &write).await?;
     let state = written.ok_or_else(|| changed_meanwhile(run.run_id))?;
     tracing::info!(run_id = %run.run_id, job_id = %run.job_id, attempt = run.attempt, %state,
         "a callback run was completed by its service");

@@ -33,6 +33,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::domain::RunState;
+use crate::store::CallbackRun;
+use crate::worker::outcome::Write;
+
 /// Remote completion settings (`serve` and `validate`).
 #[derive(Debug, Clone, Args, Default)]
 pub struct CallbackArgs {
@@ -126,6 +130,37 @@ impl std::fmt::Debug for CallbackGrant {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
+}
+
+/// Writes what [`crate::worker::outcome::decide`] made of a callback run's
+/// attempt (an end, or a retry), and counts it in `metrics` once written,
+/// as a worker's outcome is. The state written (`queued` for a retry), or
+/// `None` when the attempt changed meanwhile (or there is nothing to write).
+pub async fn write_decision(
+    store: &crate::store::Store,
+    metrics: &crate::metrics::Metrics,
+    run: &CallbackRun,
+    write: &Write,
+) -> crate::store::StoreResult<Option<RunState>> {
+    let claim = run.claim();
+    let written = match write {
+        Write::Finish(outcome) => store
+            .run_finish(&claim, outcome)
+            .await?
+            .then_some(outcome.state),
+        Write::Retry(retry) => store
+            .run_retry(&claim, retry)
+            .await?
+            .then_some(RunState::Queued),
+        // Not made of a report, a timeout or a cancel.
+        Write::HandBack | Write::Nothing | Write::AwaitCallback { .. } => None,
+    };
+    match written {
+        Some(RunState::Queued) => metrics.retried(),
+        Some(state) => metrics.run_ended(&run.run.handler, state),
+        None => {}
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //! fenced by run and attempt, so of two replicas sweeping the same run one
 //! writes and the other finds it changed.
 
+use crate::metrics::Metrics;
 use crate::store::{CallbackRun, Store, StoreResult};
 use crate::worker::execute::{Execution, StopReason};
-use crate::worker::outcome::{decide, Write};
+use crate::worker::outcome::decide;
 
 use super::CallbackSettings;
 
@@ -28,19 +29,20 @@ pub fn execution_of(due: &CallbackRun, settings: &CallbackSettings) -> Execution
 }
 
 /// Decides and writes one batch; returns how many runs it ended or retried.
-pub async fn run_once(store: &Store, settings: &CallbackSettings) -> StoreResult<usize> {
+pub async fn run_once(
+    store: &Store,
+    settings: &CallbackSettings,
+    metrics: &Metrics,
+) -> StoreResult<usize> {
     let due = store.run_callbacks_due(BATCH).await?;
     let mut written = 0;
     for run in &due {
-        let claim = run.claim();
         let execution = execution_of(run, settings);
-        let done = match decide(&run.run, execution, MAX_RESULT_BYTES, rand::random::<f64>()) {
-            Write::Finish(outcome) => store.run_finish(&claim, &outcome).await?,
-            Write::Retry(retry) => store.run_retry(&claim, &retry).await?,
-            // Not reached for a timeout or a cancel.
-            Write::HandBack | Write::Nothing | Write::AwaitCallback { .. } => false,
-        };
-        if done {
+        let write = decide(&run.run, execution, MAX_RESULT_BYTES, rand::random::<f64>());
+        if super::write_decision(store, metrics, run, &write)
+            .await?
+            .is_some()
+        {
             written += 1;
             tracing::warn!(run_id = %run.run.run_id, job_id = %run.run.job_id,
                 attempt = run.run.attempt, cancel = run.run.cancel_requested,

@@ -83,7 +83,8 @@ impl Supervisor {
         // Runs waiting for a callback have no lease: their deadline is
         // kept here, by any replica (`crate::callbacks::sweep`).
         let timed_out =
-            crate::callbacks::sweep::run_once(&self.store, &self.config.callbacks).await?;
+            crate::callbacks::sweep::run_once(&self.store, &self.config.callbacks, &self.metrics)
+                .await?;
         let settled = self.store.run_settle_waiting(None, RESCUE_BATCH).await?;
         if settled > 0 {
             tracing::warn!(

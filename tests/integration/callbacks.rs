@@ -285,6 +285,12 @@ async fn a_callback_run_waits_for_its_service_which_reports_progress_and_success
         job["job"].get("progress").is_none(),
         "no progress once ended: {job}"
     );
+    // And the end is counted, as a worker's outcome is.
+    let scraped = crate::metrics::scrape(&app).await;
+    assert_eq!(
+        scraped.value("jobsd_runs", &[("handler", "http"), ("state", "succeeded")]),
+        Some(1.0)
+    );
 
     // A second complete: 409, nothing changed.
     let response = report(

@@ -22,7 +22,7 @@ struct Sample {
 
 /// A scrape as the parser read it: each family's type and samples.
 #[derive(Debug)]
-struct Scrape {
+pub(crate) struct Scrape {
     families: HashMap<String, (String, Vec<Sample>)>,
 }
 
@@ -70,7 +70,7 @@ impl Scrape {
 
     /// The value of the sample of `family` with exactly these labels
     /// (among others it may have, for `labels` a subset).
-    fn value(&self, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(&self, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples(family)
             .iter()
             .find(|s| {
@@ -98,7 +98,7 @@ async fn scrape_text(app: &TestApp, token: Option<&str>) -> (u16, String, String
     (status, content_type, response.text().await.expect("body"))
 }
 
-async fn scrape(app: &TestApp) -> Scrape {
+pub(crate) async fn scrape(app: &TestApp) -> Scrape {
     let (status, content_type, text) = scrape_text(app, None).await;
     assert_eq!(status, 200, "{text}");
     assert!(
