@@ -26,4 +26,5 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;
+pub mod webhooks;
 pub mod worker;

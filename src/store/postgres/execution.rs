@@ -22,7 +22,7 @@ use super::ends::{
     release_waiting, run_delete_orphans, OneShotRow, PgTx, WaitingRun,
 };
 use super::notify::{self, Notice};
-use super::runs::{any_of, history_entry, RUN_COLUMNS};
+use super::runs::{any_of, history_entry, history_entry_at, RUN_COLUMNS};
 use super::{
     ClaimSlots, HeartbeatAck, PgStore, RunClaim, RunOutcome, RunRetry, RunRow, StoreResult,
 };
@@ -55,6 +55,13 @@ pub(crate) fn claimed_on_insert(eligible: &str, order: &str, limit: &str) -> Str
     )
 }
 
+/// A claim is stamped with `statement_timestamp()`, not `now()`: the
+/// firing transaction decides its claims on reads made after it began, so
+/// a previous run whose end those reads saw may have `finished_at` later
+/// than the transaction's start, and a `started_at` of `now()` would show
+/// the two runs of a `max_instances: 1` job overlapping.
+const CLAIM_AT: &str = "statement_timestamp()";
+
 /// The values of `state, attempt, started_at, instance, lease_expires_at,
 /// history` for a run inserted by a writer that may claim it (SQL): when
 /// `claim` holds, it is `running`, claimed by `instance` for `lease_ms`,
@@ -69,10 +76,16 @@ pub(crate) fn inserted_claim_values(
 ) -> String {
     format!(
         "CASE WHEN {claim} THEN 'running' ELSE {state} END, CASE WHEN {claim} THEN 1 ELSE 0 END, \
-         CASE WHEN {claim} THEN now() END, CASE WHEN {claim} THEN {instance} END, \
-         CASE WHEN {claim} THEN now() + {lease_ms} * interval '1 millisecond' END, \
+         CASE WHEN {claim} THEN {CLAIM_AT} END, CASE WHEN {claim} THEN {instance} END, \
+         CASE WHEN {claim} THEN {CLAIM_AT} + {lease_ms} * interval '1 millisecond' END, \
          CASE WHEN {claim} THEN {history} || {claimed} ELSE {history} END",
-        claimed = history_entry("'queued'", "'running'", instance, &claimed_reason("1")),
+        claimed = history_entry_at(
+            CLAIM_AT,
+            "'queued'",
+            "'running'",
+            instance,
+            &claimed_reason("1")
+        ),
     )
 }
 

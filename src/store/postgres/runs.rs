@@ -22,8 +22,19 @@ pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, handler, kwargs, trigger, 
 
 /// SQL for one history entry, with `$from`, `$to`, `$instance`, `$reason` as SQL expressions.
 pub(crate) fn history_entry(from: &str, to: &str, instance: &str, reason: &str) -> String {
+    history_entry_at("now()", from, to, instance, reason)
+}
+
+/// [`history_entry`] at the SQL time `at`.
+pub(crate) fn history_entry_at(
+    at: &str,
+    from: &str,
+    to: &str,
+    instance: &str,
+    reason: &str,
+) -> String {
     format!(
-        "jsonb_build_array(jsonb_build_object('at', now(), 'from', {from}, 'to', {to}, 'instance', {instance}, 'reason', {reason}))"
+        "jsonb_build_array(jsonb_build_object('at', {at}, 'from', {from}, 'to', {to}, 'instance', {instance}, 'reason', {reason}))"
     )
 }
 

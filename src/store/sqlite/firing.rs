@@ -23,7 +23,6 @@ use crate::store::firing::DueTx;
 /// The open firing transaction of a [`DueBatch`] on the embedded store.
 pub(crate) struct SqliteDueTx {
     pub(crate) tx: Transaction<'static, Sqlite>,
-    pub(crate) now: DateTime<Utc>,
     pub(crate) wake: broadcast::Sender<Notice>,
 }
 
@@ -74,7 +73,6 @@ impl SqliteStore {
             jobs,
             tx: DueTx::Sqlite(SqliteDueTx {
                 tx,
-                now: at,
                 wake: self.wake().clone(),
             }),
         })
@@ -262,11 +260,9 @@ pub(crate) async fn commit(
     advances: &[JobAdvance],
     claim: &ClaimSlots,
 ) -> StoreResult<Vec<RunRow>> {
-    let SqliteDueTx {
-        mut tx,
-        now: at,
-        wake,
-    } = due;
+    let SqliteDueTx { mut tx, wake } = due;
+    // Stamped at the commit, as on PostgreSQL (see `CLAIM_AT` there).
+    let at = now();
     let mut defaults: HashMap<String, JobDefaults> = HashMap::new();
     if !runs.is_empty() {
         let ids: Vec<&str> = runs.iter().map(|r| r.job_id.as_str()).collect();

@@ -114,6 +114,29 @@ async fn creation_claims_due_runs_into_the_slots_offered(store: Store) {
     assert!(runs_of(&store, "new").await.is_empty());
 }
 
+/// A run the firing claims for itself starts when the batch commits, not
+/// when its jobs were read: a previous run that ended in between (its end
+/// seen by those reads) must not seem to overlap it (bug 6's flake).
+async fn a_run_claimed_by_the_firing_starts_when_the_batch_commits(store: Store) {
+    store.job_insert(&due("tick"), "test").await.unwrap();
+    let batch = store.due_jobs_claim(10).await.unwrap();
+    let at = batch.jobs[0].next_run_at;
+    // The database keeps microseconds.
+    let read = Utc::now() - chrono::Duration::microseconds(1);
+    let claimed = batch
+        .commit(
+            &[fired("tick", at, RunState::Queued, "due")],
+            &[advance("tick", Some(at + seconds(3600)))],
+            &slots("w1", 10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:#?}");
+    let started = claimed[0].started_at.expect("started");
+    assert!(started >= read, "started {started}, jobs read by {read}");
+    assert!(started <= Utc::now());
+}
+
 /// A claim takes the jobs whose time has come, earliest first, up to
 /// its limit, with what the planner needs of them.
 async fn a_claim_takes_the_earliest_due_jobs_up_to_its_limit(store: Store) {
@@ -358,6 +381,7 @@ async fn a_paused_service_fires_nothing_until_resumed(store: Store) {
 conformance![
     a_one_shot_job_due_at_creation_gets_its_run,
     creation_claims_due_runs_into_the_slots_offered,
+    a_run_claimed_by_the_firing_starts_when_the_batch_commits,
     a_claim_takes_the_earliest_due_jobs_up_to_its_limit,
     a_due_job_carries_the_counts_of_its_active_runs,
     each_scheduled_time_fires_exactly_once,
