@@ -55,12 +55,14 @@ pub(crate) fn claimed_on_insert(eligible: &str, order: &str, limit: &str) -> Str
     )
 }
 
-/// A claim is stamped with `statement_timestamp()`, not `now()`: the
-/// firing transaction decides its claims on reads made after it began, so
-/// a previous run whose end those reads saw may have `finished_at` later
-/// than the transaction's start, and a `started_at` of `now()` would show
-/// the two runs of a `max_instances: 1` job overlapping.
-const CLAIM_AT: &str = "statement_timestamp()";
+/// A writer that inserts runs it may claim stamps them (their `run_after`,
+/// their first history entry and the claim) with `statement_timestamp()`,
+/// not `now()`: the firing transaction decides its claims on reads made
+/// after it began, so a previous run whose end those reads saw may have
+/// `finished_at` later than the transaction's start, and a `started_at` of
+/// `now()` would show the two runs of a `max_instances: 1` job overlapping.
+/// Queue entry and claim share the one instant, as they share the statement.
+pub(crate) const CLAIM_AT: &str = "statement_timestamp()";
 
 /// The values of `state, attempt, started_at, instance, lease_expires_at,
 /// history` for a run inserted by a writer that may claim it (SQL): when

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::execution::{claimed_on_insert, inserted_claim_values};
+use super::execution::{claimed_on_insert, inserted_claim_values, CLAIM_AT};
 use super::notify::{self, Notice};
-use super::runs::{history_entry, run_counts_active, RUN_COLUMNS};
+use super::runs::{history_entry_at, run_counts_active, RUN_COLUMNS};
 use super::{
     ClaimSlots, DueBatch, DueJob, FiredRun, JobAdvance, NextDue, PgStore, RunRow, StoreResult,
 };
@@ -146,11 +146,11 @@ pub(crate) fn fire_commit_sql() -> String {
              attempt, started_at, instance, lease_expires_at, history, \
              max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, result, error, \
              finished_at) \
-           SELECT f.run_id, f.job_id, f.handler, f.kwargs, f.trigger, f.scheduled_for, now(), \
+           SELECT f.run_id, f.job_id, f.handler, f.kwargs, f.trigger, f.scheduled_for, {CLAIM_AT}, \
              {claimed_values}, \
              f.max_retries, f.retry_backoff_ms, f.timeout_ms, f.misfire_grace_ms, f.lock_key, f.result, \
              CASE WHEN f.state = 'missed' THEN f.reason END, \
-             CASE WHEN f.state = 'missed' THEN now() END \
+             CASE WHEN f.state = 'missed' THEN {CLAIM_AT} END \
            FROM firing f \
            ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
            RETURNING {columns} \
@@ -167,7 +167,7 @@ pub(crate) fn fire_commit_sql() -> String {
             "f.state",
             "$8::text",
             "$13",
-            &history_entry("NULL", "f.state", "$8::text", "f.reason")
+            &history_entry_at(CLAIM_AT, "NULL", "f.state", "$8::text", "f.reason")
         ),
         columns = RUN_COLUMNS,
     )

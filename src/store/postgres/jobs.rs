@@ -7,9 +7,9 @@ use sqlx::query::Query;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::execution::{claimed_on_insert, inserted_claim_values};
+use super::execution::{claimed_on_insert, inserted_claim_values, CLAIM_AT};
 use super::notify::{self, Notice};
-use super::runs::{history_entry, RUN_COLUMNS};
+use super::runs::{history_entry_at, RUN_COLUMNS};
 use super::{
     conflict_on_unique, ClaimSlots, JobFilter, JobRow, JobType, NewJob, PgStore, RunRow,
     StoreError, StoreResult,
@@ -384,7 +384,7 @@ pub(crate) fn job_insert_many_sql() -> String {
          fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
            state, attempt, started_at, instance, lease_expires_at, history, \
            max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key) \
-         SELECT u.run_id, u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, now(), \
+         SELECT u.run_id, u.job_id, u.handler, u.kwargs, 'schedule', u.next_run_at, {CLAIM_AT}, \
            {claimed_values}, \
            u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
          FROM firing u \
@@ -396,7 +396,13 @@ pub(crate) fn job_insert_many_sql() -> String {
             "'queued'",
             "$22::text",
             "$24",
-            &history_entry("NULL", "'queued'", "$22::text", "'due when created'")
+            &history_entry_at(
+                CLAIM_AT,
+                "NULL",
+                "'queued'",
+                "$22::text",
+                "'due when created'"
+            )
         ),
         columns = RUN_COLUMNS,
     )
