@@ -20,7 +20,7 @@ use crate::handlers::HandlerRegistry;
 use crate::metrics::Metrics;
 use crate::retention::{Maintenance, Retention, RetentionConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::store::{ServeLock, SqliteOptions, Store};
+use crate::store::{ServeLock, SqliteOptions, Store, StoreOptions};
 use crate::worker::{Supervisor, SupervisorConfig, WorkerConfig, WorkerPool};
 
 /// Connects to the database named in `config` and applies migrations.
@@ -37,8 +37,11 @@ pub async fn connect_store(config: &DatabaseConfig) -> anyhow::Result<Store> {
         &config.database_url,
         config.db_max_connections,
         config.db_connect_timeout,
-        &SqliteOptions {
-            synchronous: config.sqlite_synchronous,
+        &StoreOptions {
+            sqlite: SqliteOptions {
+                synchronous: config.sqlite_synchronous,
+            },
+            events: !config.no_events,
         },
     )
     .await?)
@@ -93,6 +96,17 @@ pub async fn start(
     registry: HandlerRegistry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    start_with_listeners(config, registry, Vec::new(), shutdown).await
+}
+
+/// [`start`], with in-process event listeners: each gets every event
+/// committed from now on, from every replica (`crate::events::listener`).
+pub async fn start_with_listeners(
+    config: ServeConfig,
+    registry: HandlerRegistry,
+    listeners: Vec<Arc<dyn crate::events::EventListener>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     crate::worker::check_lease_settings(config.lease, config.cancel_grace)
         .map_err(anyhow::Error::msg)?;
     let callbacks = config
@@ -129,6 +143,7 @@ pub async fn start(
         },
     )
     .with_metrics(metrics.clone());
+    let events = crate::events::EventHub::start(store.clone(), shutdown.clone()).await;
     let state = AppState::new(
         store.clone(),
         registry.clone(),
@@ -138,6 +153,7 @@ pub async fn start(
         shutdown.clone(),
         auth.clone(),
         metrics.clone(),
+        events.clone(),
     )
     .with_callbacks(callbacks.clone());
     let app = api::router(state, config.max_body_bytes);
@@ -151,6 +167,13 @@ pub async fn start(
         &config, address, &store, workers, &metrics, &instance, &shutdown,
     );
     background.push(tokio::spawn(auth.run(shutdown.clone())));
+    for listener in listeners {
+        background.push(tokio::spawn(crate::events::listener::run(
+            events.clone(),
+            listener,
+            shutdown.clone(),
+        )));
+    }
     let (deregister, deregister_name) = (store.clone(), instance.clone());
     // The HTTP server outlives the drain. Its graceful shutdown (stop
     // accepting, finish the requests in flight) begins only once the

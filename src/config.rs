@@ -58,6 +58,11 @@ pub struct DatabaseConfig {
     /// How long to keep trying to reach the database at start-up.
     #[arg(long, env = "JOBSD_DB_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_flag_duration)]
     pub db_connect_timeout: Duration,
+
+    /// For measuring only: this process's writes record no events
+    /// (PostgreSQL only; `jobsd bench` compares drains with and without).
+    #[arg(long)]
+    pub no_events: bool,
 }
 
 /// Settings of `jobsd serve`.

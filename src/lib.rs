@@ -14,6 +14,7 @@ pub mod callbacks;
 pub mod config;
 pub mod default_jobs;
 pub mod domain;
+pub mod events;
 pub mod guard;
 pub mod handlers;
 pub mod idempotency;

@@ -15,7 +15,7 @@ use crate::domain::{JobState, RunState, ScheduleKind, Trigger};
 use crate::store::copy::JobImportMeta;
 use crate::store::{
     redact_url, Backend, ClaimSlots, JobFilter, JobRow, NewJob, RunFilter, RunRow, ServeLock,
-    SqliteOptions, SqliteStore, Store, StoreError,
+    SqliteStore, Store, StoreError, StoreOptions,
 };
 
 /// Settings of `jobsd backup`.
@@ -284,7 +284,7 @@ pub async fn copy(args: &CopyArgs) -> anyhow::Result<Copied> {
 
 /// Opens and migrates the store `url` names.
 async fn open(url: &str, timeout: Duration) -> anyhow::Result<Store> {
-    let store = Store::connect_with(url, 4, timeout, &SqliteOptions::default()).await?;
+    let store = Store::connect_with(url, 4, timeout, &StoreOptions::default()).await?;
     crate::app::migrate_store(&store).await?;
     Ok(store)
 }

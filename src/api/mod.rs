@@ -4,6 +4,7 @@
 mod audit;
 mod callbacks;
 mod error;
+mod events;
 mod extract;
 mod instances;
 mod job_view;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Remote completion settings (the heartbeat's window).
     pub callbacks: crate::callbacks::CallbackSettings,
+    /// Wakes this replica's event streams when events commit.
+    pub events: crate::events::EventHub,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
         shutdown: CancellationToken,
         auth: Auth,
         metrics: Metrics,
+        events: crate::events::EventHub,
     ) -> Self {
         let openapi_json = Arc::new(openapi::document_text(&registry));
         AppState {
@@ -85,6 +89,7 @@ impl AppState {
             auth,
             metrics,
             callbacks: crate::callbacks::CallbackSettings::default(),
+            events,
         }
     }
 
@@ -112,6 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         ))
         .merge(runs::router(&idempotency))
         .merge(callbacks::router())
+        .merge(events::router())
         .merge(audit::router())
         .merge(service::router())
         .merge(stats::router())

@@ -24,6 +24,7 @@ use crate::handlers::HandlerRegistry;
         (name = "jobs", description = "Job definitions"),
         (name = "handlers", description = "Create a job of one handler: query parameters for the schedule, the body for the kwargs"),
         (name = "runs", description = "Runs of jobs and their history"),
+        (name = "events", description = "What happened: run transitions, job changes and service pauses, as pages and as a Server-Sent Events stream"),
         (name = "callbacks", description = "Reports from the services that callback runs (http, \"callback\": true) call, authenticated by the run's callback token"),
         (name = "service", description = "Service state and probes"),
         (name = "cluster", description = "Replicas sharing the database, and held lock keys"),
@@ -84,6 +85,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::jobs::JobsApi::openapi());
     api.merge(super::runs::RunsApi::openapi());
     api.merge(super::callbacks::CallbacksApi::openapi());
+    api.merge(super::events::EventsApi::openapi());
     api.merge(super::service::ServiceApi::openapi());
     api.merge(super::stats::StatsApi::openapi());
     api.merge(super::instances::InstancesApi::openapi());

@@ -14,6 +14,10 @@
 //!   `/complete` and `/heartbeat`, which the service a callback run called
 //!   reports through; they check the run's callback token themselves
 //!   (`crate::api::callbacks`), so they are open here.
+//! - Stream credential instead: `GET /api/v1/events/stream` takes a token
+//!   of `read` scope or a stream ticket (which a browser's `EventSource`
+//!   can send), and checks either itself; `POST /api/v1/events/tickets`,
+//!   which makes tickets, needs `read`.
 //! - Open (no token at all): the probes, the OpenAPI document, Swagger UI
 //!   (so that its Authorize button can be reached from a browser) and `/`.
 //! - `/metrics` needs `read`, unless `--metrics-public` opens it.
@@ -125,6 +129,14 @@ pub fn required_access(method: &Method, route: &str, metrics_public: bool) -> Ac
     let resource = segments.first().copied().unwrap_or_default();
     if ADMIN_RESOURCES.contains(&resource) {
         return Access::Needs(Scope::Admin);
+    }
+    match (method, segments.as_slice()) {
+        // The event stream takes a token or a stream ticket, which it
+        // checks itself (`crate::api` events): a browser cannot send one.
+        (&Method::GET, ["events", "stream"]) => return Access::Open,
+        // Making a ticket reads, as the stream it opens does.
+        (&Method::POST, ["events", "tickets"]) => return Access::Needs(Scope::Read),
+        _ => {}
     }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Access::Needs(Scope::Read);

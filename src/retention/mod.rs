@@ -109,6 +109,10 @@ pub struct Pruned {
     pub idempotency_keys: u64,
     /// Callback tokens whose run was pruned (`crate::callbacks`).
     pub callback_tokens: u64,
+    /// Events older than `--retention` (`crate::events`).
+    pub events: u64,
+    /// Expired stream tickets.
+    pub event_tickets: u64,
 }
 
 /// The maintenance loop of one replica.
@@ -158,13 +162,18 @@ impl Maintenance {
             })
             .await?;
         }
-        // The audit log is kept as long as the run history.
+        // The audit log and the events are kept as long as the run history.
         if let Some(cutoff) = self.config.retention.cutoff(now) {
             pruned.audit_entries += batches(batch, shutdown, |limit| {
                 store.audit_prune_before(cutoff, limit)
             })
             .await?;
+            pruned.events += batches(batch, shutdown, |limit| {
+                store.events_prune_before(cutoff, limit)
+            })
+            .await?;
         }
+        pruned.event_tickets += store.event_tickets_prune(now).await?;
         let expired = crate::idempotency::expired_before(now);
         pruned.idempotency_keys += batches(batch, shutdown, |limit| {
             store.idempotency_prune_before(expired, limit)
@@ -186,6 +195,8 @@ impl Maintenance {
                     audit_entries = p.audit_entries,
                     idempotency_keys = p.idempotency_keys,
                     callback_tokens = p.callback_tokens,
+                    events = p.events,
+                    event_tickets = p.event_tickets,
                     "pruned history"
                 ),
                 Ok(_) => {}

@@ -46,6 +46,24 @@ impl Backend {
     }
 }
 
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub sqlite: SqliteOptions,
+    /// Whether this process's writes record events (`--no-events` turns
+    /// them off, on PostgreSQL only, to measure what they cost).
+    pub events: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sqlite: SqliteOptions::default(),
+            events: true,
+        }
+    }
+}
+
 impl Store {
     /// Opens the store `url` names: PostgreSQL (creating the database if it
     /// does not exist) or the embedded SQLite file (created if missing).
@@ -55,22 +73,27 @@ impl Store {
         max_connections: u32,
         timeout: Duration,
     ) -> Result<Store, ConnectError> {
-        Self::connect_with(url, max_connections, timeout, &SqliteOptions::default()).await
+        Self::connect_with(url, max_connections, timeout, &StoreOptions::default()).await
     }
 
-    /// [`Store::connect`] with the embedded store's settings.
+    /// [`Store::connect`] with settings.
     pub async fn connect_with(
         url: &str,
         max_connections: u32,
         timeout: Duration,
-        sqlite: &SqliteOptions,
+        options: &StoreOptions,
     ) -> Result<Store, ConnectError> {
         match Backend::of_url(url) {
             Some(Backend::Postgres) => Ok(Store::Postgres(
-                PgStore::connect(url, max_connections, timeout).await?,
+                PgStore::connect(url, max_connections, timeout, options.events).await?,
+            )),
+            Some(Backend::Sqlite) if !options.events => Err(ConnectError::new(
+                url,
+                "--no-events is a PostgreSQL measurement switch".into(),
+                "Drop --no-events: the embedded store always writes events",
             )),
             Some(Backend::Sqlite) => Ok(Store::Sqlite(
-                SqliteStore::open(url, max_connections, timeout, sqlite).await?,
+                SqliteStore::open(url, max_connections, timeout, &options.sqlite).await?,
             )),
             None => Err(ConnectError::new(
                 url,

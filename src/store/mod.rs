@@ -14,6 +14,7 @@ pub mod bench;
 pub(crate) mod callbacks;
 mod connect;
 pub(crate) mod default_jobs;
+pub mod events;
 pub(crate) mod execution;
 pub(crate) mod firing;
 pub(crate) mod idempotency;
@@ -33,7 +34,8 @@ use uuid::Uuid;
 
 pub use audit::{AuditEntry, AuditFilter, AuditMethod};
 pub use callbacks::CallbackRun;
-pub use connect::{redact_url, Backend, ConnectError, SCHEMES};
+pub use connect::{redact_url, Backend, ConnectError, StoreOptions, SCHEMES};
+pub use events::{EventPosition, EventQuery, EventRow, EventWakes, TicketRow};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
@@ -184,6 +186,56 @@ impl Store {
     /// Deletes every failure record; returns their ids.
     pub async fn job_delete_failed(&self) -> StoreResult<Vec<String>> {
         on_backend!(self, s => s.job_delete_failed().await)
+    }
+
+    // Events (the outbox the stores' triggers write).
+
+    /// One page of events in cursor order (see `EventPosition`).
+    pub async fn events_page(&self, query: &EventQuery) -> StoreResult<Vec<EventRow>> {
+        on_backend!(self, s => s.events_page(query).await)
+    }
+
+    /// Deletes up to `limit` events older than `cutoff`; how many went.
+    pub async fn events_prune_before(&self, cutoff: DateTime<Utc>, limit: i64) -> StoreResult<u64> {
+        on_backend!(self, s => s.events_prune_before(cutoff, limit).await)
+    }
+
+    /// Stores a stream ticket by the SHA-256 of its secret.
+    pub async fn event_ticket_insert(
+        &self,
+        hash: &str,
+        token_id: Option<Uuid>,
+        query: &str,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_backend!(self, s => s.event_ticket_insert(hash, token_id, query, expires_at).await)
+    }
+
+    pub async fn event_ticket_get(&self, hash: &str) -> StoreResult<Option<TicketRow>> {
+        on_backend!(self, s => s.event_ticket_get(hash).await)
+    }
+
+    /// Deletes the tickets expired before `now`.
+    pub async fn event_tickets_prune(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        on_backend!(self, s => s.event_tickets_prune(now).await)
+    }
+
+    /// Wake-ups for this process's readers of the events.
+    pub async fn event_wakes(&self) -> StoreResult<EventWakes> {
+        match self {
+            Store::Postgres(s) => Ok(EventWakes::Postgres(s.listen_events().await?)),
+            Store::Sqlite(s) => Ok(EventWakes::Sqlite(s.event_commits())),
+        }
+    }
+
+    /// The runs among `ids` that still exist, in no order.
+    pub async fn run_get_many(&self, ids: &[Uuid]) -> StoreResult<Vec<RunRow>> {
+        on_backend!(self, s => s.run_get_many(ids).await)
+    }
+
+    /// The jobs among `ids` that still exist, in no order.
+    pub async fn job_get_many(&self, ids: &[String]) -> StoreResult<Vec<JobRow>> {
+        on_backend!(self, s => s.job_get_many(ids).await)
     }
 
     // Default-job files.

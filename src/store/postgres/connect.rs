@@ -19,6 +19,7 @@ impl PgStore {
         url: &str,
         max_connections: u32,
         timeout: Duration,
+        events: bool,
     ) -> Result<PgStore, ConnectError> {
         let error = |reason: String, hint| ConnectError::new(url, reason, hint);
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -35,6 +36,12 @@ impl PgStore {
                 )
             })?
             .log_statements(tracing::log::LevelFilter::Trace);
+        // Read by the event triggers (migrations/postgres/0010_events.sql).
+        let options = if events {
+            options
+        } else {
+            options.options([("jobsd.events", "off")])
+        };
         // Connections are opened ahead (in the background, half the pool)
         // so a burst right after start-up does not wait for them.
         let pool_options = || {

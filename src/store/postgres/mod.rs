@@ -11,6 +11,7 @@ mod connect;
 mod copy;
 pub(crate) mod default_jobs;
 pub(crate) mod ends;
+pub(crate) mod events;
 pub(crate) mod execution;
 pub(crate) mod firing;
 pub mod hot;

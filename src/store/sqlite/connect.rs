@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::SqliteStore;
 use crate::store::connect::ConnectError;
@@ -27,6 +30,32 @@ pub enum Synchronous {
 #[derive(Debug, Clone, Default)]
 pub struct SqliteOptions {
     pub synchronous: Synchronous,
+}
+
+/// Makes the writer bump `commits` whenever it commits a transaction that
+/// wrote to `events` (SQLite's update and commit hooks). The commit hook
+/// runs just before the commit completes, so a woken reader may not see
+/// the events yet; readers re-read shortly after a wake for that reason.
+async fn watch_event_commits(conn: &mut sqlx::SqliteConnection, commits: watch::Sender<u64>) {
+    let wrote_events = Arc::new(AtomicBool::new(false));
+    let Ok(mut handle) = conn.lock_handle().await else {
+        tracing::warn!("cannot watch the writer's commits: event streams will poll");
+        return;
+    };
+    let on_update = wrote_events.clone();
+    handle.set_update_hook(move |change| {
+        if change.table == "events" {
+            on_update.store(true, Ordering::Relaxed);
+        }
+    });
+    let on_commit = wrote_events.clone();
+    handle.set_commit_hook(move || {
+        if on_commit.swap(false, Ordering::Relaxed) {
+            commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        true
+    });
+    handle.set_rollback_hook(move || wrote_events.store(false, Ordering::Relaxed));
 }
 
 /// How long a connection waits for another process's write lock.
@@ -80,7 +109,16 @@ impl SqliteStore {
             .synchronous(synchronous)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false);
+        let event_commits = watch::Sender::new(0u64);
+        let hooks = event_commits.clone();
         let writer = SqlitePoolOptions::new()
+            .after_connect(move |conn, _| {
+                let commits = hooks.clone();
+                Box::pin(async move {
+                    watch_event_commits(conn, commits).await;
+                    Ok(())
+                })
+            })
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(timeout.max(BUSY_TIMEOUT * 2))
@@ -106,6 +144,7 @@ impl SqliteStore {
             writer,
             readers,
             wake: broadcast::channel(1024).0,
+            event_commits,
             path,
         };
         store.check_is_jobsd().await.map_err(error)?;

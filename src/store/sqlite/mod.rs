@@ -31,6 +31,7 @@ mod callbacks;
 mod connect;
 mod copy;
 pub(crate) mod default_jobs;
+mod events;
 pub(crate) mod execution;
 pub(crate) mod firing;
 mod idempotency;
@@ -63,6 +64,8 @@ pub struct SqliteStore {
     /// Read-only connections.
     readers: SqlitePool,
     wake: broadcast::Sender<Notice>,
+    /// Bumped when the writer commits events (`events.rs`).
+    event_commits: tokio::sync::watch::Sender<u64>,
     path: std::path::PathBuf,
 }
 

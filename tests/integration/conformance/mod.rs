@@ -48,6 +48,7 @@ mod audit;
 mod callbacks;
 mod claims;
 mod counters;
+mod events;
 mod files;
 mod firing;
 mod idempotency;

@@ -1,0 +1,135 @@
+//! Reading events as they commit: one [`EventHub`] per process wakes every
+//! reader (an SSE stream, an in-process listener) when a transaction that
+//! wrote events commits, on any replica; readers then read the table from
+//! their cursor. The wake carries nothing, so nothing can be lost in it: a
+//! reader that misses one still finds the events on its next read.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{EventPosition, EventQuery, EventRow, Store, StoreResult};
+
+/// How often a reader looks without a wake (one may be lost to a reconnect,
+/// and on PostgreSQL events become visible only when every older
+/// transaction has ended, which may notify nobody).
+const POLL: Duration = Duration::from_secs(1);
+/// After a wake that found nothing visible yet, the reader looks again this
+/// soon, [`SETTLE_TRIES`] times, before it falls back to [`POLL`].
+const SETTLE: Duration = Duration::from_millis(20);
+const SETTLE_TRIES: u32 = 25;
+
+/// Most events one read returns.
+pub const PAGE: i64 = 500;
+
+/// The process's wake-ups for event readers. Cheap to clone.
+#[derive(Clone)]
+pub struct EventHub {
+    store: Store,
+    wakes: watch::Receiver<u64>,
+}
+
+impl EventHub {
+    /// Starts the process's one source of wakes (a connection that LISTENs
+    /// on PostgreSQL; the writer's commit hook on the embedded store). If it
+    /// cannot start, readers poll.
+    pub async fn start(store: Store, shutdown: CancellationToken) -> EventHub {
+        let (sender, wakes) = watch::channel(0u64);
+        match store.event_wakes().await {
+            Ok(mut source) => {
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = source.next() => sender.send_modify(|n| *n = n.wrapping_add(1)),
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for events; event readers poll every second");
+                // Keep the sender alive so that readers wait on their poll.
+                tokio::spawn(async move {
+                    shutdown.cancelled().await;
+                    drop(sender);
+                });
+            }
+        }
+        EventHub { store, wakes }
+    }
+
+    /// A reader of the events matching `query` after `query.after`.
+    pub fn reader(&self, query: EventQuery) -> EventReader {
+        EventReader {
+            store: self.store.clone(),
+            wakes: self.wakes.clone(),
+            query: EventQuery {
+                descending: false,
+                ..query
+            },
+        }
+    }
+
+    /// The position of the newest event visible now (`None`: none yet), to
+    /// start a reader "from now".
+    pub async fn newest(&self) -> StoreResult<Option<EventPosition>> {
+        let newest = self
+            .store
+            .events_page(&EventQuery {
+                descending: true,
+                limit: 1,
+                ..EventQuery::default()
+            })
+            .await?;
+        Ok(newest.first().map(|e| e.position))
+    }
+}
+
+/// Reads one query's events in order, waiting for new ones.
+pub struct EventReader {
+    store: Store,
+    wakes: watch::Receiver<u64>,
+    query: EventQuery,
+}
+
+impl EventReader {
+    /// Where the reader is: the last event it returned.
+    pub fn position(&self) -> Option<EventPosition> {
+        self.query.after
+    }
+
+    /// The next events (at most [`PAGE`]), waiting up to `wait` for some;
+    /// empty when none came in time.
+    pub async fn next(&mut self, wait: Duration) -> StoreResult<Vec<EventRow>> {
+        let deadline = Instant::now() + wait;
+        let mut settle_tries: u32 = 0;
+        loop {
+            self.wakes.borrow_and_update();
+            let rows = self
+                .store
+                .events_page(&EventQuery {
+                    limit: PAGE,
+                    ..self.query.clone()
+                })
+                .await?;
+            if let Some(last) = rows.last() {
+                self.query.after = Some(last.position);
+                return Ok(rows);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(rows);
+            }
+            let nap = if settle_tries > 0 { SETTLE } else { POLL }.min(left);
+            settle_tries = settle_tries.saturating_sub(1);
+            match timeout(nap, self.wakes.changed()).await {
+                Ok(Ok(())) => settle_tries = SETTLE_TRIES,
+                // The hub stopped (shutdown): poll out the wait.
+                Ok(Err(_)) => tokio::time::sleep(nap).await,
+                Err(_) => {}
+            }
+        }
+    }
+}
