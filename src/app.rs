@@ -143,7 +143,7 @@ pub async fn start_with_listeners(
         },
     )
     .with_metrics(metrics.clone());
-    let events = crate::events::EventHub::start(store.clone(), shutdown.clone()).await;
+    let events = crate::events::EventHub::new(store.clone(), shutdown.clone());
     let state = AppState::new(
         store.clone(),
         registry.clone(),

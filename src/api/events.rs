@@ -250,7 +250,7 @@ async fn stream_events(
         Some(position) => Some(position),
         None => hub.newest().await?,
     };
-    let reader = hub.reader(filters.query(after, false, 0));
+    let reader = hub.reader(filters.query(after, false, 0)).await;
     let shutdown = app.shutdown.clone();
     let (store, registry) = (app.store.clone(), app.registry.clone());
     let events = stream::unfold(

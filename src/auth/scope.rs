@@ -199,6 +199,21 @@ mod tests {
     }
 
     #[test]
+    fn the_event_stream_checks_its_own_credential_and_tickets_need_read() {
+        assert_eq!(needs(Method::GET, "/api/v1/events/stream"), Access::Open);
+        assert_eq!(
+            needs(Method::POST, "/api/v1/events/tickets"),
+            Access::Needs(Scope::Read)
+        );
+        assert_eq!(needs(Method::GET, "/api/v1/events"), Access::Needs(Scope::Read));
+        // Only GET of the stream is open; any other method fails closed.
+        assert_eq!(
+            needs(Method::POST, "/api/v1/events/stream"),
+            Access::Needs(Scope::Admin)
+        );
+    }
+
+    #[test]
     fn every_get_needs_read_except_the_admin_resources() {
         for route in [
             "/api/v1/jobs",

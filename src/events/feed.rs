@@ -4,9 +4,10 @@
 //! their cursor. The wake carries nothing, so nothing can be lost in it: a
 //! reader that misses one still finds the events on its next read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -24,47 +25,65 @@ const SETTLE_TRIES: u32 = 25;
 /// Most events one read returns.
 pub const PAGE: i64 = 500;
 
-/// The process's wake-ups for event readers. Cheap to clone.
+/// The process's wake-ups for event readers. Cheap to clone. Its source
+/// starts with the first reader, so a replica nobody streams from holds no
+/// extra connection.
 #[derive(Clone)]
 pub struct EventHub {
     store: Store,
-    wakes: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    wakes: Arc<OnceCell<watch::Receiver<u64>>>,
 }
 
 impl EventHub {
-    /// Starts the process's one source of wakes (a connection that LISTENs
-    /// on PostgreSQL; the writer's commit hook on the embedded store). If it
-    /// cannot start, readers poll.
-    pub async fn start(store: Store, shutdown: CancellationToken) -> EventHub {
-        let (sender, wakes) = watch::channel(0u64);
-        match store.event_wakes().await {
-            Ok(mut source) => {
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = source.next() => sender.send_modify(|n| *n = n.wrapping_add(1)),
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for events; event readers poll every second");
-                // Keep the sender alive so that readers wait on their poll.
-                tokio::spawn(async move {
-                    shutdown.cancelled().await;
-                    drop(sender);
-                });
-            }
+    pub fn new(store: Store, shutdown: CancellationToken) -> EventHub {
+        EventHub {
+            store,
+            shutdown,
+            wakes: Arc::default(),
         }
-        EventHub { store, wakes }
+    }
+
+    /// Starts the process's one source of wakes, once (a connection that
+    /// LISTENs on PostgreSQL; the writer's commit hook on the embedded
+    /// store). If it cannot start, readers poll.
+    async fn wakes(&self) -> watch::Receiver<u64> {
+        let wakes = self
+            .wakes
+            .get_or_init(|| async {
+                let (sender, wakes) = watch::channel(0u64);
+                let shutdown = self.shutdown.clone();
+                match self.store.event_wakes().await {
+                    Ok(mut source) => {
+                        tokio::spawn(async move {
+                            loop {
+                                tokio::select! {
+                                    _ = shutdown.cancelled() => break,
+                                    _ = source.next() => sender.send_modify(|n| *n = n.wrapping_add(1)),
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for events; event readers poll every second");
+                        // Kept alive, so that readers wait out their poll.
+                        tokio::spawn(async move {
+                            shutdown.cancelled().await;
+                            drop(sender);
+                        });
+                    }
+                }
+                wakes
+            })
+            .await;
+        wakes.clone()
     }
 
     /// A reader of the events matching `query` after `query.after`.
-    pub fn reader(&self, query: EventQuery) -> EventReader {
+    pub async fn reader(&self, query: EventQuery) -> EventReader {
         EventReader {
             store: self.store.clone(),
-            wakes: self.wakes.clone(),
+            wakes: self.wakes().await,
             query: EventQuery {
                 descending: false,
                 ..query

@@ -42,10 +42,12 @@ pub async fn run(hub: EventHub, listener: Arc<dyn EventListener>, shutdown: Canc
             }
         }
     }
-    let mut reader = hub.reader(EventQuery {
-        after: after.flatten(),
-        ..EventQuery::default()
-    });
+    let mut reader = hub
+        .reader(EventQuery {
+            after: after.flatten(),
+            ..EventQuery::default()
+        })
+        .await;
     loop {
         let page = tokio::select! {
             _ = shutdown.cancelled() => return,

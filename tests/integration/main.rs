@@ -12,6 +12,7 @@ mod conformance;
 mod default_jobs;
 mod embedded_cli;
 mod embedded_crash;
+mod events;
 mod guards;
 mod idempotency;
 mod jobs_api;
