@@ -75,8 +75,10 @@ pub struct Event {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
     pub events: Vec<Event>,
-    /// Pass as `cursor` for the next page (in the same `order`); with no
-    /// event on this page, the cursor asked for (poll again with it).
+    /// Pass as `cursor` for the next page (in the same `order`): where this
+    /// page's read got to. A filtered page may hold fewer events than its
+    /// `limit` (even none) while more follow; with nothing left to read
+    /// yet, it is the cursor asked for (poll again with it).
     pub next_cursor: Option<String>,
 }
 
@@ -120,8 +122,15 @@ impl Filters {
                 })
             })
             .transpose()?;
-        if job_id.as_deref().is_some_and(|j| j.is_empty() || j.len() > 200) {
-            return Err(ApiError::bad_request("job_id: must be 1 to 200 characters"));
+        if let Some(j) = job_id.as_deref() {
+            if j.is_empty() || j.len() > 200 {
+                return Err(ApiError::bad_request("job_id: must be 1 to 200 characters"));
+            }
+            if j.contains('\0') {
+                return Err(ApiError::bad_request(
+                    "job_id: must not contain a NUL character",
+                ));
+            }
         }
         Ok(Filters {
             types,
@@ -195,12 +204,12 @@ async fn list_events(
             )))
         }
     };
-    let rows = app
+    let page = app
         .store
         .events_page(&filters.query(after, descending, limit))
         .await?;
-    let next_cursor = rows.last().map(|e| e.position).or(after).map(cursor::encode);
-    let events = assemble(&app.store, &app.registry, rows).await?;
+    let next_cursor = page.scanned_to.or(after).map(cursor::encode);
+    let events = assemble(&app.store, &app.registry, page.events).await?;
     Ok(Json(EventPage {
         events,
         next_cursor,

@@ -102,7 +102,7 @@ impl EventHub {
                 ..EventQuery::default()
             })
             .await?;
-        Ok(newest.first().map(|e| e.position))
+        Ok(newest.scanned_to)
     }
 }
 
@@ -126,20 +126,27 @@ impl EventReader {
         let mut settle_tries: u32 = 0;
         loop {
             self.wakes.borrow_and_update();
-            let rows = self
+            let page = self
                 .store
                 .events_page(&EventQuery {
                     limit: PAGE,
                     ..self.query.clone()
                 })
                 .await?;
-            if let Some(last) = rows.last() {
-                self.query.after = Some(last.position);
-                return Ok(rows);
+            // On past what it looked at, whether or not it matched.
+            if let Some(scanned_to) = page.scanned_to {
+                self.query.after = Some(scanned_to);
+            }
+            if !page.events.is_empty() {
+                return Ok(page.events);
+            }
+            if page.scanned_to.is_some() {
+                // Looked at events that did not match: more may follow.
+                continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(rows);
+                return Ok(page.events);
             }
             let nap = if settle_tries > 0 { SETTLE } else { POLL }.min(left);
             settle_tries = settle_tries.saturating_sub(1);

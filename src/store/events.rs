@@ -7,13 +7,15 @@ use uuid::Uuid;
 use crate::domain::event_types::TypeFilter;
 
 /// Where an event is in the order every reader sees: the writing
-/// transaction, then the sequence within it (the embedded store has one
-/// writer, and its `tx` is always 0). Its text form is the API's cursor
+/// transaction, the row within it, the event within the row (PostgreSQL
+/// writes one row per statement; the embedded store one per event, with
+/// `tx` and `ord` always 0). Its text form is the API's cursor
 /// (`crate::events::cursor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventPosition {
     pub tx: i64,
     pub seq: i64,
+    pub ord: i64,
 }
 
 /// One stored event: a transition and its ids.
@@ -44,6 +46,37 @@ pub struct EventQuery {
     /// Newest first.
     pub descending: bool,
     pub limit: i64,
+}
+
+impl EventQuery {
+    /// Whether `event` passes the query's filters (its position aside).
+    pub fn matches(&self, event: &EventRow) -> bool {
+        self.types.matches(&event.event_type)
+            && self
+                .job_id
+                .as_ref()
+                .is_none_or(|j| event.job_id.as_ref() == Some(j))
+            && self.run_id.is_none_or(|r| event.run_id == Some(r))
+    }
+
+    /// Whether `position` comes after the query's cursor, in its order.
+    pub fn is_beyond_cursor(&self, position: EventPosition) -> bool {
+        match self.after {
+            None => true,
+            Some(after) if self.descending => position < after,
+            Some(after) => position > after,
+        }
+    }
+}
+
+/// One page of events, and how far the read got: the position of the last
+/// event it looked at, matching or not (`None`: it found none), from which
+/// the next page goes on. A page may hold fewer than its limit while more
+/// follow, when a read stops at its bound of events looked at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<EventRow>,
+    pub scanned_to: Option<EventPosition>,
 }
 
 /// A stream ticket as stored: the SHA-256 of its secret is the key.

@@ -35,7 +35,7 @@ use uuid::Uuid;
 pub use audit::{AuditEntry, AuditFilter, AuditMethod};
 pub use callbacks::CallbackRun;
 pub use connect::{redact_url, Backend, ConnectError, StoreOptions, SCHEMES};
-pub use events::{EventPosition, EventQuery, EventRow, EventWakes, TicketRow};
+pub use events::{EventPage, EventPosition, EventQuery, EventRow, EventWakes, TicketRow};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
 pub use execution::{ClaimSlots, HeartbeatAck, RunClaim, RunOutcome, RunRetry};
 pub use firing::{DueBatch, DueJob, FiredRun, JobAdvance, NextDue};
@@ -191,7 +191,7 @@ impl Store {
     // Events (the outbox the stores' triggers write).
 
     /// One page of events in cursor order (see `EventPosition`).
-    pub async fn events_page(&self, query: &EventQuery) -> StoreResult<Vec<EventRow>> {
+    pub async fn events_page(&self, query: &EventQuery) -> StoreResult<EventPage> {
         on_backend!(self, s => s.events_page(query).await)
     }
 

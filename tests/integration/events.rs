@@ -134,7 +134,7 @@ async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
         ("type=run.exploded", "type: \"run.exploded\" is not an event type"),
         ("type=alert.", "is not an event type"),
         ("cursor=abc", "cursor: \"abc\" is not an event cursor"),
-        ("cursor=1-2-3", "is not an event cursor"),
+        ("cursor=1-2", "is not an event cursor"),
         ("limit=0", "limit: must be between 1 and 1000"),
         ("limit=1001", "limit: must be between 1 and 1000"),
         ("limit=many", "invalid query string"),
@@ -166,6 +166,10 @@ async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
         (json!({"jobs": "x"}), "unknown field"),
         (json!([1, 2]), "invalid type"),
         (json!({"run_id": "x"}), "is not a run id"),
+        (json!({"job_id": "a\u{0}b"}), "must not contain a NUL"),
+        (json!({"job_id": ""}), "must be 1 to 200 characters"),
+        (json!({"job_id": "x".repeat(201)}), "must be 1 to 200 characters"),
+        (json!({"type": 7}), "invalid type"),
     ] {
         let response = app.post("/api/v1/events/tickets", body).await;
         assert_error(&response, 400, needle);
@@ -179,6 +183,30 @@ async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
         .await
         .unwrap();
     assert_eq!(not_json.status(), 400);
+    let oversized = app
+        .client
+        .post(app.url("/api/v1/events/tickets"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"job_id\": \"{}\"}}", "x".repeat(2 * 1024 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+    // None of these made a ticket: each refusal changed nothing.
+    let count = match app.store.as_postgres() {
+        Some(pg) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_tickets")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap(),
+        None => {
+            let file = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_tickets")
+                .fetch_one(&file)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count, 0);
 }
 
 /// One Server-Sent Event, as a client parses it.
@@ -549,7 +577,7 @@ async fn a_cursor_never_skips_the_events_of_a_transaction_that_commits_late() {
         ..EventQuery::default()
     };
     let first = wait_for("both jobs' events", Duration::from_secs(10), || async {
-        let got = store.events_page(&all).await.unwrap();
+        let got = store.events_page(&all).await.unwrap().events;
         (got.len() == 2).then_some(got)
     })
     .await;
@@ -571,16 +599,54 @@ async fn a_cursor_never_skips_the_events_of_a_transaction_that_commits_late() {
         .await
         .unwrap();
     support::assert_stays("fast's event held back while slow is open", Duration::from_millis(500), || async {
-        store.events_page(&after).await.unwrap().is_empty()
+        store.events_page(&after).await.unwrap().events.is_empty()
     })
     .await;
     slow.commit().await.unwrap();
     let got = wait_for("both pauses", Duration::from_secs(10), || async {
-        let got = store.events_page(&after).await.unwrap();
+        let got = store.events_page(&after).await.unwrap().events;
         (got.len() == 2).then_some(got)
     })
     .await;
     let jobs: Vec<_> = got.iter().map(|e| e.job_id.clone().unwrap()).collect();
     assert_eq!(jobs, ["slow", "fast"], "{got:#?}");
     assert!(got.iter().all(|e| e.event_type == "job.paused"));
+}
+
+/// `--no-events` (for measuring their cost): on PostgreSQL this process's
+/// writes record none; the embedded store refuses it at start.
+#[tokio::test]
+async fn no_events_records_none_on_postgres_and_is_refused_on_sqlite() {
+    if support::backend() == Backend::Sqlite {
+        let db = TestDb::new();
+        let config = support::serve_config(&db, &["--no-events"]);
+        let builtins = BuiltinConfig::from_flags(false, &config.guards).unwrap();
+        let refused = jobsd::app::start(
+            config,
+            HandlerRegistry::with_builtins(builtins),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(refused.to_string().contains("--no-events"), "{refused:#}");
+        return;
+    }
+    let app = TestApp::start_with(&["--no-events"]).await;
+    let (status, body) = app.post("/api/v1/jobs", once_now("quiet")).await;
+    assert_eq!(status, 201, "{body}");
+    wait_for("the run", Duration::from_secs(15), || async {
+        let (_, runs) = app.get("/api/v1/jobs/quiet/runs").await;
+        (runs["runs"][0]["state"] == "succeeded").then_some(())
+    })
+    .await;
+    // Another process's writes still record: the switch is per process.
+    let other = Store::connect(&app.db.url, 2, Duration::from_secs(10)).await.unwrap();
+    other.service_set_paused(true).await.unwrap();
+    let got = wait_for("the other session's event", Duration::from_secs(10), || async {
+        let got = events(&app, "").await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(types(&got), ["service.paused"], "{got:?}");
 }

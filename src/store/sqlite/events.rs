@@ -10,13 +10,14 @@ use uuid::Uuid;
 
 use super::rows::{self, from_micros, job_from_row, micros, run_from_row, RUN_COLUMNS, SELECT_JOB};
 use super::{JobRow, RunRow, SqliteStore, StoreResult};
-use crate::store::events::{EventPosition, EventQuery, EventRow, TicketRow};
+use crate::store::events::{EventPage, EventPosition, EventQuery, EventRow, TicketRow};
 
 fn event_from_row(row: &SqliteRow) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
         position: EventPosition {
             tx: 0,
             seq: row.try_get("seq")?,
+            ord: 0,
         },
         event_type: row.try_get("type")?,
         at: from_micros(row.try_get("at")?),
@@ -35,7 +36,8 @@ fn json_list(items: &[String]) -> String {
 }
 
 impl SqliteStore {
-    pub async fn events_page(&self, q: &EventQuery) -> StoreResult<Vec<EventRow>> {
+    /// One page of events in `seq` order, filtered in SQL (a row per event).
+    pub async fn events_page(&self, q: &EventQuery) -> StoreResult<EventPage> {
         let mut b = QueryBuilder::<Sqlite>::new(
             "SELECT seq, type, at, job_id, run_id, instance, attempt, from_state, reason \
              FROM events WHERE 1 = 1",
@@ -68,10 +70,14 @@ impl SqliteStore {
         });
         b.push_bind(q.limit);
         let rows = b.build().fetch_all(&self.readers).await?;
-        Ok(rows
+        let events: Vec<EventRow> = rows
             .iter()
             .map(event_from_row)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?;
+        Ok(EventPage {
+            scanned_to: events.last().map(|e| e.position),
+            events,
+        })
     }
 
     pub async fn events_prune_before(&self, cutoff: DateTime<Utc>, limit: i64) -> StoreResult<u64> {

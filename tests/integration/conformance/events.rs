@@ -29,7 +29,7 @@ fn all() -> EventQuery {
 }
 
 async fn events(store: &Store, query: EventQuery) -> Vec<EventRow> {
-    store.events_page(&query).await.unwrap()
+    store.events_page(&query).await.unwrap().events
 }
 
 /// [`events`] once at least `n` are visible. On PostgreSQL a committed
