@@ -112,7 +112,11 @@ struct Filters {
 }
 
 impl Filters {
-    fn parse(event_type: Option<&str>, job_id: Option<String>, run_id: Option<&str>) -> ApiResult<Filters> {
+    fn parse(
+        event_type: Option<&str>,
+        job_id: Option<String>,
+        run_id: Option<&str>,
+    ) -> ApiResult<Filters> {
         let types = TypeFilter::parse(event_type.unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
         let run_id = run_id
@@ -236,7 +240,11 @@ async fn stream_events(
     headers: HeaderMap,
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> ApiResult<Response> {
-    let filters = Filters::parse(q.event_type.as_deref(), q.job_id.clone(), q.run_id.as_deref())?;
+    let filters = Filters::parse(
+        q.event_type.as_deref(),
+        q.job_id.clone(),
+        q.run_id.as_deref(),
+    )?;
     if q.limit.is_some() || q.order.is_some() {
         return Err(ApiError::bad_request(
             "a stream takes no limit or order: it sends every event, oldest first",
@@ -317,7 +325,8 @@ async fn authorize_stream(
         return Ok(());
     }
     const HOW: &str = "send `Authorization: Bearer <token>` with read scope, or `ticket` from POST /api/v1/events/tickets";
-    let presented = presented_token(headers).map_err(|p| ApiError::Unauthorized(format!("{p}; {HOW}")))?;
+    let presented =
+        presented_token(headers).map_err(|p| ApiError::Unauthorized(format!("{p}; {HOW}")))?;
     match (presented, ticket) {
         (Some(token), _) => {
             let caller = verify(app, token).await?;
@@ -353,7 +362,9 @@ async fn verify(app: &AppState, token: &str) -> ApiResult<Caller> {
             VerifyError::Refused(refusal) => ApiError::Unauthorized(refusal.to_string()),
             VerifyError::Store(e) => {
                 tracing::warn!(error = %e, "could not look up an API token");
-                ApiError::Unavailable("cannot check the API token: the database is unreachable".into())
+                ApiError::Unavailable(
+                    "cannot check the API token: the database is unreachable".into(),
+                )
             }
         })
 }
@@ -396,7 +407,11 @@ async fn create_ticket(
     } else {
         parse_json(&body)?
     };
-    let filters = Filters::parse(request.event_type.as_deref(), request.job_id, request.run_id.as_deref())?;
+    let filters = Filters::parse(
+        request.event_type.as_deref(),
+        request.job_id,
+        request.run_id.as_deref(),
+    )?;
     let minted = tickets::mint();
     let expires_at = Utc::now() + tickets::TICKET_TTL;
     let query = filters.canonical();
@@ -416,8 +431,8 @@ async fn create_ticket(
 }
 
 fn stream_url(filters: &Filters, ticket: &str) -> String {
-    let mut url = reqwest::Url::parse("http://jobsd/api/v1/events/stream")
-        .expect("a constant URL parses");
+    let mut url =
+        reqwest::Url::parse("http://jobsd/api/v1/events/stream").expect("a constant URL parses");
     {
         let mut pairs = url.query_pairs_mut();
         if !filters.types.is_empty() {

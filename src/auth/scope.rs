@@ -205,7 +205,10 @@ mod tests {
             needs(Method::POST, "/api/v1/events/tickets"),
             Access::Needs(Scope::Read)
         );
-        assert_eq!(needs(Method::GET, "/api/v1/events"), Access::Needs(Scope::Read));
+        assert_eq!(
+            needs(Method::GET, "/api/v1/events"),
+            Access::Needs(Scope::Read)
+        );
         // Only GET of the stream is open; any other method fails closed.
         assert_eq!(
             needs(Method::POST, "/api/v1/events/stream"),

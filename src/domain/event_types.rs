@@ -43,7 +43,9 @@ pub struct TypeFilter {
 
 /// A `type` filter naming no known type or group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not an event type; use a type ({types}) or a group followed by a dot ({groups})")]
+#[error(
+    "{value:?} is not an event type; use a type ({types}) or a group followed by a dot ({groups})"
+)]
 pub struct UnknownType {
     pub value: String,
     types: String,
@@ -56,9 +58,7 @@ impl TypeFilter {
     pub fn parse(list: &str) -> Result<TypeFilter, UnknownType> {
         let mut filter = TypeFilter::default();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let group = item
-                .strip_suffix(".*")
-                .or_else(|| item.strip_suffix('.'));
+            let group = item.strip_suffix(".*").or_else(|| item.strip_suffix('.'));
             match group {
                 Some(g) if EVENT_GROUPS.contains(&g) => push_new(&mut filter.groups, g),
                 _ if EVENT_TYPES.contains(&item) => push_new(&mut filter.exact, item),

@@ -45,9 +45,9 @@ pub fn hash(secret: &str) -> String {
 
 /// Whether `presented` could be a ticket (no lookup for anything else).
 pub fn is_well_formed(presented: &str) -> bool {
-    presented.strip_prefix(TICKET_PREFIX).is_some_and(|s| {
-        s.len() == SECRET_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
+    presented
+        .strip_prefix(TICKET_PREFIX)
+        .is_some_and(|s| s.len() == SECRET_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// Why a ticket does not open a stream.
@@ -65,7 +65,11 @@ pub enum TicketRefusal {
 
 /// Whether the stored `ticket` opens the stream with canonical filters
 /// `query` at `now`.
-pub fn judge(ticket: Option<&TicketRow>, query: &str, now: DateTime<Utc>) -> Result<(), TicketRefusal> {
+pub fn judge(
+    ticket: Option<&TicketRow>,
+    query: &str,
+    now: DateTime<Utc>,
+) -> Result<(), TicketRefusal> {
     let ticket = ticket.ok_or(TicketRefusal::Unknown)?;
     if ticket.expires_at <= now {
         return Err(TicketRefusal::Expired(ticket.expires_at));

@@ -218,7 +218,10 @@ async fn a_callback_run_waits_for_its_service_which_reports_progress_and_success
     // And as an event, at the time the run shows.
     let events = wait_for("the progress event", Duration::from_secs(10), || async {
         let (_, page) = app
-            .get(&format!("/api/v1/events?type=run.progress&run_id={}", seen.run_id))
+            .get(&format!(
+                "/api/v1/events?type=run.progress&run_id={}",
+                seen.run_id
+            ))
             .await;
         let events = page["events"].as_array().cloned().unwrap_or_default();
         (!events.is_empty()).then_some(events)
@@ -226,10 +229,21 @@ async fn a_callback_run_waits_for_its_service_which_reports_progress_and_success
     .await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["job_id"], "remote");
-    assert_eq!(events[0]["data"]["run"]["progress"], json!({"done": 3, "total": 10}));
     assert_eq!(
-        events[0]["at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
-        ack["progress_updated_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap()
+        events[0]["data"]["run"]["progress"],
+        json!({"done": 3, "total": 10})
+    );
+    assert_eq!(
+        events[0]["at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap(),
+        ack["progress_updated_at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
     );
 
     // Bad bodies change nothing.

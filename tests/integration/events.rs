@@ -39,10 +39,14 @@ fn types(events: &[Value]) -> Vec<String> {
 
 /// Waits until `query` finds an event of `event_type`; returns them all.
 async fn wait_event(app: &TestApp, query: &str, event_type: &str) -> Vec<Value> {
-    wait_for(&format!("{event_type} in {query}"), Duration::from_secs(15), || async {
-        let got = events(app, query).await;
-        types(&got).iter().any(|t| t == event_type).then_some(got)
-    })
+    wait_for(
+        &format!("{event_type} in {query}"),
+        Duration::from_secs(15),
+        || async {
+            let got = events(app, query).await;
+            types(&got).iter().any(|t| t == event_type).then_some(got)
+        },
+    )
     .await
 }
 
@@ -53,8 +57,18 @@ async fn pages_show_each_transition_with_the_run_or_job_secrets_masked() {
     assert_eq!(status, 201, "{body}");
     let got = wait_event(&app, "job_id=tick", "job.completed").await;
     let kinds = types(&got);
-    for expected in ["job.created", "run.queued", "run.running", "run.succeeded", "job.completed"] {
-        assert_eq!(kinds.iter().filter(|t| *t == expected).count(), 1, "{kinds:?}");
+    for expected in [
+        "job.created",
+        "run.queued",
+        "run.running",
+        "run.succeeded",
+        "job.completed",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|t| *t == expected).count(),
+            1,
+            "{kinds:?}"
+        );
     }
     let at = |t: &str| kinds.iter().position(|k| k == t).unwrap();
     assert!(at("run.queued") < at("run.running") && at("run.running") < at("run.succeeded"));
@@ -65,7 +79,10 @@ async fn pages_show_each_transition_with_the_run_or_job_secrets_masked() {
     assert_eq!(succeeded["data"]["attempt"], 1);
     assert_eq!(succeeded["data"]["run"]["run_id"], run_id);
     assert_eq!(succeeded["data"]["run"]["state"], "succeeded");
-    assert_eq!(succeeded["data"]["run"]["result"], json!({"message": "tick"}));
+    assert_eq!(
+        succeeded["data"]["run"]["result"],
+        json!({"message": "tick"})
+    );
     assert!(succeeded["instance"].is_string());
     assert_eq!(got[at("job.created")]["data"]["job"]["job_id"], "tick");
 
@@ -93,9 +110,15 @@ async fn pages_show_each_transition_with_the_run_or_job_secrets_masked() {
     let only_failed = events(&app, "type=run.failed").await;
     assert!(only_failed.is_empty(), "{only_failed:?}");
     let jobs = events(&app, "type=job.").await;
-    assert!(types(&jobs).iter().all(|t| t.starts_with("job.")), "{jobs:?}");
+    assert!(
+        types(&jobs).iter().all(|t| t.starts_with("job.")),
+        "{jobs:?}"
+    );
     let of_run = events(&app, &format!("run_id={run_id}")).await;
-    assert_eq!(types(&of_run), ["run.queued", "run.running", "run.succeeded"]);
+    assert_eq!(
+        types(&of_run),
+        ["run.queued", "run.running", "run.succeeded"]
+    );
 
     // Pages of two, each from the last one's cursor, cover everything once,
     // ascending or descending.
@@ -111,7 +134,10 @@ async fn pages_show_each_transition_with_the_run_or_job_secrets_masked() {
             let batch = page["events"].as_array().cloned().unwrap_or_default();
             if batch.is_empty() {
                 // An empty page gives back the cursor it was asked with.
-                assert_eq!(format!("&cursor={}", page["next_cursor"].as_str().unwrap()), cursor);
+                assert_eq!(
+                    format!("&cursor={}", page["next_cursor"].as_str().unwrap()),
+                    cursor
+                );
                 break;
             }
             assert_eq!(page["next_cursor"], batch.last().unwrap()["event_id"]);
@@ -131,7 +157,10 @@ async fn pages_show_each_transition_with_the_run_or_job_secrets_masked() {
 async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
     let app = TestApp::start().await;
     for (query, needle) in [
-        ("type=run.exploded", "type: \"run.exploded\" is not an event type"),
+        (
+            "type=run.exploded",
+            "type: \"run.exploded\" is not an event type",
+        ),
         ("type=alert.", "is not an event type"),
         ("cursor=abc", "cursor: \"abc\" is not an event cursor"),
         ("cursor=1-2", "is not an event cursor"),
@@ -168,7 +197,10 @@ async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
         (json!({"run_id": "x"}), "is not a run id"),
         (json!({"job_id": "a\u{0}b"}), "must not contain a NUL"),
         (json!({"job_id": ""}), "must be 1 to 200 characters"),
-        (json!({"job_id": "x".repeat(201)}), "must be 1 to 200 characters"),
+        (
+            json!({"job_id": "x".repeat(201)}),
+            "must be 1 to 200 characters",
+        ),
         (json!({"type": 7}), "invalid type"),
     ] {
         let response = app.post("/api/v1/events/tickets", body).await;
@@ -187,7 +219,10 @@ async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
         .client
         .post(app.url("/api/v1/events/tickets"))
         .header("content-type", "application/json")
-        .body(format!("{{\"job_id\": \"{}\"}}", "x".repeat(2 * 1024 * 1024)))
+        .body(format!(
+            "{{\"job_id\": \"{}\"}}",
+            "x".repeat(2 * 1024 * 1024)
+        ))
         .send()
         .await
         .unwrap();
@@ -238,7 +273,8 @@ impl SseClient {
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
                 while let Some(end) = buffer.find("\n\n") {
                     let block: String = buffer.drain(..end + 2).collect();
-                    let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+                    let (mut id, mut event, mut data) =
+                        (String::new(), String::new(), String::new());
                     for line in block.lines() {
                         if let Some(v) = line.strip_prefix("id:") {
                             id = v.trim().to_string();
@@ -284,7 +320,11 @@ impl Drop for SseClient {
     }
 }
 
-async fn open_stream(client: &reqwest::Client, url: String, last_event_id: Option<&str>) -> SseClient {
+async fn open_stream(
+    client: &reqwest::Client,
+    url: String,
+    last_event_id: Option<&str>,
+) -> SseClient {
     let mut request = client.get(url);
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
@@ -298,7 +338,12 @@ async fn the_stream_sends_events_as_they_commit_and_resumes_after_last_event_id(
     // Events before the stream opened are not sent: it starts at "now".
     app.post("/api/v1/jobs", once_now("before")).await;
     wait_event(&app, "job_id=before", "job.completed").await;
-    let mut stream = open_stream(&app.client, app.url("/api/v1/events/stream?type=run."), None).await;
+    let mut stream = open_stream(
+        &app.client,
+        app.url("/api/v1/events/stream?type=run."),
+        None,
+    )
+    .await;
     let (status, body) = app.post("/api/v1/jobs", once_now("live")).await;
     assert_eq!(status, 201, "{body}");
     let got = stream.until("run.succeeded").await;
@@ -315,7 +360,9 @@ async fn the_stream_sends_events_as_they_commit_and_resumes_after_last_event_id(
     // The page API agrees with the stream, event for event.
     let page = events(&app, "type=run.&job_id=live").await;
     assert_eq!(
-        page.iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>(),
+        page.iter()
+            .map(|e| e["event_id"].clone())
+            .collect::<Vec<_>>(),
         got.iter().map(|e| json!(e.id)).collect::<Vec<_>>()
     );
     drop(stream);
@@ -333,7 +380,11 @@ async fn the_stream_sends_events_as_they_commit_and_resumes_after_last_event_id(
     let mut rest = resumed.until("run.succeeded").await;
     rest.extend(resumed.until("run.succeeded").await);
     let ids: Vec<&str> = rest.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids[..2], [got[1].id.as_str(), got[2].id.as_str()], "{rest:#?}");
+    assert_eq!(
+        ids[..2],
+        [got[1].id.as_str(), got[2].id.as_str()],
+        "{rest:#?}"
+    );
     assert_eq!(rest.len(), 5, "{rest:#?}");
     assert!(rest[2..].iter().all(|e| e.data["job_id"] == "while-away"));
 }
@@ -363,7 +414,13 @@ async fn with_auth_on_the_stream_takes_a_read_token_or_a_ticket_for_its_filters(
     assert_eq!(no_ticket.status(), 401);
 
     // A token in the header opens it.
-    let with_token = app.client.get(&stream_url).bearer_auth(&read).send().await.unwrap();
+    let with_token = app
+        .client
+        .get(&stream_url)
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
     let mut by_token = SseClient::open(with_token).await;
 
     // A ticket (made with the read token) opens this stream, and only it.
@@ -379,9 +436,16 @@ async fn with_auth_on_the_stream_takes_a_read_token_or_a_ticket_for_its_filters(
     let made: Value = made.json().await.unwrap();
     let ticket = made["ticket"].as_str().unwrap().to_string();
     assert!(ticket.starts_with("jobsd_ticket_"), "{made}");
-    let expires = made["expires_at"].as_str().unwrap().parse::<chrono::DateTime<Utc>>().unwrap();
+    let expires = made["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
     let ttl = expires - Utc::now();
-    assert!(ttl > chrono::Duration::minutes(9) && ttl <= chrono::Duration::minutes(10), "{made}");
+    assert!(
+        ttl > chrono::Duration::minutes(9) && ttl <= chrono::Duration::minutes(10),
+        "{made}"
+    );
     let url = app.url(made["url"].as_str().unwrap());
     assert!(url.contains("type=job.") && url.contains(&ticket), "{url}");
     let mut by_ticket = open_stream(&app.client, url.clone(), None).await;
@@ -399,7 +463,9 @@ async fn with_auth_on_the_stream_takes_a_read_token_or_a_ticket_for_its_filters(
     }
     let forged = app
         .client
-        .get(app.url("/api/v1/events/stream?type=job.&ticket=jobsd_ticket_0123456789abcdef0123456789abcdef"))
+        .get(app.url(
+            "/api/v1/events/stream?type=job.&ticket=jobsd_ticket_0123456789abcdef0123456789abcdef",
+        ))
         .send()
         .await
         .unwrap();
@@ -417,8 +483,10 @@ async fn with_auth_on_the_stream_takes_a_read_token_or_a_ticket_for_its_filters(
         .client
         .post(app.url("/api/v1/jobs"))
         .bearer_auth(&write)
-        .json(&json!({"job_id": "seen", "handler": "log", "kwargs": {"message": "x"},
-                      "periodically": "1 day", "state": "paused"}))
+        .json(
+            &json!({"job_id": "seen", "handler": "log", "kwargs": {"message": "x"},
+                      "periodically": "1 day", "state": "paused"}),
+        )
         .send()
         .await
         .unwrap();
@@ -429,7 +497,9 @@ async fn with_auth_on_the_stream_takes_a_read_token_or_a_ticket_for_its_filters(
     }
 
     // Revoking the token that made it ends the ticket.
-    let reader_row = jobsd::auth::revoke(&app.store, &read[..14], Utc::now()).await.unwrap();
+    let reader_row = jobsd::auth::revoke(&app.store, &read[..14], Utc::now())
+        .await
+        .unwrap();
     assert_eq!(reader_row.name, "reader");
     let refused = app.client.get(&url).send().await.unwrap();
     assert_eq!(refused.status(), 401);
@@ -480,12 +550,16 @@ async fn an_in_process_listener_gets_every_event_and_survives_its_own_panic() {
     }
     // `p` was created paused: job.created, never job.paused; pause it by
     // PATCH after, which panics the listener once.
-    wait_for("the listener sees l succeed", Duration::from_secs(15), || async {
-        let seen = collector.0.lock().unwrap();
-        seen.iter()
-            .any(|e| e.event_type == "run.succeeded" && e.job_id.as_deref() == Some("l"))
-            .then_some(())
-    })
+    wait_for(
+        "the listener sees l succeed",
+        Duration::from_secs(15),
+        || async {
+            let seen = collector.0.lock().unwrap();
+            seen.iter()
+                .any(|e| e.event_type == "run.succeeded" && e.job_id.as_deref() == Some("l"))
+                .then_some(())
+        },
+    )
     .await;
     let resume = client
         .patch(format!("{base}/api/v1/jobs/p"))
@@ -506,12 +580,16 @@ async fn an_in_process_listener_gets_every_event_and_survives_its_own_panic() {
         .send()
         .await
         .unwrap();
-    wait_for("the listener sees p deleted", Duration::from_secs(15), || async {
-        let seen = collector.0.lock().unwrap();
-        seen.iter()
-            .any(|e| e.event_type == "job.deleted")
-            .then_some(())
-    })
+    wait_for(
+        "the listener sees p deleted",
+        Duration::from_secs(15),
+        || async {
+            let seen = collector.0.lock().unwrap();
+            seen.iter()
+                .any(|e| e.event_type == "job.deleted")
+                .then_some(())
+        },
+    )
     .await;
     let seen: Vec<(String, Option<String>)> = collector
         .0
@@ -525,7 +603,11 @@ async fn an_in_process_listener_gets_every_event_and_survives_its_own_panic() {
         .filter(|(_, job)| job.as_deref() == Some("p"))
         .map(|(t, _)| t.as_str())
         .collect();
-    assert_eq!(of_p, ["job.created", "job.resumed", "job.deleted"], "{seen:?}");
+    assert_eq!(
+        of_p,
+        ["job.created", "job.resumed", "job.deleted"],
+        "{seen:?}"
+    );
     shutdown.cancel();
     running.wait().await.unwrap();
 }
@@ -539,7 +621,12 @@ async fn events_of_another_replica_arrive_on_the_stream() {
     let a = Replica::spawn(&db, "events-a", &[]).await;
     let b = Replica::spawn(&db, "events-b", &[]).await;
     let client = reqwest::Client::new();
-    let mut stream = open_stream(&client, format!("{}/api/v1/events/stream?job_id=far", a.base), None).await;
+    let mut stream = open_stream(
+        &client,
+        format!("{}/api/v1/events/stream?job_id=far", a.base),
+        None,
+    )
+    .await;
     let (status, body) = b
         .post(
             "/api/v1/jobs",
@@ -559,7 +646,9 @@ async fn events_of_another_replica_arrive_on_the_stream() {
 #[tokio::test]
 async fn a_cursor_never_skips_the_events_of_a_transaction_that_commits_late() {
     let db = TestDb::postgres();
-    let store = Store::connect(&db.url, 4, Duration::from_secs(10)).await.unwrap();
+    let store = Store::connect(&db.url, 4, Duration::from_secs(10))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let pool = store.as_postgres().unwrap().pool().clone();
     for job_id in ["slow", "fast"] {
@@ -598,9 +687,11 @@ async fn a_cursor_never_skips_the_events_of_a_transaction_that_commits_late() {
         .execute(&pool)
         .await
         .unwrap();
-    support::assert_stays("fast's event held back while slow is open", Duration::from_millis(500), || async {
-        store.events_page(&after).await.unwrap().events.is_empty()
-    })
+    support::assert_stays(
+        "fast's event held back while slow is open",
+        Duration::from_millis(500),
+        || async { store.events_page(&after).await.unwrap().events.is_empty() },
+    )
     .await;
     slow.commit().await.unwrap();
     let got = wait_for("both pauses", Duration::from_secs(10), || async {
@@ -641,12 +732,18 @@ async fn no_events_records_none_on_postgres_and_is_refused_on_sqlite() {
     })
     .await;
     // Another process's writes still record: the switch is per process.
-    let other = Store::connect(&app.db.url, 2, Duration::from_secs(10)).await.unwrap();
+    let other = Store::connect(&app.db.url, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
     other.service_set_paused(true).await.unwrap();
-    let got = wait_for("the other session's event", Duration::from_secs(10), || async {
-        let got = events(&app, "").await;
-        (!got.is_empty()).then_some(got)
-    })
+    let got = wait_for(
+        "the other session's event",
+        Duration::from_secs(10),
+        || async {
+            let got = events(&app, "").await;
+            (!got.is_empty()).then_some(got)
+        },
+    )
     .await;
     assert_eq!(types(&got), ["service.paused"], "{got:?}");
 }

@@ -23,8 +23,8 @@
 //! would do, at the cost of every writer waiting for every other.
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
 use serde::Deserialize;
+use sqlx::postgres::PgListener;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -100,7 +100,9 @@ impl PgStore {
                 b.push_bind(tx).push(", ").push_bind(seq).push(")");
             }
             if let Some(key) = &key {
-                b.push(" AND keys @> ARRAY[").push_bind(key.clone()).push("]");
+                b.push(" AND keys @> ARRAY[")
+                    .push_bind(key.clone())
+                    .push("]");
             }
             b.push(if q.descending {
                 " ORDER BY tx DESC, seq DESC LIMIT "
@@ -196,12 +198,14 @@ impl PgStore {
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(token_id, query, expires_at, token_revoked)| TicketRow {
-            token_id,
-            query,
-            expires_at,
-            token_revoked,
-        }))
+        Ok(
+            row.map(|(token_id, query, expires_at, token_revoked)| TicketRow {
+                token_id,
+                query,
+                expires_at,
+                token_revoked,
+            }),
+        )
     }
 
     pub async fn event_tickets_prune(&self, now: DateTime<Utc>) -> StoreResult<u64> {

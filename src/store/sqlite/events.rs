@@ -53,7 +53,9 @@ impl SqliteStore {
         if !q.types.is_empty() {
             b.push(" AND (type IN (SELECT value FROM json_each(")
                 .push_bind(json_list(&q.types.exact))
-                .push(")) OR substr(type, 1, instr(type, '.') - 1) IN (SELECT value FROM json_each(")
+                .push(
+                    ")) OR substr(type, 1, instr(type, '.') - 1) IN (SELECT value FROM json_each(",
+                )
                 .push_bind(json_list(&q.types.groups))
                 .push(")))");
         }
@@ -70,10 +72,7 @@ impl SqliteStore {
         });
         b.push_bind(q.limit);
         let rows = b.build().fetch_all(&self.readers).await?;
-        let events: Vec<EventRow> = rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<_, _>>()?;
+        let events: Vec<EventRow> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
         Ok(EventPage {
             scanned_to: events.last().map(|e| e.position),
             events,

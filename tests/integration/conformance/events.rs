@@ -36,13 +36,17 @@ async fn events(store: &Store, query: EventQuery) -> Vec<EventRow> {
 /// event shows once every transaction older than its own has ended, in
 /// any database of the cluster (the other tests' too): soon, not at once.
 async fn events_n(store: &Store, query: EventQuery, n: usize) -> Vec<EventRow> {
-    crate::support::wait_for(&format!("{n} events"), std::time::Duration::from_secs(10), || {
-        let query = query.clone();
-        async move {
-            let got = events(store, query).await;
-            (got.len() >= n).then_some(got)
-        }
-    })
+    crate::support::wait_for(
+        &format!("{n} events"),
+        std::time::Duration::from_secs(10),
+        || {
+            let query = query.clone();
+            async move {
+                let got = events(store, query).await;
+                (got.len() >= n).then_some(got)
+            }
+        },
+    )
     .await
 }
 
@@ -102,12 +106,20 @@ async fn a_runs_life_and_its_jobs_changes_are_events_in_order(store: Store) {
     }
     // The run's events carry its history's times.
     let stored = store.run_get(run.run_id).await.unwrap();
-    let history_at: Vec<String> = stored.history.as_array().unwrap().iter()
+    let history_at: Vec<String> = stored
+        .history
+        .as_array()
+        .unwrap()
+        .iter()
         .map(|h| h["at"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(history_at.len(), 3);
     for (e, at) in got[1..4].iter().zip(&history_at) {
-        assert_eq!(e.at, at.parse::<chrono::DateTime<chrono::Utc>>().unwrap(), "{e:?}");
+        assert_eq!(
+            e.at,
+            at.parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+            "{e:?}"
+        );
     }
     let last = got.last().unwrap().position;
     store.job_insert(&hourly("h"), "test").await.unwrap();
@@ -179,7 +191,11 @@ async fn retries_rescues_hand_backs_and_progress_are_told_apart(store: Store) {
     let third = store.run_claim(&slots("w2", 10)).await.unwrap().remove(0);
     assert_eq!(third.attempt, 2);
     store
-        .run_heartbeat("w2", 60_000, &[(claim_of(&third), Some(json!({"done": 1})))])
+        .run_heartbeat(
+            "w2",
+            60_000,
+            &[(claim_of(&third), Some(json!({"done": 1})))],
+        )
         .await
         .unwrap();
     expire_lease(&store, third.run_id).await;
@@ -222,8 +238,15 @@ async fn pages_filter_by_type_job_and_run_and_never_repeat_or_skip(store: Store)
     for id in ["a", "b"] {
         store.job_insert(&hourly(id), "test").await.unwrap();
         let run = trigger_and_claim(&store, id, "w").await;
-        let end = if id == "a" { RunState::Failed } else { RunState::Succeeded };
-        store.run_finish(&claim_of(&run), &outcome(end)).await.unwrap();
+        let end = if id == "a" {
+            RunState::Failed
+        } else {
+            RunState::Succeeded
+        };
+        store
+            .run_finish(&claim_of(&run), &outcome(end))
+            .await
+            .unwrap();
     }
     let every = events_n(&store, all(), 9).await;
     // Run a's failure left a failure record: a third job.
