@@ -384,4 +384,47 @@ conformance![
     a_batch_prunes_at_most_its_limit,
     concurrent_prunes_share_the_work,
     retention_zero_keeps_everything,
+    events_follow_the_runs_retention,
 ];
+
+/// The maintenance pass prunes events older than `--retention`, in
+/// batches, and keeps the newer ones; `--retention 0` keeps them all.
+async fn events_follow_the_runs_retention(store: Store) {
+    for id in ["e1", "e2", "e3"] {
+        store.job_insert(&hourly(id), "test").await.unwrap();
+    }
+    store.job_insert(&hourly("new"), "test").await.unwrap();
+    let all = jobsd::store::EventQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let visible = || async {
+        let page = store.events_page(&all).await.unwrap();
+        (page.events.len() == 4).then_some(())
+    };
+    crate::support::wait_for("4 events", Duration::from_secs(10), visible).await;
+    // The first three jobs' events age two hours (on PostgreSQL each
+    // insert wrote its own row of events).
+    let us = 2 * 3_600 * 1_000_000_i64;
+    let aged = execute_sql(
+        &store,
+        "UPDATE events SET at = at - interval '2 hours' \
+         WHERE keys && ARRAY['j:e1', 'j:e2', 'j:e3']",
+        &format!("UPDATE events SET at = at - {us} WHERE job_id IN ('e1', 'e2', 'e3')"),
+    )
+    .await;
+    assert_eq!(aged, 3);
+    let kept_all = maintenance(&store, Retention::KeepAll, Retention::KeepAll)
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(kept_all.events, 0);
+    let pruned = maintenance(&store, HOUR, Retention::KeepAll)
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(pruned.events, 3);
+    let left = store.events_page(&all).await.unwrap().events;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].job_id.as_deref(), Some("new"));
+}
