@@ -1,15 +1,15 @@
--- Events (issue #13 §1, SPEC §11): an outbox. Triggers on `runs`, `jobs`
--- and `service_state` write each statement's events in the transaction that
--- makes the change, so an event exists if and only if its change committed,
--- and no writer (this version's, an older replica's, an operator's SQL) can
--- forget one.
+-- Events (issue #13 §1, SPEC §11): an outbox. Each statement's events are
+-- written in the transaction that makes the change, so an event exists if
+-- and only if its change committed: by the statement itself for runs (see
+-- below), by triggers on `jobs` and `service_state`.
 --
 -- One row per statement, not per event: a statement that claims or ends 500
 -- runs writes one row whose `entries` holds their 500 events, so recording
 -- events costs a few bytes per run, not a row and its index entries (the
 -- drain ran at 0.56x with a row per event). An entry is compact, the
--- transition and its ids: `t` type, `at`, `j` job id, `r` run id, `i`
--- instance, `a` attempt, `f` the state left, `w` the reason. Each entry
+-- transition and its ids: `t` type, `at`, `j` job id, `r` run id, `a`
+-- attempt, and for jobs `f` the state left; a run's entry is its history
+-- entry (`from`, `to`, `instance`, `reason`) with those ids. Each entry
 -- appended to a run's history is one event, and so is a new `progress`.
 -- The API assembles `data` from the run or job as it is when read.
 --
@@ -22,12 +22,12 @@
 -- `keys` holds `j:<job id>` for each job its entries name (GIN): a page of
 -- one job's (or one run's) events reads only the rows that hold some.
 --
--- `SET jobsd.events = 'off'` on a session turns the triggers off for it:
+-- `SET jobsd.events = 'off'` on a session turns events off for it:
 -- `jobsd --no-events`, to measure what events cost, nothing else.
 --
 -- Each transaction that writes events also sends one payload-free
--- notification on `jobsd_events` (PostgreSQL folds repeats within a
--- transaction into one); readers then read the table.
+-- notification on `jobsd_events` (a trigger on `events`; PostgreSQL folds
+-- repeats within a transaction into one); readers then read the table.
 CREATE SEQUENCE events_seq CACHE 64;
 
 CREATE TABLE events (
@@ -48,7 +48,7 @@ CREATE FUNCTION events_enabled() RETURNS boolean LANGUAGE sql STABLE AS
 $$ SELECT current_setting('jobsd.events', true) IS DISTINCT FROM 'off' $$;
 
 -- Writes one row of `entries` (a jsonb array, NULL for none), keyed by the
--- jobs they name, and notifies.
+-- jobs they name.
 CREATE FUNCTION events_write(entries jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     IF entries IS NULL OR jsonb_array_length(entries) = 0 THEN RETURN; END IF;
@@ -56,62 +56,23 @@ BEGIN
     VALUES (ARRAY(SELECT DISTINCT 'j:' || (e ->> 'j') FROM jsonb_array_elements(entries) AS x(e)
                   WHERE e ->> 'j' IS NOT NULL),
             entries);
+END $$;
+
+-- Every statement that writes events notifies readers (folded into one
+-- notification per transaction).
+CREATE FUNCTION events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
     PERFORM pg_notify('jobsd_events', '');
-END $$;
-
--- The type of a run's transition to `to_state`. A run going back to
--- `queued` from `running` or `dead` is retried, unless its attempt went
--- back (a replica handing it back at shutdown: queued again).
-CREATE FUNCTION events_run_type(from_state text, to_state text, old_attempt integer, new_attempt integer)
-RETURNS text LANGUAGE sql IMMUTABLE AS
-$$ SELECT 'run.' || CASE
-     WHEN to_state = 'queued' AND from_state IN ('running', 'dead')
-          AND new_attempt >= old_attempt THEN 'retried'
-     ELSE to_state END $$;
-
-CREATE FUNCTION events_runs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT events_enabled() THEN RETURN NULL; END IF;
-    PERFORM events_write((
-        SELECT jsonb_agg(jsonb_build_object('t', 'run.' || (h.e ->> 'to'), 'at', h.e -> 'at',
-                   'j', n.job_id, 'r', n.run_id, 'i', h.e -> 'instance', 'a', n.attempt,
-                   'f', h.e -> 'from', 'w', h.e -> 'reason') ORDER BY n.run_id, h.i)
-        FROM new_runs n, jsonb_array_elements(n.history) WITH ORDINALITY AS h(e, i)));
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION events_runs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT events_enabled() THEN RETURN NULL; END IF;
-    PERFORM events_write((
-        SELECT jsonb_agg(x.e ORDER BY x.k, x.i) FROM (
-            SELECT jsonb_build_object('t', events_run_type(h.e ->> 'from', h.e ->> 'to', o.attempt, n.attempt),
-                       'at', h.e -> 'at', 'j', n.job_id, 'r', n.run_id, 'i', h.e -> 'instance',
-                       'a', n.attempt, 'f', h.e -> 'from', 'w', h.e -> 'reason') AS e,
-                   n.run_id AS k, h.i AS i
-            FROM new_runs n JOIN old_runs o ON o.run_id = n.run_id,
-                 jsonb_array_elements(n.history) WITH ORDINALITY AS h(e, i)
-            WHERE jsonb_array_length(n.history) > jsonb_array_length(o.history)
-              AND h.i > jsonb_array_length(o.history)
-              -- A step within `running` (a callback run accepted) is no transition.
-              AND (h.e ->> 'from') IS DISTINCT FROM (h.e ->> 'to')
-            UNION ALL
-            SELECT jsonb_build_object('t', 'run.progress', 'at', n.progress_updated_at, 'j', n.job_id,
-                       'r', n.run_id, 'i', n.instance, 'a', n.attempt),
-                   n.run_id, 2147483647
-            FROM new_runs n JOIN old_runs o ON o.run_id = n.run_id
-            WHERE n.progress_updated_at IS DISTINCT FROM o.progress_updated_at
-              AND n.progress_updated_at IS NOT NULL
-        ) x));
-    RETURN NULL;
-END $$;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_notify();
 
-CREATE TRIGGER runs_events_inserted AFTER INSERT ON runs
-    REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION events_runs_inserted();
-CREATE TRIGGER runs_events_updated AFTER UPDATE ON runs
-    REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION events_runs_updated();
+-- Runs write their events themselves, in the statement that appends their
+-- history entries (src/store/postgres/events.rs, `run_events_cte`): a
+-- trigger on `runs` deriving them from the transition tables cost the
+-- drain 40 % (docs/benchmarks.md).
 
 -- Jobs: created, deleted, and of the updates those a person makes (the
 -- definition or the state; the scheduler's `next_run_at` is none).

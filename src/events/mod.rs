@@ -1,10 +1,12 @@
 //! Events (SPEC §11, issue #13 §1): what happened, for the application to
 //! learn of without polling runs.
 //!
-//! - **Stored as an outbox.** Triggers on `runs`, `jobs` and
-//!   `service_state` write each change's events in the transaction that
-//!   makes it (see the migrations): an event exists if and only if its
-//!   change committed, whoever wrote it.
+//! - **Stored as an outbox.** Each change's events are written in the
+//!   transaction that makes it: an event exists if and only if its change
+//!   committed. On PostgreSQL the statements that move runs write their
+//!   events themselves (`run_events_cte` in the PostgreSQL store), and
+//!   triggers those of jobs and the service state; on the embedded store
+//!   triggers write them all (see the migrations).
 //! - **Compact.** An event is its type, time, ids and transition
 //!   (`from_state`, `reason`, `attempt`); the API adds `data`, the run or
 //!   job as it shows them now, when it reads (`crate::api` events).

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::events::progress_events_cte;
 use super::runs::{history_entry, RUN_COLUMNS};
 use super::{PgStore, RunClaim, RunRow, StoreError, StoreResult};
 use crate::callbacks::rules::TokenOwner;
@@ -103,8 +104,12 @@ impl PgStore {
         progress: &Value,
     ) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(sqlx::query_scalar(&format!(
-            "UPDATE runs r SET progress = $3, progress_updated_at = now() \
-             WHERE r.run_id = $1 AND {RUNNING} AND r.attempt = $2 RETURNING r.progress_updated_at"
+            "WITH changed AS (UPDATE runs r SET progress = $3, progress_updated_at = now() \
+             WHERE r.run_id = $1 AND {RUNNING} AND r.attempt = $2 \
+             RETURNING r.progress_updated_at, r.run_id, r.attempt, r.job_id AS ev_job, \
+               r.instance AS ev_instance, r.progress_updated_at AS ev_at), {events} \
+             SELECT progress_updated_at FROM changed",
+            events = progress_events_cte("changed", "true"),
         ))
         .bind(run_id)
         .bind(attempt)

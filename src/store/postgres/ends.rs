@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::events::{with_run_events, Appended};
 use super::runs::{any_of, history_entry};
 use super::StoreResult;
 use crate::domain::rules::{self, FailedRun, OneShotFacts};
@@ -88,13 +89,12 @@ pub(crate) const WAITING_RUNS_SQL: &str = "SELECT w.run_id, w.job_id, w.schedule
 /// and state.
 pub(crate) fn release_waiting_sql() -> String {
     let d = "($1::jsonb -> w.run_id::text)";
-    format!(
+    let update = format!(
         "UPDATE runs w SET state = {d} ->> 'state', run_after = now(), \
            finished_at = CASE WHEN ({d} ->> 'ended')::bool THEN now() END, \
            error = {d} ->> 'error', result = NULLIF({d} -> 'result', 'null'::jsonb), \
            history = w.history || {history} \
-         WHERE w.run_id = {ids} AND {WAITING} \
-         RETURNING w.run_id, w.job_id, w.state",
+         WHERE w.run_id = {ids} AND {WAITING}",
         ids = any_of("$2", "uuid"),
         history = history_entry(
             "'waiting'",
@@ -102,6 +102,13 @@ pub(crate) fn release_waiting_sql() -> String {
             "NULL",
             &format!("{d} ->> 'reason'")
         ),
+    );
+    with_run_events(
+        &update,
+        "w",
+        "w.run_id, w.job_id, w.state",
+        Appended::Last(1),
+        false,
     )
 }
 

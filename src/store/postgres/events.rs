@@ -36,16 +36,21 @@ use crate::store::events::{EventPage, EventPosition, EventQuery, EventRow, Ticke
 /// The channel each transaction that writes events notifies, once.
 pub const EVENTS_CHANNEL: &str = "jobsd_events";
 
-/// One stored event, as the triggers write it into a row's `entries`.
+/// One stored event, as a row's `entries` hold it: the short keys of the
+/// triggers (jobs, service), or a run's history entry (`instance`, `from`,
+/// `reason`) with the ids added by [`run_events_cte`].
 #[derive(Deserialize)]
 struct Entry {
     t: String,
     at: DateTime<Utc>,
     j: Option<String>,
     r: Option<Uuid>,
+    #[serde(alias = "instance")]
     i: Option<String>,
     a: Option<i32>,
+    #[serde(alias = "from")]
     f: Option<String>,
+    #[serde(alias = "reason")]
     w: Option<String>,
 }
 
@@ -241,5 +246,123 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(EVENTS_CHANNEL).await?;
         Ok(listener)
+    }
+}
+
+/// How many of a changed run's history entries its statement appended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Appended {
+    /// The last `n` (an update).
+    Last(u8),
+    /// All of them (an insert).
+    All,
+}
+
+/// The extra `RETURNING` columns of a run write that [`run_events_cte`]
+/// reads, of the written table `alias`.
+pub(crate) fn event_columns(alias: &str) -> String {
+    format!(
+        "{alias}.run_id AS ev_run, {alias}.job_id AS ev_job, {alias}.attempt AS ev_attempt, \
+         {alias}.history AS ev_history"
+    )
+}
+
+/// SQL: a CTE `run_events` writing, as one row, the events of the history
+/// entries that the run write `source` (a CTE returning
+/// [`event_columns`]) appended. A run going back to `queued` is retried
+/// when `retried` (a retry, a rescue), else queued again (a hand-back, an
+/// operator's requeue). A step within one state (a callback run accepted)
+/// is no event.
+///
+/// Each run write states its events itself, in its own statement, rather
+/// than a trigger on `runs` deriving them from the transition tables:
+/// that trigger cost the drain 40 % (docs/benchmarks.md), this costs a
+/// few microseconds a run.
+pub(crate) fn run_events_cte(source: &str, appended: Appended, retried: bool) -> String {
+    let first = match appended {
+        Appended::Last(n) => format!("jsonb_array_length(c.ev_history) - {n}"),
+        Appended::All => "0".to_string(),
+    };
+    let event_type = if retried {
+        "CASE WHEN x.e ->> 'to' = 'queued' THEN 'run.retried' ELSE 'run.' || (x.e ->> 'to') END"
+    } else {
+        "'run.' || (x.e ->> 'to')"
+    };
+    format!(
+        "run_events AS (INSERT INTO events (keys, entries) \
+           SELECT array_agg(DISTINCT 'j:' || c.ev_job), \
+             jsonb_agg(jsonb_build_object('t', {event_type}, 'j', c.ev_job, 'r', c.ev_run, \
+               'a', c.ev_attempt) || x.e) \
+           FROM {source} c, LATERAL (SELECT c.ev_history -> g.i AS e \
+             FROM generate_series({first}, jsonb_array_length(c.ev_history) - 1) AS g(i)) x \
+           WHERE events_enabled() AND (x.e ->> 'from') IS DISTINCT FROM (x.e ->> 'to') \
+           HAVING count(*) > 0)"
+    )
+}
+
+/// `statement` (an `INSERT` or `UPDATE` of `runs`, written as `alias`,
+/// without its `RETURNING`) returning `returning` (bare or `alias.`
+/// qualified columns), with its events written by the same statement
+/// ([`run_events_cte`]). Executed, it reports the rows it changed.
+pub(crate) fn with_run_events(
+    statement: &str,
+    alias: &str,
+    returning: &str,
+    appended: Appended,
+    retried: bool,
+) -> String {
+    let names: Vec<&str> = returning
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            c.strip_prefix(alias)
+                .and_then(|c| c.strip_prefix('.'))
+                .unwrap_or(c)
+        })
+        .collect();
+    format!(
+        "WITH changed AS ({statement} RETURNING {returning}, {columns}), {events} \
+         SELECT {names} FROM changed",
+        columns = event_columns(alias),
+        events = run_events_cte("changed", appended, retried),
+        names = names.join(", "),
+    )
+}
+
+/// SQL: a CTE `progress_events` writing a `run.progress` event for each row
+/// of `source` (returning `run_id`, `attempt`, `ev_job`, `ev_instance`,
+/// `ev_at`) where `when` holds.
+pub(crate) fn progress_events_cte(source: &str, when: &str) -> String {
+    format!(
+        "progress_events AS (INSERT INTO events (keys, entries) \
+           SELECT array_agg(DISTINCT 'j:' || c.ev_job), \
+             jsonb_agg(jsonb_build_object('t', 'run.progress', 'at', c.ev_at, 'j', c.ev_job, \
+               'r', c.run_id, 'i', c.ev_instance, 'a', c.attempt)) \
+           FROM {source} c WHERE events_enabled() AND {when} HAVING count(*) > 0)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_write_returns_its_own_columns_by_name() {
+        let sql = with_run_events(
+            "UPDATE runs r SET state = 'queued'",
+            "r",
+            "r.run_id, r.attempt, cancel_requested",
+            Appended::Last(1),
+            false,
+        );
+        assert!(sql.starts_with("WITH changed AS (UPDATE runs r SET state = 'queued' RETURNING r.run_id, r.attempt, cancel_requested, r.run_id AS ev_run"), "{sql}");
+        assert!(
+            sql.ends_with("SELECT run_id, attempt, cancel_requested FROM changed"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("jsonb_array_length(c.ev_history) - 1"),
+            "{sql}"
+        );
     }
 }

@@ -21,6 +21,9 @@ use super::ends::{
     complete_one_shot_jobs, decide_waiting, insert_failure_records, one_shot_columns,
     release_waiting, run_delete_orphans, OneShotRow, PgTx, WaitingRun,
 };
+use super::events::{
+    event_columns, progress_events_cte, run_events_cte, with_run_events, Appended,
+};
 use super::notify::{self, Notice};
 use super::runs::{any_of, history_entry, history_entry_at, RUN_COLUMNS};
 use super::{
@@ -592,7 +595,7 @@ pub(crate) fn run_claim_pick_sql() -> String {
 /// reason of a late run.
 pub(crate) fn run_claim_sql() -> String {
     let late = "(r.run_id = ANY($4::uuid[]))";
-    format!(
+    let update = format!(
         "UPDATE runs r SET \
             state = CASE WHEN {late} THEN 'missed' ELSE 'running' END, \
             attempt = CASE WHEN {late} THEN r.attempt ELSE r.attempt + 1 END, \
@@ -602,8 +605,7 @@ pub(crate) fn run_claim_sql() -> String {
             instance = $1, \
             lease_expires_at = CASE WHEN {late} THEN NULL ELSE now() + $3 * interval '1 millisecond' END, \
             history = r.history || {history} \
-         WHERE r.run_id = {ids} AND {QUEUED} \
-         RETURNING {RUN_COLUMNS}",
+         WHERE r.run_id = {ids} AND {QUEUED}",
         ids = any_of("$2", "uuid"),
         history = history_entry(
             "'queued'",
@@ -614,7 +616,8 @@ pub(crate) fn run_claim_sql() -> String {
                 claimed_reason("r.attempt + 1")
             )
         ),
-    )
+    );
+    with_run_events(&update, "r", RUN_COLUMNS, Appended::Last(1), false)
 }
 
 /// The statement of [`PgStore::run_finish_many`]: `$1` maps each run id to
@@ -641,8 +644,10 @@ pub(crate) fn run_finish_many_sql() -> String {
          RETURNING r.run_id, r.job_id, r.state, r.lock_key, r.finished_at, r.cancel_requested, \
            r.error, r.traceback, \
            CASE WHEN r.run_id = ANY($3::uuid[]) THEN r.handler END AS handler, \
-           CASE WHEN r.run_id = ANY($3::uuid[]) THEN r.kwargs END AS kwargs) \
-         SELECT f.*, o.schedule_kind AS job_kind, o.state AS job_state, \
+           CASE WHEN r.run_id = ANY($3::uuid[]) THEN r.kwargs END AS kwargs, {event_columns}), \
+         {run_events} \
+         SELECT f.run_id, f.job_id, f.state, f.lock_key, f.finished_at, f.cancel_requested, \
+           f.error, f.traceback, f.handler, f.kwargs, o.schedule_kind AS job_kind, o.state AS job_state, \
            o.next_run_at AS job_next_run_at, o.has_fired AS job_has_fired, \
            o.active_runs AS job_active_runs, o.version AS job_version, o.ctid AS job_ctid, \
            w.waiting_ids, w.waiting_times \
@@ -660,29 +665,33 @@ pub(crate) fn run_finish_many_sql() -> String {
         ),
         ids = any_of("$2", "uuid"),
         one_shot = one_shot_columns("AND a.run_id <> ALL(ARRAY(SELECT run_id FROM finished))"),
+        event_columns = event_columns("r"),
+        run_events = run_events_cte("finished", Appended::Last(1), false),
     )
 }
 
 /// The statement of [`PgStore::run_retry`].
 pub(crate) fn run_retry_sql() -> String {
-    format!(
+    let update = format!(
         "UPDATE runs SET state = 'queued', run_after = now() + $4 * interval '1 millisecond', \
          error = $5, traceback = $6, lease_expires_at = NULL, history = history || {} \
          WHERE run_id = $1 AND {RUNNING_BARE} AND attempt = $2 AND instance = $3",
         history_entry("'running'", "'queued'", "$3::text", "$7::text")
-    )
+    );
+    with_run_events(&update, "runs", "run_id", Appended::Last(1), true)
 }
 
 /// The statement of [`PgStore::run_hand_back`].
 pub(crate) fn run_hand_back_sql() -> String {
     // `$2` maps run ids to attempts (see `run_finish_many_sql`).
-    format!(
+    let update = format!(
         "UPDATE runs r SET state = 'queued', run_after = now(), attempt = r.attempt - 1, \
          lease_expires_at = NULL, history = r.history || {} \
          WHERE r.run_id = ANY($1) AND r.attempt = ($2::jsonb ->> r.run_id::text)::int4 \
            AND {RUNNING} AND r.instance = $3",
         history_entry("'running'", "'queued'", "$3::text", "$4::text")
-    )
+    );
+    with_run_events(&update, "r", "r.run_id", Appended::Last(1), false)
 }
 
 /// The statement of [`PgStore::run_heartbeat`].
@@ -696,12 +705,16 @@ pub(crate) fn run_heartbeat_sql() -> String {
     // its time is written with it.
     let h = "($3::jsonb -> r.run_id::text)";
     format!(
-        "UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
+        "WITH changed AS (UPDATE runs r SET lease_expires_at = now() + $2 * interval '1 millisecond', \
          progress = COALESCE({h} -> 'p', r.progress), \
          progress_updated_at = CASE WHEN {h} ? 'p' THEN now() ELSE r.progress_updated_at END \
          WHERE r.run_id = ANY($4) AND r.attempt = ({h} ->> 'a')::int4 \
            AND {RUNNING} AND r.instance = $1 AND r.callback_attempt IS DISTINCT FROM r.attempt \
-         RETURNING r.run_id, r.attempt, r.cancel_requested"
+         RETURNING r.run_id, r.attempt, r.cancel_requested, r.job_id AS ev_job, \
+           r.instance AS ev_instance, r.progress_updated_at AS ev_at, {h} ? 'p' AS ev_progress), \
+         {events} \
+         SELECT run_id, attempt, cancel_requested FROM changed",
+        events = progress_events_cte("changed", "c.ev_progress"),
     )
 }
 
@@ -736,12 +749,11 @@ pub(crate) const RUN_RESCUE_PICK_SQL: &str =
 /// `dead → next` steps).
 pub(crate) fn run_rescue_expired_sql() -> String {
     let d = "($3::jsonb -> r.run_id::text)";
-    format!(
+    let update = format!(
         "UPDATE runs r SET state = {d} ->> 'state', run_after = now(), lease_expires_at = NULL, \
             finished_at = CASE WHEN ({d} ->> 'ended')::bool THEN now() END, \
             error = {d} ->> 'error', history = r.history || {dead} || {then} \
-         WHERE r.run_id = {ids} AND {RUNNING} \
-         RETURNING {RUN_COLUMNS}",
+         WHERE r.run_id = {ids} AND {RUNNING}",
         ids = any_of("$1", "uuid"),
         dead = history_entry(
             "'running'",
@@ -755,7 +767,8 @@ pub(crate) fn run_rescue_expired_sql() -> String {
             "$2::text",
             &format!("{d} ->> 'next'")
         ),
-    )
+    );
+    with_run_events(&update, "r", RUN_COLUMNS, Appended::Last(2), true)
 }
 
 /// The jobs [`PgStore::run_settle_waiting`] decides: `$1` limit, `$2` the

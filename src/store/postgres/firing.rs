@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use super::events::{event_columns, run_events_cte, Appended};
 use super::execution::{claimed_on_insert, inserted_claim_values, CLAIM_AT};
 use super::notify::{self, Notice};
 use super::runs::{history_entry_at, run_counts_active, RUN_COLUMNS};
@@ -153,8 +154,8 @@ pub(crate) fn fire_commit_sql() -> String {
              CASE WHEN f.state = 'missed' THEN {CLAIM_AT} END \
            FROM firing f \
            ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
-           RETURNING {columns} \
-         ), advanced AS ( \
+           RETURNING {columns}, {event_columns} \
+         ), {run_events}, advanced AS ( \
            UPDATE jobs j SET next_run_at = a.next_run_at, \
              state = CASE WHEN a.complete THEN 'completed' ELSE j.state END \
            FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
@@ -170,5 +171,7 @@ pub(crate) fn fire_commit_sql() -> String {
             &history_entry_at(CLAIM_AT, "NULL", "f.state", "$8::text", "f.reason")
         ),
         columns = RUN_COLUMNS,
+        event_columns = event_columns("runs"),
+        run_events = run_events_cte("inserted", Appended::All, false),
     )
 }

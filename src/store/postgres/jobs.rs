@@ -7,6 +7,7 @@ use sqlx::query::Query;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::events::{event_columns, run_events_cte, Appended};
 use super::execution::{claimed_on_insert, inserted_claim_values, CLAIM_AT};
 use super::notify::{self, Notice};
 use super::runs::{history_entry_at, RUN_COLUMNS};
@@ -388,7 +389,7 @@ pub(crate) fn job_insert_many_sql() -> String {
            {claimed_values}, \
            u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
          FROM firing u \
-         RETURNING {columns}) \
+         RETURNING {columns}, {event_columns}), {run_events} \
          SELECT {columns} FROM fired",
         claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$23"),
         claimed_values = inserted_claim_values(
@@ -405,5 +406,7 @@ pub(crate) fn job_insert_many_sql() -> String {
             )
         ),
         columns = RUN_COLUMNS,
+        event_columns = event_columns("runs"),
+        run_events = run_events_cte("fired", Appended::All, false),
     )
 }

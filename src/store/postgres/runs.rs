@@ -11,6 +11,7 @@ use sqlx::{Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 use super::ends::{complete_one_shot_jobs, release_waiting, run_delete_orphans};
+use super::events::{with_run_events, Appended};
 use super::notify::{self, Notice};
 use super::{ActiveCounts, ManualRun, PgStore, RunFilter, RunRow, StoreError, StoreResult};
 use crate::domain::RunState;
@@ -151,13 +152,19 @@ impl PgStore {
             max_instances,
         )?;
         let run_id = Uuid::now_v7();
-        let sql = format!(
-            "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
-             max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
-             SELECT $1, j.job_id, COALESCE($2, j.handler), COALESCE($3, j.kwargs), 'manual', now(), now(), \
-             'queued', j.max_retries, j.retry_backoff_ms, j.timeout_ms, NULL, j.lock_key, {} \
-             FROM jobs j WHERE j.job_id = $4 RETURNING {RUN_COLUMNS}",
-            history_entry("NULL", "'queued'", "NULL", "$5")
+        let sql = with_run_events(
+            &format!(
+                "INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, state, \
+                 max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key, history) \
+                 SELECT $1, j.job_id, COALESCE($2, j.handler), COALESCE($3, j.kwargs), 'manual', now(), now(), \
+                 'queued', j.max_retries, j.retry_backoff_ms, j.timeout_ms, NULL, j.lock_key, {} \
+                 FROM jobs j WHERE j.job_id = $4",
+                history_entry("NULL", "'queued'", "NULL", "$5")
+            ),
+            "runs",
+            RUN_COLUMNS,
+            Appended::All,
+            false,
         );
         let row = sqlx::query_as::<_, RunRow>(&sql)
             .bind(run_id)
@@ -185,10 +192,16 @@ impl PgStore {
         let (state, job_id) = current.ok_or(StoreError::NotFound)?;
         match state {
             RunState::Queued | RunState::Waiting => {
-                let sql = format!(
-                    "UPDATE runs SET state = 'cancelled', finished_at = now(), error = $2, \
-                     history = history || {} WHERE run_id = $1 AND state = $3",
-                    history_entry("$3", "'cancelled'", "NULL", "$2")
+                let sql = with_run_events(
+                    &format!(
+                        "UPDATE runs SET state = 'cancelled', finished_at = now(), error = $2, \
+                         history = history || {} WHERE run_id = $1 AND state = $3",
+                        history_entry("$3", "'cancelled'", "NULL", "$2")
+                    ),
+                    "runs",
+                    "run_id",
+                    Appended::Last(1),
+                    false,
                 );
                 sqlx::query(&sql)
                     .bind(run_id)
@@ -251,13 +264,19 @@ impl PgStore {
                     .await?;
             requeue_slot(&job_id, max, slots_taken(&mut tx, &job_id).await?)?;
         }
-        let sql = format!(
-            "UPDATE runs SET state = $2, \
-             finished_at = CASE WHEN $3 THEN NULL ELSE now() END, \
-             run_after = CASE WHEN $3 THEN now() ELSE run_after END, \
-             lease_expires_at = NULL, cancel_requested = false, \
-             history = history || {} WHERE run_id = $1 AND state = $5 RETURNING {RUN_COLUMNS}",
-            history_entry("$5", "$2", "'operator'", "$4")
+        let sql = with_run_events(
+            &format!(
+                "UPDATE runs SET state = $2, \
+                 finished_at = CASE WHEN $3 THEN NULL ELSE now() END, \
+                 run_after = CASE WHEN $3 THEN now() ELSE run_after END, \
+                 lease_expires_at = NULL, cancel_requested = false, \
+                 history = history || {} WHERE run_id = $1 AND state = $5",
+                history_entry("$5", "$2", "'operator'", "$4")
+            ),
+            "runs",
+            RUN_COLUMNS,
+            Appended::Last(1),
+            false,
         );
         let written = sqlx::query_as::<_, RunRow>(&sql)
             .bind(run_id)
