@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{parse_json, RawBody};
+use super::runs::parse_run_id;
 use super::AppState;
 use crate::callbacks::rules::{self, Fence, RunNow};
 use crate::callbacks::{token, write_decision};
@@ -95,11 +96,6 @@ pub struct CallbackAck {
     /// been answered yet: the deadline is set when it is accepted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
-}
-
-fn parse_run_id(raw: &str) -> ApiResult<Uuid> {
-    raw.parse()
-        .map_err(|_| ApiError::bad_request(format!("run_id: {raw:?} is not a run id (a UUID)")))
 }
 
 /// A run and the presented token's secret, once the caller is checked.

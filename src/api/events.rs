@@ -21,9 +21,9 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{parse_json, QueryParams, RawBody};
 use super::job_view::{run_view, JobView};
+use super::runs::parse_run_id;
 use super::AppState;
-use crate::auth::middleware::presented_token;
-use crate::auth::verify::VerifyError;
+use crate::auth::middleware::{presented_token, verify_token};
 use crate::auth::{Caller, Scope};
 use crate::events::types::TypeFilter;
 use crate::events::{cursor, tickets};
@@ -119,13 +119,7 @@ impl Filters {
     ) -> ApiResult<Filters> {
         let types = TypeFilter::parse(event_type.unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
-        let run_id = run_id
-            .map(|raw| {
-                raw.parse::<Uuid>().map_err(|_| {
-                    ApiError::bad_request(format!("run_id: {raw:?} is not a run id (a UUID)"))
-                })
-            })
-            .transpose()?;
+        let run_id = run_id.map(parse_run_id).transpose()?;
         if let Some(j) = job_id.as_deref() {
             if j.is_empty() || j.len() > 200 {
                 return Err(ApiError::bad_request("job_id: must be 1 to 200 characters"));
@@ -329,7 +323,7 @@ async fn authorize_stream(
         presented_token(headers).map_err(|p| ApiError::Unauthorized(format!("{p}; {HOW}")))?;
     match (presented, ticket) {
         (Some(token), _) => {
-            let caller = verify(app, token).await?;
+            let caller = verify_token(&app.auth, token).await?;
             if !caller.scope.allows(Scope::Read) {
                 return Err(ApiError::Forbidden(format!(
                     "the token {:?} has {} scope; the stream needs read",
@@ -352,21 +346,6 @@ async fn authorize_stream(
             "this stream needs a credential; {HOW}"
         ))),
     }
-}
-
-async fn verify(app: &AppState, token: &str) -> ApiResult<Caller> {
-    app.auth
-        .verify(token, Utc::now())
-        .await
-        .map_err(|e| match e {
-            VerifyError::Refused(refusal) => ApiError::Unauthorized(refusal.to_string()),
-            VerifyError::Store(e) => {
-                tracing::warn!(error = %e, "could not look up an API token");
-                ApiError::Unavailable(
-                    "cannot check the API token: the database is unreachable".into(),
-                )
-            }
-        })
 }
 
 /// `POST /api/v1/events/tickets`: the stream's filters.

@@ -80,7 +80,7 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
     Ok((limit, offset))
 }
 
-fn parse_run_id(raw: &str) -> ApiResult<Uuid> {
+pub(super) fn parse_run_id(raw: &str) -> ApiResult<Uuid> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("run_id: {raw:?} is not a run id (a UUID)")))
 }

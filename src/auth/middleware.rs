@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::scope::{required_access, Access};
-use super::verify::{Auth, VerifyError};
+use super::verify::{Auth, Caller, VerifyError};
 use crate::api::ApiError;
 
 /// The original service's header: the token as the whole value.
@@ -56,6 +56,23 @@ fn scheme_only(value: &str) -> String {
     }
 }
 
+/// Who `presented` is, or the answer refusing it: 401 for a token that is
+/// not accepted, 503 when the store cannot be asked. (Also used by the
+/// event stream, which checks its own credential.)
+pub async fn verify_token(auth: &Auth, presented: &str) -> Result<Caller, ApiError> {
+    auth.verify(presented, chrono::Utc::now())
+        .await
+        .map_err(|e| match e {
+            VerifyError::Refused(refusal) => ApiError::Unauthorized(refusal.to_string()),
+            VerifyError::Store(e) => {
+                tracing::warn!(error = %e, "could not look up an API token");
+                ApiError::Unavailable(
+                    "cannot check the API token: the database is unreachable".into(),
+                )
+            }
+        })
+}
+
 /// The middleware (`axum::middleware::from_fn_with_state`, as a route
 /// layer, so that the route's template is known).
 pub async fn require_token(
@@ -89,18 +106,9 @@ pub async fn require_token(
                 return ApiError::Unauthorized(format!("{problem}; {HOW}")).into_response()
             }
         };
-        match auth.verify(presented, chrono::Utc::now()).await {
+        match verify_token(&auth, presented).await {
             Ok(caller) => caller,
-            Err(VerifyError::Refused(refusal)) => {
-                return ApiError::Unauthorized(refusal.to_string()).into_response()
-            }
-            Err(VerifyError::Store(e)) => {
-                tracing::warn!(error = %e, "could not look up an API token");
-                return ApiError::Unavailable(
-                    "cannot check the API token: the database is unreachable".into(),
-                )
-                .into_response();
-            }
+            Err(refused) => return refused.into_response(),
         }
     };
     // The caller goes into the response too, for the audit log

@@ -27,12 +27,10 @@ pub trait EventListener: Send + Sync + 'static {
 
 /// Delivers events to `listener` until `shutdown`.
 pub async fn run(hub: EventHub, listener: Arc<dyn EventListener>, shutdown: CancellationToken) {
-    let mut after = None;
-    while after.is_none() {
+    // Starts from the newest event visible now (retrying until readable).
+    let after = loop {
         match hub.newest().await {
-            Ok(newest) => {
-                after = Some(newest);
-            }
+            Ok(newest) => break newest,
             Err(e) => {
                 tracing::warn!(error = %e, "event listener: cannot read the events yet");
                 tokio::select! {
@@ -41,10 +39,10 @@ pub async fn run(hub: EventHub, listener: Arc<dyn EventListener>, shutdown: Canc
                 }
             }
         }
-    }
+    };
     let mut reader = hub
         .reader(EventQuery {
-            after: after.flatten(),
+            after,
             ..EventQuery::default()
         })
         .await;

@@ -119,9 +119,7 @@ impl PgStore {
             let full = rows.len() as i64 == ROWS_PER_READ;
             for row in rows {
                 from = Some(((row.tx, row.seq), false));
-                let entries = row.entries.0;
-                let numbered = entries.into_iter().enumerate();
-                let mut numbered: Vec<_> = numbered.collect();
+                let mut numbered: Vec<_> = row.entries.0.into_iter().enumerate().collect();
                 if q.descending {
                     numbered.reverse();
                 }
