@@ -45,6 +45,9 @@ async fn hit_counter() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
                     |State(h): State<Arc<Mutex<HashMap<String, usize>>>>,
                      Path(job): Path<String>| async move {
                         *h.lock().unwrap().entry(job).or_default() += 1;
+                        // Long enough that one replica's workers cannot
+                        // take a whole firing before the others wake.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         "ok"
                     },
                 ),
@@ -60,10 +63,14 @@ async fn hit_counter() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
 async fn three_replicas_fire_every_time_exactly_once() {
     let db = TestDb::postgres();
     let (server, hits) = hit_counter().await;
+    // Each replica has fewer workers than the jobs that fall due together,
+    // so whichever replica fires them claims a few and queues the rest for
+    // every replica's workers: the work spreads however the firing races go.
+    let workers = ["--workers", "4"];
     let (a, b, c) = tokio::join!(
-        Replica::spawn(&db, "r-a", &[]),
-        Replica::spawn(&db, "r-b", &[]),
-        Replica::spawn(&db, "r-c", &[])
+        Replica::spawn(&db, "r-a", &workers),
+        Replica::spawn(&db, "r-b", &workers),
+        Replica::spawn(&db, "r-c", &workers)
     );
     let mut replicas = [a, b, c];
     const JOBS: usize = 20;
