@@ -1,7 +1,7 @@
 -- Events (issue #13 §1, SPEC §11): an outbox. Each statement's events are
 -- written in the transaction that makes the change, so an event exists if
--- and only if its change committed: by the statement itself for runs (see
--- below), by triggers on `jobs` and `service_state`.
+-- and only if its change committed: by the statement itself for runs and
+-- jobs (see below), by a trigger on `service_state`.
 --
 -- One row per statement, not per event: a statement that claims or ends 500
 -- runs writes one row whose `entries` holds their 500 events, so recording
@@ -69,60 +69,11 @@ END $$;
 CREATE TRIGGER events_notify AFTER INSERT ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_notify();
 
--- Runs write their events themselves, in the statement that appends their
--- history entries (src/store/postgres/events.rs, `run_events_cte`): a
--- trigger on `runs` deriving them from the transition tables cost the
--- drain 40 % (docs/benchmarks.md).
-
--- Jobs: created, deleted, and of the updates those a person makes (the
--- definition or the state; the scheduler's `next_run_at` is none).
-CREATE FUNCTION events_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT events_enabled() THEN RETURN NULL; END IF;
-    PERFORM events_write((
-        SELECT jsonb_agg(jsonb_build_object('t', 'job.created', 'at', n.created_at, 'j', n.job_id)
-                   ORDER BY n.job_id)
-        FROM new_jobs n));
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION events_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT events_enabled() THEN RETURN NULL; END IF;
-    PERFORM events_write((
-        SELECT jsonb_agg(jsonb_build_object(
-                   't', 'job.' || CASE
-                       WHEN n.state = o.state THEN 'updated'
-                       WHEN n.state = 'paused' THEN 'paused'
-                       WHEN n.state = 'completed' THEN 'completed'
-                       ELSE 'resumed' END,
-                   'at', CASE WHEN n.state = 'completed' AND n.updated_at = o.updated_at
-                           THEN statement_timestamp() ELSE n.updated_at END,
-                   'j', n.job_id, 'f', o.state) ORDER BY n.job_id)
-        FROM new_jobs n JOIN old_jobs o ON o.job_id = n.job_id
-        WHERE n.state <> o.state OR n.updated_at <> o.updated_at));
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION events_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT events_enabled() THEN RETURN NULL; END IF;
-    PERFORM events_write((
-        SELECT jsonb_agg(jsonb_build_object('t', 'job.deleted', 'at', statement_timestamp(),
-                   'j', o.job_id) ORDER BY o.job_id)
-        FROM old_jobs o));
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER jobs_events_inserted AFTER INSERT ON jobs
-    REFERENCING NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION events_jobs_inserted();
-CREATE TRIGGER jobs_events_updated AFTER UPDATE ON jobs
-    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION events_jobs_updated();
-CREATE TRIGGER jobs_events_deleted AFTER DELETE ON jobs
-    REFERENCING OLD TABLE AS old_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION events_jobs_deleted();
+-- Runs and jobs write their events themselves, in the statement that
+-- changes them (src/store/postgres/events.rs, `events_cte`): triggers
+-- deriving them from the transition tables cost the drain 40 %
+-- (docs/benchmarks.md). The service switch, written rarely, keeps a row
+-- trigger.
 
 CREATE FUNCTION events_service_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -3,10 +3,10 @@
 //!
 //! - **Stored as an outbox.** Each change's events are written in the
 //!   transaction that makes it: an event exists if and only if its change
-//!   committed. On PostgreSQL the statements that move runs write their
-//!   events themselves (`run_events_cte` in the PostgreSQL store), and
-//!   triggers those of jobs and the service state; on the embedded store
-//!   triggers write them all (see the migrations).
+//!   committed. On PostgreSQL the statements that move runs and change
+//!   jobs write their events themselves (`events_cte` in the PostgreSQL
+//!   store), and a trigger those of the service state; on the embedded
+//!   store triggers write them all (see the migrations).
 //! - **Compact.** An event is its type, time, ids and transition
 //!   (`from_state`, `reason`, `attempt`); the API adds `data`, the run or
 //!   job as it shows them now, when it reads (`crate::api` events).

@@ -17,7 +17,8 @@
 //! Every transaction that writes or releases jobs sends one notice to the
 //! schedulers.
 
-use super::jobs::SELECT_JOB;
+use super::events::{events_cte, job_change_type, job_entries};
+use super::jobs::{with_job_change_events, SELECT_JOB};
 use super::notify::{self, FireHint, Notice};
 use super::{FileJobPlan, FileJobRow, FileUpsertResult, JobRow, PgStore, StoreResult};
 use crate::domain::JobState;
@@ -25,12 +26,16 @@ use crate::domain::JobState;
 /// First key of the advisory locks taken per job id (`'jobs'` in ASCII).
 const LOCK_NAMESPACE: i32 = 0x6a6f_6273;
 
-/// Pauses the selected file jobs (a completed one-shot job stays completed)
-/// and marks them as no longer backed by a file.
-const RELEASE: &str = "UPDATE jobs SET \
-     state = CASE WHEN state = 'completed' THEN state ELSE 'paused' END, \
-     next_run_at = NULL, file_state = NULL, updated_at = now() \
-     WHERE file_state IS NOT NULL";
+/// Pauses the file jobs (of `j`) that `condition` selects (a completed
+/// one-shot job stays completed) and marks them as no longer backed by a
+/// file. Returns their ids.
+fn release_sql(condition: &str) -> String {
+    with_job_change_events(
+        "SET state = CASE WHEN j.state = 'completed' THEN j.state ELSE 'paused' END, \
+         next_run_at = NULL, file_state = NULL, updated_at = now()",
+        &format!("j.file_state IS NOT NULL AND {condition}"),
+    )
+}
 
 impl PgStore {
     /// Inserts or updates the job `job_id` as a default-jobs file defines it.
@@ -70,8 +75,9 @@ impl PgStore {
             Err(answer) => return answer,
         };
         // The same columns as `job_insert` and `job_replace`, plus `file_state`.
-        super::jobs::bind_definition(sqlx::query(
-            "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
+        let old_state = existing.as_ref().map(|e| e.row.state);
+        super::jobs::bind_definition(sqlx::query(&format!(
+            "WITH written AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs, failed_run_id, \
              file_state) \
@@ -85,19 +91,36 @@ impl PgStore {
              retry_backoff_ms = EXCLUDED.retry_backoff_ms, state = EXCLUDED.state, \
              next_run_at = EXCLUDED.next_run_at, description = EXCLUDED.description, \
              tags = EXCLUDED.tags, source = EXCLUDED.source, keep_runs = EXCLUDED.keep_runs, \
-             file_state = EXCLUDED.file_state, updated_at = now()",
-        ), &job)
+             file_state = EXCLUDED.file_state, updated_at = now() \
+             RETURNING job_id, state, updated_at), {events} \
+             SELECT count(*) FROM written",
+            // `$24`: the state the job had, read under the lock (none: new).
+            events = events_cte(
+                "job_events",
+                &[job_entries(
+                    0,
+                    "written",
+                    &format!(
+                        "CASE WHEN $24::text IS NULL THEN 'job.created' ELSE {} END",
+                        job_change_type("$24::text", "c.state")
+                    ),
+                    "c.updated_at",
+                    "$24::text",
+                    "true"
+                )]
+            ),
+        )), &job)
         .bind(job.failed_run_id)
         .bind(file_state)
+        .bind(old_state)
         .execute(&mut *tx)
         .await?;
-        let released: Vec<String> = sqlx::query_scalar(&format!(
-            "{RELEASE} AND source = $1 AND job_id <> $2 RETURNING job_id"
-        ))
-        .bind(&job.source)
-        .bind(job_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let released: Vec<String> =
+            sqlx::query_scalar(&release_sql("j.source = $1 AND j.job_id <> $2"))
+                .bind(&job.source)
+                .bind(job_id)
+                .fetch_all(&mut *tx)
+                .await?;
         notify::send(&mut *tx, &Notice::jobs(FireHint::Recheck)).await?;
         tx.commit().await?;
         Ok(FileUpsertResult::new(existing.is_some(), released))
@@ -113,8 +136,8 @@ impl PgStore {
         present: &[String],
     ) -> StoreResult<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let released: Vec<String> = sqlx::query_scalar(&format!(
-            "{RELEASE} AND starts_with(source, $1) AND NOT (source = ANY($2)) RETURNING job_id"
+        let released: Vec<String> = sqlx::query_scalar(&release_sql(
+            "starts_with(j.source, $1) AND NOT (j.source = ANY($2))",
         ))
         .bind(dir_prefix)
         .bind(present)

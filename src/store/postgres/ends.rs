@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::events::{with_run_events, Appended};
+use super::events::{events_cte, job_entries, with_run_events, Appended};
 use super::runs::{any_of, history_entry};
 use super::StoreResult;
 use crate::domain::rules::{self, FailedRun, OneShotFacts};
@@ -31,14 +31,31 @@ const COMPLETION_TRIES: usize = 4;
 /// `$4` job ids, `$5` kwargs, `$6` failed run ids, `$7` descriptions. A
 /// record already there (a run failed again after an operator re-queued
 /// it) gets the new kwargs.
-pub(crate) const FAILURE_RECORDS_SQL: &str =
-    "INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, source, \
-     failed_run_id, description) \
-     SELECT u.job_id, $1::text, u.kwargs, $2::text, now(), $3::text, 'jobsd', u.failed_run_id, \
-       u.description \
-     FROM UNNEST($4::text[], $5::jsonb[], $6::uuid[], $7::text[]) \
-       AS u(job_id, kwargs, failed_run_id, description) \
-     ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now()";
+pub(crate) fn failure_records_sql() -> String {
+    format!(
+        "WITH written AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, start_at, state, \
+           source, failed_run_id, description) \
+         SELECT u.job_id, $1::text, u.kwargs, $2::text, now(), $3::text, 'jobsd', u.failed_run_id, \
+           u.description \
+         FROM UNNEST($4::text[], $5::jsonb[], $6::uuid[], $7::text[]) \
+           AS u(job_id, kwargs, failed_run_id, description) \
+         ON CONFLICT (job_id) DO UPDATE SET kwargs = EXCLUDED.kwargs, updated_at = now() \
+         RETURNING job_id, state, updated_at, xmax = 0 AS created), {events} \
+         SELECT count(*) FROM written",
+        // The state is not written on conflict: an update's `from` is its state.
+        events = events_cte(
+            "job_events",
+            &[job_entries(
+                0,
+                "written",
+                "CASE WHEN c.created THEN 'job.created' ELSE 'job.updated' END",
+                "c.updated_at",
+                "CASE WHEN NOT c.created THEN c.state END",
+                "true"
+            )]
+        ),
+    )
+}
 
 /// Writes the failure records of `failed` ([`rules::failure_record`]).
 pub(crate) async fn insert_failure_records(
@@ -50,7 +67,7 @@ pub(crate) async fn insert_failure_records(
     }
     let records: Vec<rules::FailureRecord> = failed.iter().map(rules::failure_record).collect();
     let col = |f: fn(&rules::FailureRecord) -> Value| records.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(FAILURE_RECORDS_SQL)
+    sqlx::query(&failure_records_sql())
         .bind(ERROR_HANDLER)
         .bind(ScheduleKind::Never)
         .bind(JobState::Paused)
@@ -244,15 +261,28 @@ pub(crate) fn one_shot_facts_sql() -> String {
 
 /// The `UPDATE` completing jobs: `$1` the row versions their facts were
 /// read from (`ctid`s: the rows are reached directly, not looked up again),
-/// `$2` maps each job id to that version's `xmin`. A job written since (its
-/// row has moved, or another job's row took the slot) is left alone, and
-/// decided again. Returns the jobs completed.
+/// `$2` maps each job id to that version's `xmin`, `$3` to its state (the
+/// completion event's `from`). A job written since (its row has moved, or
+/// another job's row took the slot) is left alone, and decided again.
+/// Returns the jobs completed.
 pub(crate) fn complete_jobs_sql() -> String {
     format!(
-        "UPDATE jobs j SET state = 'completed', updated_at = now() \
-         WHERE j.ctid = {} AND j.xmin = ($2::jsonb ->> j.job_id)::int8::text::xid \
-         RETURNING j.job_id",
-        any_of("$1::text[]", "tid")
+        "WITH completed AS (UPDATE jobs j SET state = 'completed', updated_at = now() \
+           WHERE j.ctid = {} AND j.xmin = ($2::jsonb ->> j.job_id)::int8::text::xid \
+           RETURNING j.job_id, j.updated_at), {events} \
+         SELECT job_id FROM completed",
+        any_of("$1::text[]", "tid"),
+        events = events_cte(
+            "job_events",
+            &[job_entries(
+                0,
+                "completed",
+                "'job.completed'",
+                "c.updated_at",
+                "$3::jsonb ->> c.job_id",
+                "true"
+            )]
+        ),
     )
 }
 
@@ -261,10 +291,12 @@ pub(crate) fn complete_jobs_sql() -> String {
 /// decided again).
 async fn complete_decided(tx: &mut PgTx, facts: &[OneShotRow]) -> StoreResult<Vec<String>> {
     let mut versions = serde_json::Map::new();
+    let mut states = serde_json::Map::new();
     let mut ctids = Vec::new();
     for row in facts {
         if rules::one_shot_completes(&row.facts()) && !versions.contains_key(&row.job_id) {
             versions.insert(row.job_id.clone(), Value::from(row.version));
+            states.insert(row.job_id.clone(), Value::from(row.state.as_str()));
             ctids.push(row.ctid.clone());
         }
     }
@@ -275,6 +307,7 @@ async fn complete_decided(tx: &mut PgTx, facts: &[OneShotRow]) -> StoreResult<Ve
     let completed: HashSet<String> = sqlx::query_scalar(&complete_jobs_sql())
         .bind(&ctids)
         .bind(Value::Object(versions))
+        .bind(Value::Object(states))
         .fetch_all(&mut **tx)
         .await?
         .into_iter()

@@ -2,8 +2,8 @@
 //! tickets, and the listener that wakes readers when a transaction with
 //! events commits.
 //!
-//! **Why a cursor never skips or repeats an event.** The triggers stamp
-//! each event with `tx`, the id of the transaction writing it, and `seq`,
+//! **Why a cursor never skips or repeats an event.** Each row of events is
+//! stamped with `tx`, the id of the transaction writing it, and `seq`,
 //! a sequence value; readers order by `(tx, seq)`. Neither is known to be
 //! in commit order: a transaction that got its id first may commit last.
 //! So a page shows only events with `tx` below the horizon
@@ -36,9 +36,9 @@ use crate::store::events::{EventPage, EventPosition, EventQuery, EventRow, Ticke
 /// The channel each transaction that writes events notifies, once.
 pub const EVENTS_CHANNEL: &str = "jobsd_events";
 
-/// One stored event, as a row's `entries` hold it: the short keys of the
-/// triggers (jobs, service), or a run's history entry (`instance`, `from`,
-/// `reason`) with the ids added by [`run_events_cte`].
+/// One stored event, as a row's `entries` hold it: the short keys of
+/// [`job_entries`] and the service trigger, or a run's history entry
+/// (`instance`, `from`, `reason`) with the ids added by [`run_entries`].
 #[derive(Deserialize)]
 struct Entry {
     t: String,
@@ -265,18 +265,38 @@ pub(crate) fn event_columns(alias: &str) -> String {
     )
 }
 
-/// SQL: a CTE `run_events` writing, as one row, the events of the history
-/// entries that the run write `source` (a CTE returning
+/// SQL: a CTE `name` writing the events that `parts` select as one row of
+/// `events` (none when they select nothing, or events are off). Each part
+/// is a `SELECT` of `part` (its place among the parts), `n` (the order
+/// within it), `job` (the job id) and `entry` (the event's jsonb): see
+/// [`run_entries`] and [`job_entries`]. One statement's events come in the
+/// order of its parts.
+///
+/// Each write states its events itself, in its own statement, rather than
+/// a trigger deriving them from the transition tables: those triggers cost
+/// the drain 40 % (docs/benchmarks.md), this costs a few microseconds a
+/// row.
+pub(crate) fn events_cte(name: &str, parts: &[String]) -> String {
+    format!(
+        "{name} AS (INSERT INTO events (keys, entries) \
+           SELECT array_agg(DISTINCT 'j:' || e.job), jsonb_agg(e.entry ORDER BY e.part, e.n) \
+           FROM ({parts}) e WHERE events_enabled() HAVING count(*) > 0)",
+        parts = parts.join(" UNION ALL "),
+    )
+}
+
+/// SQL: a CTE `run_events` writing the events of [`run_entries`].
+pub(crate) fn run_events_cte(source: &str, appended: Appended, retried: bool) -> String {
+    events_cte("run_events", &[run_entries(0, source, appended, retried)])
+}
+
+/// SQL: an [`events_cte`] part (number `part`) with the events of the
+/// history entries that the run write `source` (a CTE returning
 /// [`event_columns`]) appended. A run going back to `queued` is retried
 /// when `retried` (a retry, a rescue), else queued again (a hand-back, an
 /// operator's requeue). A step within one state (a callback run accepted)
 /// is no event.
-///
-/// Each run write states its events itself, in its own statement, rather
-/// than a trigger on `runs` deriving them from the transition tables:
-/// that trigger cost the drain 40 % (docs/benchmarks.md), this costs a
-/// few microseconds a run.
-pub(crate) fn run_events_cte(source: &str, appended: Appended, retried: bool) -> String {
+pub(crate) fn run_entries(part: u8, source: &str, appended: Appended, retried: bool) -> String {
     let first = match appended {
         Appended::Last(n) => format!("jsonb_array_length(c.ev_history) - {n}"),
         Appended::All => "0".to_string(),
@@ -287,14 +307,42 @@ pub(crate) fn run_events_cte(source: &str, appended: Appended, retried: bool) ->
         "'run.' || (x.e ->> 'to')"
     };
     format!(
-        "run_events AS (INSERT INTO events (keys, entries) \
-           SELECT array_agg(DISTINCT 'j:' || c.ev_job), \
-             jsonb_agg(jsonb_build_object('t', {event_type}, 'j', c.ev_job, 'r', c.ev_run, \
-               'a', c.ev_attempt) || x.e) \
-           FROM {source} c, LATERAL (SELECT c.ev_history -> g.i AS e \
-             FROM generate_series({first}, jsonb_array_length(c.ev_history) - 1) AS g(i)) x \
-           WHERE events_enabled() AND (x.e ->> 'from') IS DISTINCT FROM (x.e ->> 'to') \
-           HAVING count(*) > 0)"
+        "SELECT {part} AS part, x.i AS n, c.ev_job AS job, \
+           jsonb_build_object('t', {event_type}, 'j', c.ev_job, 'r', c.ev_run, \
+             'a', c.ev_attempt) || x.e AS entry \
+         FROM {source} c, LATERAL (SELECT g.i, c.ev_history -> g.i AS e \
+           FROM generate_series({first}, jsonb_array_length(c.ev_history) - 1) AS g(i)) x \
+         WHERE (x.e ->> 'from') IS DISTINCT FROM (x.e ->> 'to')"
+    )
+}
+
+/// The type of the event of a job written from state `old` to `new` (SQL
+/// expressions): a change of state is a pause, a resume or a completion;
+/// any other write an update.
+pub(crate) fn job_change_type(old: &str, new: &str) -> String {
+    format!(
+        "CASE WHEN {new} = {old} THEN 'job.updated' WHEN {new} = 'paused' THEN 'job.paused' \
+           WHEN {new} = 'completed' THEN 'job.completed' ELSE 'job.resumed' END"
+    )
+}
+
+/// SQL: an [`events_cte`] part (number `part`) with one event per row of
+/// `source` (a CTE returning `job_id`) where `when` holds: of type
+/// `event_type`, at `at`, from state `from` (SQL expressions over `c`,
+/// the row).
+pub(crate) fn job_entries(
+    part: u8,
+    source: &str,
+    event_type: &str,
+    at: &str,
+    from: &str,
+    when: &str,
+) -> String {
+    format!(
+        "SELECT {part} AS part, 0 AS n, c.job_id AS job, \
+           jsonb_strip_nulls(jsonb_build_object('t', {event_type}, 'at', {at}, 'j', c.job_id, \
+             'f', {from})) AS entry \
+         FROM {source} c WHERE {when}"
     )
 }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::events::{event_columns, run_events_cte, Appended};
+use super::events::{event_columns, events_cte, job_entries, run_entries, Appended};
 use super::execution::{claimed_on_insert, inserted_claim_values, CLAIM_AT};
 use super::notify::{self, Notice};
 use super::runs::{history_entry_at, run_counts_active, RUN_COLUMNS};
@@ -155,12 +155,13 @@ pub(crate) fn fire_commit_sql() -> String {
            FROM firing f \
            ON CONFLICT (job_id, scheduled_for) WHERE trigger <> 'manual' DO NOTHING \
            RETURNING {columns}, {event_columns} \
-         ), {run_events}, advanced AS ( \
+         ), advanced AS ( \
            UPDATE jobs j SET next_run_at = a.next_run_at, \
              state = CASE WHEN a.complete THEN 'completed' ELSE j.state END \
            FROM UNNEST($9::text[], $10::timestamptz[], $11::bool[]) AS a(job_id, next_run_at, complete) \
            WHERE j.job_id = a.job_id AND j.job_id = ANY($9) \
-         ) \
+           RETURNING j.job_id, a.complete \
+         ), {events} \
          SELECT {columns} FROM inserted WHERE state = 'running'",
         claim = claimed_on_insert("u.state = 'queued' AND j.lock_key IS NULL", "u.ord", "$12"),
         claimed_values = inserted_claim_values(
@@ -172,6 +173,21 @@ pub(crate) fn fire_commit_sql() -> String {
         ),
         columns = RUN_COLUMNS,
         event_columns = event_columns("runs"),
-        run_events = run_events_cte("inserted", Appended::All, false),
+        // A due job is running (only a running job has a next fire time),
+        // so completing it is its state's only change here.
+        events = events_cte(
+            "fired_events",
+            &[
+                run_entries(0, "inserted", Appended::All, false),
+                job_entries(
+                    1,
+                    "advanced",
+                    "'job.completed'",
+                    CLAIM_AT,
+                    "'running'",
+                    "c.complete"
+                ),
+            ]
+        ),
     )
 }

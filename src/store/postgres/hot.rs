@@ -10,7 +10,7 @@
 use uuid::Uuid;
 
 use super::ends::{
-    complete_jobs_sql, one_shot_facts_sql, release_waiting_sql, FAILURE_RECORDS_SQL,
+    complete_jobs_sql, failure_records_sql, one_shot_facts_sql, release_waiting_sql,
     WAITING_RUNS_SQL,
 };
 use super::execution::{
@@ -143,7 +143,7 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
         },
         HotStatement {
             name: "completion: failure records",
-            sql: FAILURE_RECORDS_SQL.to_string(),
+            sql: failure_records_sql(),
             args: vec![
                 text("ErrorHandler"),
                 text("never"),
@@ -174,6 +174,7 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
                 // Made-up row versions: the plan does not depend on them.
                 text_array((0..m).map(|i| format!("({},{})", i / 50, i % 50 + 1))),
                 json_job_map(&f.jobs, "1"),
+                json_job_map(&f.jobs, r#""running""#),
             ],
             settings: None,
         },

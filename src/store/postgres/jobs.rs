@@ -7,7 +7,9 @@ use sqlx::query::Query;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::events::{event_columns, run_events_cte, Appended};
+use super::events::{
+    event_columns, events_cte, job_change_type, job_entries, run_entries, Appended,
+};
 use super::execution::{claimed_on_insert, inserted_claim_values, CLAIM_AT};
 use super::notify::{self, Notice};
 use super::runs::{history_entry_at, RUN_COLUMNS};
@@ -199,13 +201,15 @@ impl PgStore {
     /// re-applies its change), so a change never re-fires, loses or doubles
     /// a scheduled time. Runs and timestamps are kept.
     pub async fn job_replace(&self, job: &NewJob, version: i64) -> StoreResult<JobRow> {
-        let updated = bind_definition(sqlx::query(
-            "UPDATE jobs SET handler = $2, kwargs = $3, schedule_kind = $4, interval_ms = $5, cron = $6, \
-             timezone = $7, start_at = $8, misfire_grace_ms = $9, coalesce = $10, max_instances = $11, \
-             lock_key = $12, timeout_ms = $13, max_retries = $14, retry_backoff_ms = $15, state = $16, \
-             next_run_at = $17, description = $18, tags = $19, source = $20, keep_runs = $21, \
-             updated_at = now() WHERE job_id = $1 AND xmin = $22::int8::text::xid",
-            ),
+        let updated = bind_definition(
+            sqlx::query(&with_job_change_events(
+                "SET handler = $2, kwargs = $3, schedule_kind = $4, interval_ms = $5, cron = $6, \
+                 timezone = $7, start_at = $8, misfire_grace_ms = $9, coalesce = $10, \
+                 max_instances = $11, lock_key = $12, timeout_ms = $13, max_retries = $14, \
+                 retry_backoff_ms = $15, state = $16, next_run_at = $17, description = $18, \
+                 tags = $19, source = $20, keep_runs = $21, updated_at = now()",
+                "j.job_id = $1 AND j.xmin = $22::int8::text::xid",
+            )),
             job,
         )
         .bind(version)
@@ -268,10 +272,10 @@ impl PgStore {
         next_run_at: Option<DateTime<Utc>>,
         version: i64,
     ) -> StoreResult<JobRow> {
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = $2, next_run_at = $3, updated_at = now() \
-             WHERE job_id = $1 AND xmin = $4::int8::text::xid AND state <> 'completed'",
-        )
+        let updated = sqlx::query(&with_job_change_events(
+            "SET state = $2, next_run_at = $3, updated_at = now()",
+            "j.job_id = $1 AND j.xmin = $4::int8::text::xid AND j.state <> 'completed'",
+        ))
         .bind(job_id)
         .bind(state)
         .bind(next_run_at)
@@ -318,7 +322,19 @@ impl PgStore {
     ) -> StoreResult<Vec<String>> {
         let mut tx = self.pool.begin().await?;
         let job_ids: Vec<String> = sqlx::query_scalar(&format!(
-            "DELETE FROM jobs WHERE {condition} RETURNING job_id"
+            "WITH deleted AS (DELETE FROM jobs WHERE {condition} RETURNING job_id), {events} \
+             SELECT job_id FROM deleted",
+            events = events_cte(
+                "job_events",
+                &[job_entries(
+                    0,
+                    "deleted",
+                    "'job.deleted'",
+                    "statement_timestamp()",
+                    "NULL",
+                    "true"
+                )]
+            ),
         ))
         .bind(value)
         .fetch_all(&mut *tx)
@@ -358,6 +374,29 @@ impl PgStore {
     }
 }
 
+/// SQL: `UPDATE jobs j {set} WHERE {condition}` (over `j`), writing the
+/// event of each job it changes in the same statement: the row's state
+/// before the write is read by joining the row as the statement found it.
+/// Executed, it reports the jobs it changed.
+pub(super) fn with_job_change_events(set: &str, condition: &str) -> String {
+    format!(
+        "WITH changed AS (UPDATE jobs j {set} FROM jobs o WHERE o.job_id = j.job_id AND {condition} \
+           RETURNING j.job_id, j.state, j.updated_at, o.state AS old_state), {events} \
+         SELECT job_id FROM changed",
+        events = events_cte(
+            "job_events",
+            &[job_entries(
+                0,
+                "changed",
+                &job_change_type("c.old_state", "c.state"),
+                "c.updated_at",
+                "c.old_state",
+                "true",
+            )]
+        ),
+    )
+}
+
 /// The statement of [`PgStore::job_insert_many`] (its parameters are bound
 /// there).
 pub(crate) fn job_insert_many_sql() -> String {
@@ -381,7 +420,7 @@ pub(crate) fn job_insert_many_sql() -> String {
          u.max_retries, u.retry_backoff_ms, u.state, CASE WHEN u.due_now THEN NULL ELSE u.next_run_at END, \
          u.description, ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id, \
          u.keep_runs FROM input u \
-         RETURNING state, next_run_at), \
+         RETURNING job_id, created_at), \
          fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
            state, attempt, started_at, instance, lease_expires_at, history, \
            max_retries, retry_backoff_ms, timeout_ms, misfire_grace_ms, lock_key) \
@@ -389,7 +428,7 @@ pub(crate) fn job_insert_many_sql() -> String {
            {claimed_values}, \
            u.max_retries, u.retry_backoff_ms, u.timeout_ms, u.misfire_grace_ms, u.lock_key \
          FROM firing u \
-         RETURNING {columns}, {event_columns}), {run_events} \
+         RETURNING {columns}, {event_columns}), {events} \
          SELECT {columns} FROM fired",
         claim = claimed_on_insert("u.lock_key IS NULL", "u.ord", "$23"),
         claimed_values = inserted_claim_values(
@@ -407,6 +446,12 @@ pub(crate) fn job_insert_many_sql() -> String {
         ),
         columns = RUN_COLUMNS,
         event_columns = event_columns("runs"),
-        run_events = run_events_cte("fired", Appended::All, false),
+        events = events_cte(
+            "written_events",
+            &[
+                job_entries(0, "inserted", "'job.created'", "c.created_at", "NULL", "true"),
+                run_entries(1, "fired", Appended::All, false),
+            ]
+        ),
     )
 }
