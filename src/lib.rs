@@ -5,6 +5,7 @@
 //! build a [`handlers::HandlerRegistry`] with their own handlers and call
 //! [`app::serve`].
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod audit;
