@@ -58,6 +58,7 @@ mod retention;
 mod runs;
 mod service;
 mod tokens;
+mod webhooks;
 
 /// Runs `test` on a fresh, migrated store of `backend`, in a database of
 /// its own (removed afterwards).
