@@ -153,7 +153,10 @@ pub async fn start_with_listeners(
         store.clone(),
         registry.clone(),
         events.clone(),
-        crate::webhooks::send::Sender::new(Arc::new(webhook_policy), config.webhooks.webhook_timeout),
+        crate::webhooks::send::Sender::new(
+            Arc::new(webhook_policy),
+            config.webhooks.webhook_timeout,
+        ),
         metrics.clone(),
         crate::webhooks::DelivererConfig {
             instance: instance.clone(),

@@ -8,6 +8,10 @@
 -- transaction, only if the cursor is still where it read it (so of two
 -- replicas racing, one writes and the other reads again): no event is
 -- skipped, none is queued twice.
+-- A job's `notify`: the names of webhooks that get every event of the job,
+-- whatever their own filters say.
+ALTER TABLE jobs ADD COLUMN notify text[] NOT NULL DEFAULT '{}';
+
 CREATE TABLE webhooks (
     id              uuid PRIMARY KEY,
     name            text NOT NULL,

@@ -1,5 +1,8 @@
 -- Webhooks: see migrations/postgres/0012_webhooks.sql. Lists are JSON
 -- arrays of texts; times are microseconds since the epoch.
+-- A job's `notify` (a JSON array of webhook names).
+ALTER TABLE jobs ADD COLUMN notify TEXT NOT NULL DEFAULT '[]';
+
 CREATE TABLE webhooks (
     id              TEXT PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE,

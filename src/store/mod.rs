@@ -725,7 +725,10 @@ impl Store {
     }
 
     /// Queues one delivery, due now (a test delivery).
-    pub async fn webhook_delivery_insert(&self, delivery: &NewDelivery) -> StoreResult<DeliveryRow> {
+    pub async fn webhook_delivery_insert(
+        &self,
+        delivery: &NewDelivery,
+    ) -> StoreResult<DeliveryRow> {
         on_backend!(self, s => s.webhook_delivery_insert(delivery).await)
     }
 

@@ -73,7 +73,9 @@ pub fn check_url(url: &str, policy: &AddressPolicy) -> Result<(), String> {
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("{url:?}: only http and https URLs are delivered to"));
+        return Err(format!(
+            "{url:?}: only http and https URLs are delivered to"
+        ));
     }
     let Some(host) = parsed.host_str() else {
         return Err(format!("{url:?} has no host"));

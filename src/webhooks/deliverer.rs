@@ -49,6 +49,9 @@ pub struct DelivererConfig {
     pub poll: Duration,
 }
 
+/// How often the feed looks for events while no webhook is active.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
 /// Attempts sent at once by one replica.
 pub const CONCURRENCY: usize = 32;
 
@@ -130,23 +133,33 @@ impl Deliverer {
     pub async fn feed_once(&self, wait: Duration) -> StoreResult<usize> {
         let inner = &self.inner;
         let from = inner.store.webhook_feed_position().await?;
-        let mut reader = inner
-            .hub
-            .reader(EventQuery {
-                after: from,
-                ..EventQuery::default()
-            })
-            .await;
-        let events = reader.next(wait).await?;
-        let Some(to) = reader.position() else {
+        let webhooks = inner.store.webhook_list().await?;
+        let subscriptions: Vec<Subscription> =
+            webhooks.iter().filter_map(Subscription::of).collect();
+        let query = EventQuery {
+            after: from,
+            limit: crate::events::feed::PAGE,
+            ..EventQuery::default()
+        };
+        let (events, to) = if subscriptions.is_empty() {
+            // Nobody to deliver to: the feed only keeps up, polling, so a
+            // replica without webhooks holds no listening connection.
+            let page = inner.store.events_page(&query).await?;
+            if page.scanned_to.is_none() {
+                tokio::time::sleep(wait.min(IDLE_POLL)).await;
+            }
+            (page.events, page.scanned_to)
+        } else {
+            let mut reader = inner.hub.reader(query).await;
+            let events = reader.next(wait).await?;
+            (events, reader.position())
+        };
+        let Some(to) = to else {
             return Ok(0);
         };
         if Some(to) == from {
             return Ok(0);
         }
-        let webhooks = inner.store.webhook_list().await?;
-        let subscriptions: Vec<Subscription> =
-            webhooks.iter().filter_map(Subscription::of).collect();
         let mut deliveries = Vec::new();
         if !subscriptions.is_empty() && !events.is_empty() {
             let mut job_ids: Vec<String> = events.iter().filter_map(|e| e.job_id.clone()).collect();
@@ -173,7 +186,7 @@ impl Deliverer {
                     job: job.map(|j| JobFacts {
                         tags: &j.tags,
                         handler: &j.handler,
-                        notify: &[],
+                        notify: &j.notify,
                     }),
                 };
                 let wanted: Vec<&Subscription> =
@@ -327,7 +340,11 @@ impl Deliverer {
     }
 
     /// Queues a test delivery to `webhook_id` and wakes the sender.
-    pub async fn queue_test(&self, webhook_id: uuid::Uuid, name: &str) -> StoreResult<crate::store::DeliveryRow> {
+    pub async fn queue_test(
+        &self,
+        webhook_id: uuid::Uuid,
+        name: &str,
+    ) -> StoreResult<crate::store::DeliveryRow> {
         let at = Utc::now();
         let body = payload(
             "webhook.test",

@@ -57,7 +57,7 @@ impl<'a> Subscription<'a> {
     pub fn wants(&self, event: &EventFacts<'_>) -> bool {
         let spec = &self.webhook.spec;
         if let Some(job) = &event.job {
-            if job.notify.iter().any(|n| *n == spec.name) {
+            if job.notify.contains(&spec.name) {
                 return true;
             }
         }
@@ -124,7 +124,11 @@ mod tests {
 
     const NO_NOTIFY: &[String] = &[];
 
-    fn event<'a>(event_type: &'a str, job_id: &'a str, job: Option<JobFacts<'a>>) -> EventFacts<'a> {
+    fn event<'a>(
+        event_type: &'a str,
+        job_id: &'a str,
+        job: Option<JobFacts<'a>>,
+    ) -> EventFacts<'a> {
         EventFacts {
             event_type,
             job_id: Some(job_id),

@@ -83,10 +83,7 @@ pub fn next_step(
     if now - failing_since.unwrap_or(now) >= DISABLE_AFTER_FAILING {
         return NextStep::Disable("its deliveries failed for 5 days in a row");
     }
-    let Some(scheduled) = attempt
-        .checked_sub(1)
-        .and_then(|i| delays.get(i as usize))
-    else {
+    let Some(scheduled) = attempt.checked_sub(1).and_then(|i| delays.get(i as usize)) else {
         return NextStep::GiveUp;
     };
     let jittered = scheduled.mul_f64(1.0 + JITTER * (2.0 * jitter.clamp(0.0, 1.0) - 1.0));
@@ -140,7 +137,14 @@ mod tests {
     fn failures_are_retried_on_the_schedule_then_given_up() {
         let expected = [5, 300, 1800, 7200, 18000, 36000, 36000];
         for (i, seconds) in expected.iter().enumerate() {
-            let step = next_step(&RETRY_DELAYS, i as u32 + 1, &failed(500), Some(now()), now(), 0.5);
+            let step = next_step(
+                &RETRY_DELAYS,
+                i as u32 + 1,
+                &failed(500),
+                Some(now()),
+                now(),
+                0.5,
+            );
             assert_eq!(
                 wait_of(step),
                 Duration::from_secs(*seconds),
@@ -153,7 +157,14 @@ mod tests {
             NextStep::GiveUp
         );
         assert_eq!(
-            next_step(&RETRY_DELAYS, 1, &Attempt::Delivered, Some(now()), now(), 0.5),
+            next_step(
+                &RETRY_DELAYS,
+                1,
+                &Attempt::Delivered,
+                Some(now()),
+                now(),
+                0.5
+            ),
             NextStep::Delivered
         );
     }
@@ -161,7 +172,14 @@ mod tests {
     #[test]
     fn jitter_moves_a_wait_by_at_most_a_tenth() {
         let low = wait_of(next_step(&RETRY_DELAYS, 2, &failed(503), None, now(), 0.0));
-        let high = wait_of(next_step(&RETRY_DELAYS, 2, &failed(503), None, now(), 0.999_999));
+        let high = wait_of(next_step(
+            &RETRY_DELAYS,
+            2,
+            &failed(503),
+            None,
+            now(),
+            0.999_999,
+        ));
         assert_eq!(low, Duration::from_secs(270));
         assert!(high > Duration::from_secs(329) && high <= Duration::from_secs(330));
     }
@@ -181,7 +199,14 @@ mod tests {
             Duration::from_secs(300)
         );
         assert_eq!(
-            wait_of(next_step(&RETRY_DELAYS, 1, &asked(10 * 86_400), None, now(), 0.5)),
+            wait_of(next_step(
+                &RETRY_DELAYS,
+                1,
+                &asked(10 * 86_400),
+                None,
+                now(),
+                0.5
+            )),
             MAX_RETRY_AFTER
         );
     }
@@ -204,7 +229,14 @@ mod tests {
         ));
         // Delivered ends the run of failures whatever its length.
         assert_eq!(
-            next_step(&RETRY_DELAYS, 1, &Attempt::Delivered, Some(since), now(), 0.5),
+            next_step(
+                &RETRY_DELAYS,
+                1,
+                &Attempt::Delivered,
+                Some(since),
+                now(),
+                0.5
+            ),
             NextStep::Delivered
         );
     }

@@ -152,12 +152,18 @@ fn signatures_by(secret: &str, got: &Got) -> Vec<bool> {
 /// Checks what every delivery must carry, signed by `secret`.
 fn assert_signed(secret: &str, got: &Got) {
     assert!(got.header("webhook-id").starts_with("msg_"), "{got:?}");
-    let ts: i64 = got.header("webhook-timestamp").parse().expect("unix seconds");
+    let ts: i64 = got
+        .header("webhook-timestamp")
+        .parse()
+        .expect("unix seconds");
     assert!((Utc::now().timestamp() - ts).abs() < 300, "timestamp {ts}");
     assert_eq!(got.header("content-type"), "application/json");
     assert_eq!(signatures_by(secret, got), [true], "{got:?}");
     let body = got.json();
-    assert!(body["type"].is_string() && body["timestamp"].is_string(), "{body}");
+    assert!(
+        body["type"].is_string() && body["timestamp"].is_string(),
+        "{body}"
+    );
     assert!(body.get("data").is_some(), "{body}");
 }
 
@@ -166,7 +172,10 @@ async fn create(app: &TestApp, body: Value) -> (String, String) {
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_"), "{secret}");
-    (created["webhook"]["id"].as_str().unwrap().to_string(), secret)
+    (
+        created["webhook"]["id"].as_str().unwrap().to_string(),
+        secret,
+    )
 }
 
 async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
@@ -243,11 +252,16 @@ async fn retries_honour_retry_after_and_a_410_disables_the_webhook() {
     ])
     .await;
     let (id, secret) = create(&app, json!({"name": "flaky", "url": receiver.url})).await;
-    let (status, test) = app.post(&format!("/api/v1/webhooks/{id}/test"), json!({})).await;
+    let (status, test) = app
+        .post(&format!("/api/v1/webhooks/{id}/test"), json!({}))
+        .await;
     assert_eq!(status, 202, "{test}");
     let got = receiver.wait_for_count(3, Duration::from_secs(20)).await;
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(1900), "Retry-After: 2 honoured: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "Retry-After: 2 honoured: {gap:?}"
+    );
     // Without Retry-After, the (test) schedule's 100 ms.
     assert!(got[2].at - got[1].at < Duration::from_millis(1500));
     let message = got[0].header("webhook-id");
@@ -307,9 +321,11 @@ async fn retries_honour_retry_after_and_a_410_disables_the_webhook() {
     // Nothing more goes to the disabled one, until it is re-enabled.
     app.post(&format!("/api/v1/webhooks/{gone_id}/test"), json!({}))
         .await;
-    support::assert_stays("no delivery while disabled", Duration::from_secs(2), || async {
-        gone.got().len() == 1
-    })
+    support::assert_stays(
+        "no delivery while disabled",
+        Duration::from_secs(2),
+        || async { gone.got().len() == 1 },
+    )
     .await;
     let (status, body) = app
         .patch(
@@ -359,15 +375,47 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
     let (id, _) = create(&app, json!({"name": "ok", "url": receiver.url})).await;
     let (_, before) = app.get("/api/v1/webhooks").await;
     let bad = [
-        (json!({"name": "a", "url": "ftp://example.com/x"}), 400, "http"),
-        (json!({"name": "a", "url": "file:///etc/passwd"}), 400, "http"),
-        (json!({"name": "a", "url": "http://169.254.169.254/latest/meta-data/"}), 400, "refused"),
-        (json!({"name": "a", "url": "http://[fe80::1]/"}), 400, "refused"),
-        (json!({"name": "a", "url": receiver.url, "event_types": ["run.exploded"]}), 400, "event type"),
-        (json!({"name": "a", "url": receiver.url, "secret": "whsec_mine"}), 400, "unknown field"),
-        (json!({"name": "not a name", "url": receiver.url}), 400, "name"),
+        (
+            json!({"name": "a", "url": "ftp://example.com/x"}),
+            400,
+            "http",
+        ),
+        (
+            json!({"name": "a", "url": "file:///etc/passwd"}),
+            400,
+            "http",
+        ),
+        (
+            json!({"name": "a", "url": "http://169.254.169.254/latest/meta-data/"}),
+            400,
+            "refused",
+        ),
+        (
+            json!({"name": "a", "url": "http://[fe80::1]/"}),
+            400,
+            "refused",
+        ),
+        (
+            json!({"name": "a", "url": receiver.url, "event_types": ["run.exploded"]}),
+            400,
+            "event type",
+        ),
+        (
+            json!({"name": "a", "url": receiver.url, "secret": "whsec_mine"}),
+            400,
+            "unknown field",
+        ),
+        (
+            json!({"name": "not a name", "url": receiver.url}),
+            400,
+            "name",
+        ),
         (json!({"name": "ok", "url": receiver.url}), 409, "exists"),
-        (json!({"name": "a", "url": receiver.url, "tags": ["x".repeat(5000)]}), 413, "limit"),
+        (
+            json!({"name": "a", "url": receiver.url, "tags": ["x".repeat(5000)]}),
+            413,
+            "limit",
+        ),
     ];
     for (body, status, needle) in bad {
         let answer = app.post("/api/v1/webhooks", body.clone()).await;
@@ -383,21 +431,74 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
         .unwrap();
     assert_eq!(raw.status(), 400);
     for (path, body, status, needle) in [
-        (format!("/api/v1/webhooks/{id}"), json!({"url": "http://0.0.0.0/"}), 400, "refused"),
-        (format!("/api/v1/webhooks/{id}"), json!({"event_types": ["nope."]}), 400, "event type"),
-        (format!("/api/v1/webhooks/{id}"), json!({"paused": "yes"}), 400, "paused"),
-        (format!("/api/v1/webhooks/{id}"), json!({"enabled": false}), 400, "enabled"),
-        ("/api/v1/webhooks/missing".to_string(), json!({"paused": true}), 404, "no webhook"),
+        (
+            format!("/api/v1/webhooks/{id}"),
+            json!({"url": "http://0.0.0.0/"}),
+            400,
+            "refused",
+        ),
+        (
+            format!("/api/v1/webhooks/{id}"),
+            json!({"event_types": ["nope."]}),
+            400,
+            "event type",
+        ),
+        (
+            format!("/api/v1/webhooks/{id}"),
+            json!({"paused": "yes"}),
+            400,
+            "paused",
+        ),
+        (
+            format!("/api/v1/webhooks/{id}"),
+            json!({"enabled": false}),
+            400,
+            "enabled",
+        ),
+        (
+            "/api/v1/webhooks/missing".to_string(),
+            json!({"paused": true}),
+            404,
+            "no webhook",
+        ),
     ] {
         let answer = app.patch(&path, body).await;
         assert_error(&answer, status, needle);
     }
     for (path, body, status, needle) in [
-        (format!("/api/v1/webhooks/{id}/rotate"), json!({"keep_previous": "forever"}), 400, "keep_previous"),
-        (format!("/api/v1/webhooks/{id}/rotate"), json!({"keep": "1h"}), 400, "unknown field"),
-        (format!("/api/v1/webhooks/{id}/deliveries/not-a-uuid/retry"), json!({}), 400, "delivery id"),
-        (format!("/api/v1/webhooks/{id}/deliveries/{}/retry", uuid::Uuid::now_v7()), json!({}), 404, "no delivery"),
-        ("/api/v1/webhooks/missing/test".to_string(), json!({}), 404, "no webhook"),
+        (
+            format!("/api/v1/webhooks/{id}/rotate"),
+            json!({"keep_previous": "forever"}),
+            400,
+            "keep_previous",
+        ),
+        (
+            format!("/api/v1/webhooks/{id}/rotate"),
+            json!({"keep": "1h"}),
+            400,
+            "unknown field",
+        ),
+        (
+            format!("/api/v1/webhooks/{id}/deliveries/not-a-uuid/retry"),
+            json!({}),
+            400,
+            "delivery id",
+        ),
+        (
+            format!(
+                "/api/v1/webhooks/{id}/deliveries/{}/retry",
+                uuid::Uuid::now_v7()
+            ),
+            json!({}),
+            404,
+            "no delivery",
+        ),
+        (
+            "/api/v1/webhooks/missing/test".to_string(),
+            json!({}),
+            404,
+            "no webhook",
+        ),
     ] {
         let answer = app.post(&path, body).await;
         assert_error(&answer, status, needle);
@@ -451,4 +552,66 @@ async fn a_replica_killed_mid_delivery_leaves_it_to_another() {
     assert_eq!(delivered["attempt"], 2, "{delivered}");
     assert_eq!(delivered["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(delivered["attempts"][0]["status"], 200);
+}
+
+#[tokio::test]
+async fn a_jobs_notify_list_overrides_the_webhooks_filters() {
+    // A default-job file (YAML) listing the webhook under `notify`.
+    let dir = std::env::temp_dir().join(format!("jobsd-notify-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("nightly.yaml"),
+        "job_id: nightly\nhandler: log\nperiodically: 1 hour\nnotify: [narrow]\nkwargs:\n  message: hi\n",
+    )
+    .unwrap();
+    let dir_text = dir.to_string_lossy().into_owned();
+    let app = TestApp::start_with(&["--default-jobs-dir", &dir_text]).await;
+    let receiver = Receiver::start(vec![]).await;
+    // Its own filter takes only service events.
+    let (_, secret) = create(
+        &app,
+        json!({"name": "narrow", "url": receiver.url, "event_types": ["service."]}),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "noisy", "handler": "log", "kwargs": {"message": "x"},
+                   "when": Utc::now().to_rfc3339(), "notify": ["narrow"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["job"]["notify"], json!(["narrow"]), "{body}");
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "quiet", "handler": "log", "kwargs": {"message": "x"},
+                   "when": Utc::now().to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let got = wait_for("noisy's run.succeeded", Duration::from_secs(20), || async {
+        let got = receiver.got();
+        got.iter()
+            .any(|g| g.json()["type"] == "run.succeeded")
+            .then_some(got)
+    })
+    .await;
+    for g in &got {
+        assert_signed(&secret, g);
+        let job = g.json()["data"]["job_id"].clone();
+        assert!(job == "noisy" || job == "nightly", "{:?}", g.json());
+    }
+
+    // The YAML job's notify is stored as the file says.
+    let (_, job) = app.get("/api/v1/jobs/nightly").await;
+    assert_eq!(job["job"]["notify"], json!(["narrow"]), "{job}");
+    let answer = app
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "bad", "handler": "log", "notify": ["not a name"]}),
+        )
+        .await;
+    assert_error(&answer, 400, "notify");
+    let _ = std::fs::remove_dir_all(&dir);
 }

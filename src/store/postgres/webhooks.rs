@@ -64,7 +64,9 @@ fn delivery_from_row(row: &PgRow) -> Result<DeliveryRow, sqlx::Error> {
         message_id: row.try_get("message_id")?,
         event_type: row.try_get("event_type")?,
         event_id: row.try_get("event_id")?,
-        payload: row.try_get::<sqlx::types::Json<serde_json::Value>, _>("payload")?.0,
+        payload: row
+            .try_get::<sqlx::types::Json<serde_json::Value>, _>("payload")?
+            .0,
         state: state_of(row)?,
         attempt: row.try_get("attempt")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
@@ -126,7 +128,10 @@ impl PgStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(webhook_from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(webhook_from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// The webhook whose id or name is `key`.
@@ -450,8 +455,10 @@ impl PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut deliveries: Vec<DeliveryRow> =
-            rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?;
+        let mut deliveries: Vec<DeliveryRow> = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?;
         let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
         let attempts = sqlx::query(
             "SELECT delivery_id, attempt, at, status, latency_ms, response, error \

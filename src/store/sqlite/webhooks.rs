@@ -130,7 +130,10 @@ impl SqliteStore {
         ))
         .fetch_all(&self.readers)
         .await?;
-        Ok(rows.iter().map(webhook_from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(webhook_from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn webhook_find(&self, key: &str) -> StoreResult<WebhookRow> {
@@ -431,11 +434,13 @@ impl SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(name) = name {
-                sqlx::query("INSERT INTO events (type, at, reason) VALUES ('webhook.disabled', ?1, ?2)")
-                    .bind(at)
-                    .bind(format!("webhook {name} ({webhook}) disabled: {reason}"))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO events (type, at, reason) VALUES ('webhook.disabled', ?1, ?2)",
+                )
+                .bind(at)
+                .bind(format!("webhook {name} ({webhook}) disabled: {reason}"))
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -455,8 +460,10 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.readers)
         .await?;
-        let mut deliveries: Vec<DeliveryRow> =
-            rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?;
+        let mut deliveries: Vec<DeliveryRow> = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?;
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();
         let attempts = sqlx::query(
             "SELECT delivery_id, attempt, at, status, latency_ms, response, error \
@@ -534,11 +541,13 @@ impl SqliteStore {
         .bind(limit)
         .execute(&mut *tx)
         .await?;
-        let deleted = sqlx::query(&format!("DELETE FROM webhook_deliveries WHERE id IN ({ids})"))
-            .bind(micros(cutoff))
-            .bind(limit)
-            .execute(&mut *tx)
-            .await?;
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM webhook_deliveries WHERE id IN ({ids})"
+        ))
+        .bind(micros(cutoff))
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(deleted.rows_affected())
     }

@@ -120,6 +120,7 @@ pub fn hourly(job_id: &str) -> NewJob {
         source: "api".into(),
         failed_run_id: None,
         keep_runs: None,
+        notify: vec![],
     }
 }
 

@@ -35,7 +35,12 @@ async fn webhook(store: &Store, name: &str) -> jobsd::store::WebhookRow {
 }
 
 fn delivery(webhook_id: Uuid) -> NewDelivery {
-    NewDelivery::new(webhook_id, "run.failed", None, json!({"type": "run.failed"}))
+    NewDelivery::new(
+        webhook_id,
+        "run.failed",
+        None,
+        json!({"type": "run.failed"}),
+    )
 }
 
 fn end(attempt: i32, status: Option<i32>, step: DeliveryStep) -> AttemptEnd {
@@ -93,11 +98,20 @@ async fn webhooks_are_stored_found_changed_and_deleted(store: Store) {
     let clash = store.webhook_update(other.id, &changed, false).await;
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
     let until = now() + seconds(60);
-    let rotated = store.webhook_rotate(ops.id, "whsec_new", until).await.unwrap();
+    let rotated = store
+        .webhook_rotate(ops.id, "whsec_new", until)
+        .await
+        .unwrap();
     assert_eq!(rotated.secret, "whsec_new");
-    assert_eq!(rotated.previous_secret.as_deref(), Some(ops.secret.as_str()));
+    assert_eq!(
+        rotated.previous_secret.as_deref(),
+        Some(ops.secret.as_str())
+    );
     assert_eq!(rotated.previous_until, Some(until));
-    store.webhook_delivery_insert(&delivery(ops.id)).await.unwrap();
+    store
+        .webhook_delivery_insert(&delivery(ops.id))
+        .await
+        .unwrap();
     store.webhook_delete(ops.id).await.unwrap();
     assert!(matches!(
         store.webhook_delete(ops.id).await,
@@ -153,7 +167,10 @@ async fn the_feed_moves_once_from_where_it_was_read(store: Store) {
 /// not due before its time; the attempt log keeps each one.
 async fn deliveries_are_claimed_under_leases(store: Store) {
     let ops = webhook(&store, "ops").await;
-    let queued = store.webhook_delivery_insert(&delivery(ops.id)).await.unwrap();
+    let queued = store
+        .webhook_delivery_insert(&delivery(ops.id))
+        .await
+        .unwrap();
     let first = store
         .webhook_deliveries_claim("a", LEASE_MS, 10)
         .await
@@ -216,7 +233,10 @@ async fn deliveries_are_claimed_under_leases(store: Store) {
         .webhook_delivery_retry(ops.id, queued.id)
         .await
         .unwrap();
-    assert_eq!((retried.state, retried.attempt), (DeliveryState::Pending, 0));
+    assert_eq!(
+        (retried.state, retried.attempt),
+        (DeliveryState::Pending, 0)
+    );
     let third = store
         .webhook_deliveries_claim("c", LEASE_MS, 10)
         .await
@@ -226,7 +246,10 @@ async fn deliveries_are_claimed_under_leases(store: Store) {
     let busy = store.webhook_delivery_retry(ops.id, queued.id).await;
     assert!(matches!(busy, Err(StoreError::Conflict(_))), "{busy:?}");
     let ok = end(1, Some(204), DeliveryStep::Delivered);
-    assert!(store.webhook_delivery_finish(&third[0].claim, &ok).await.unwrap());
+    assert!(store
+        .webhook_delivery_finish(&third[0].claim, &ok)
+        .await
+        .unwrap());
     let hook = store.webhook_find("ops").await.unwrap();
     assert_eq!(hook.failing_since, None);
     let missing = store.webhook_delivery_retry(ops.id, Uuid::now_v7()).await;
@@ -237,8 +260,14 @@ async fn deliveries_are_claimed_under_leases(store: Store) {
 /// it; the webhook's deliveries are then not claimed, until re-enabled.
 async fn a_disabling_attempt_writes_its_event(store: Store) {
     let ops = webhook(&store, "ops").await;
-    store.webhook_delivery_insert(&delivery(ops.id)).await.unwrap();
-    store.webhook_delivery_insert(&delivery(ops.id)).await.unwrap();
+    store
+        .webhook_delivery_insert(&delivery(ops.id))
+        .await
+        .unwrap();
+    store
+        .webhook_delivery_insert(&delivery(ops.id))
+        .await
+        .unwrap();
     let claimed = store
         .webhook_deliveries_claim("a", LEASE_MS, 1)
         .await
@@ -258,14 +287,27 @@ async fn a_disabling_attempt_writes_its_event(store: Store) {
         hook.disabled_reason.as_deref(),
         Some("the receiver answered 410 Gone")
     );
-    let events = store
-        .events_page(&EventQuery {
-            limit: 100,
-            ..EventQuery::default()
-        })
-        .await
-        .unwrap()
-        .events;
+    // On PostgreSQL an event shows once every older transaction of the
+    // cluster has ended (other tests' too): soon, not at once.
+    let events = crate::support::wait_for(
+        "webhook.disabled visible",
+        Duration::from_secs(10),
+        || async {
+            let events = store
+                .events_page(&EventQuery {
+                    limit: 100,
+                    ..EventQuery::default()
+                })
+                .await
+                .unwrap()
+                .events;
+            events
+                .iter()
+                .any(|e| e.event_type == "webhook.disabled")
+                .then_some(events)
+        },
+    )
+    .await;
     let disabled: Vec<_> = events
         .iter()
         .filter(|e| e.event_type == "webhook.disabled")
@@ -293,7 +335,10 @@ async fn a_disabling_attempt_writes_its_event(store: Store) {
 /// Finished deliveries older than the cutoff are pruned, pending ones kept.
 async fn finished_deliveries_are_pruned(store: Store) {
     let ops = webhook(&store, "ops").await;
-    store.webhook_delivery_insert(&delivery(ops.id)).await.unwrap();
+    store
+        .webhook_delivery_insert(&delivery(ops.id))
+        .await
+        .unwrap();
     let claimed = store
         .webhook_deliveries_claim("a", LEASE_MS, 1)
         .await
@@ -303,7 +348,10 @@ async fn finished_deliveries_are_pruned(store: Store) {
         .webhook_delivery_finish(&claimed[0].claim, &ok)
         .await
         .unwrap();
-    store.webhook_delivery_insert(&delivery(ops.id)).await.unwrap();
+    store
+        .webhook_delivery_insert(&delivery(ops.id))
+        .await
+        .unwrap();
     let pruned = store
         .webhook_deliveries_prune_before(now() + seconds(1), 100)
         .await
