@@ -512,11 +512,10 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
     assert!(deliveries(&app, &id).await.is_empty());
 }
 
+/// PostgreSQL only (two replicas), whatever JOBSD_TEST_BACKEND says; left
+/// out of the SQLite profile (.config/nextest.toml).
 #[tokio::test]
 async fn a_replica_killed_mid_delivery_leaves_it_to_another() {
-    if support::backend() == jobsd::store::Backend::Sqlite {
-        return; // one replica only on the embedded store
-    }
     let db = TestDb::postgres();
     let receiver = Receiver::start(vec![Answer::Hold]).await;
     let mut a = Replica::spawn(&db, "hook-a", &[]).await;
