@@ -160,6 +160,15 @@ impl Deliverer {
         if Some(to) == from {
             return Ok(0);
         }
+        // Read again after the wait: a webhook paused, changed or created
+        // meanwhile is taken as it is now.
+        let webhooks = if events.is_empty() {
+            webhooks
+        } else {
+            inner.store.webhook_list().await?
+        };
+        let subscriptions: Vec<Subscription> =
+            webhooks.iter().filter_map(Subscription::of).collect();
         let mut deliveries = Vec::new();
         if !subscriptions.is_empty() && !events.is_empty() {
             let mut job_ids: Vec<String> = events.iter().filter_map(|e| e.job_id.clone()).collect();

@@ -614,3 +614,75 @@ async fn a_jobs_notify_list_overrides_the_webhooks_filters() {
     assert_error(&answer, 400, "notify");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn webhooks_need_an_admin_token_when_auth_is_on() {
+    let app = TestApp::start_with(&["--auth", "on"]).await;
+    let admin = jobsd::auth::issue(
+        &app.store,
+        "root",
+        jobsd::auth::Scope::Admin,
+        Utc::now(),
+        None,
+    )
+    .await
+    .unwrap()
+    .secret;
+    let writer = jobsd::auth::issue(
+        &app.store,
+        "ci",
+        jobsd::auth::Scope::Write,
+        Utc::now(),
+        None,
+    )
+    .await
+    .unwrap()
+    .secret;
+    let body = json!({"name": "ops", "url": "http://127.0.0.1:9/hook"});
+    let send = |token: Option<String>, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = app.client.request(method, app.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    use reqwest::Method;
+    assert_eq!(send(None, Method::GET, "/api/v1/webhooks", None).await, 401);
+    assert_eq!(
+        send(
+            Some(writer.clone()),
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(body.clone())
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        send(Some(writer), Method::GET, "/api/v1/webhooks", None).await,
+        403
+    );
+    assert_eq!(
+        send(
+            Some(admin.clone()),
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(body)
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        send(
+            Some(admin),
+            Method::GET,
+            "/api/v1/webhooks/ops/deliveries",
+            None
+        )
+        .await,
+        200
+    );
+}
