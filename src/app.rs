@@ -144,6 +144,28 @@ pub async fn start_with_listeners(
     )
     .with_metrics(metrics.clone());
     let events = crate::events::EventHub::new(store.clone(), shutdown.clone());
+    let webhook_policy = crate::guard::AddressPolicy::from_flags(
+        &config.guards.http_deny,
+        &config.guards.http_allow,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let deliverer = crate::webhooks::Deliverer::new(
+        store.clone(),
+        registry.clone(),
+        events.clone(),
+        crate::webhooks::send::Sender::new(
+            Arc::new(webhook_policy),
+            config.webhooks.webhook_timeout,
+        ),
+        metrics.clone(),
+        crate::webhooks::DelivererConfig {
+            instance: instance.clone(),
+            lease: config.lease,
+            retry_delays: config.webhooks.webhook_retry_delays.clone(),
+            concurrency: crate::webhooks::deliverer::CONCURRENCY,
+            poll: std::time::Duration::from_millis(500),
+        },
+    );
     let state = AppState::new(
         store.clone(),
         registry.clone(),
@@ -155,7 +177,8 @@ pub async fn start_with_listeners(
         metrics.clone(),
         events.clone(),
     )
-    .with_callbacks(callbacks.clone());
+    .with_callbacks(callbacks.clone())
+    .with_webhooks(deliverer.clone());
     let app = api::router(state, config.max_body_bytes);
 
     let listener = TcpListener::bind(config.bind)
@@ -167,6 +190,7 @@ pub async fn start_with_listeners(
         &config, address, &store, workers, &metrics, &instance, &shutdown,
     );
     background.push(tokio::spawn(auth.run(shutdown.clone())));
+    background.push(tokio::spawn(deliverer.run(shutdown.clone())));
     for listener in listeners {
         background.push(tokio::spawn(crate::events::listener::run(
             events.clone(),

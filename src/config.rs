@@ -137,6 +137,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub history: HistoryConfig,
+
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::config::WebhookConfig,
 }
 
 /// How long history is kept (README "Bounded history").

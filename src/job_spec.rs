@@ -99,6 +99,11 @@ pub struct JobSpec {
     /// none (the retention applies).
     #[schema(value_type = Option<i32>, minimum = 1, example = 10)]
     pub keep_runs: Option<Value>,
+    /// Webhooks, by name, that get every event of this job whatever their
+    /// own filters say (a name no webhook has yet is kept, for one made
+    /// later).
+    #[schema(example = json!(["ops"]))]
+    pub notify: Option<Vec<String>>,
 }
 
 /// Limits that keep one definition from hurting the service.
@@ -381,6 +386,21 @@ impl JobSpec {
                 format!("at most {MAX_TAGS} tags of 1 to {MAX_ID_LEN} characters"),
             ));
         }
+        let notify = self.notify.clone().unwrap_or_default();
+        if notify.len() > MAX_TAGS
+            || notify.iter().any(|n| {
+                n.is_empty()
+                    || n.len() > crate::webhooks::definition::MAX_NAME
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            })
+        {
+            problems.push(FieldError::new(
+                "notify",
+                format!("at most {MAX_TAGS} webhook names (letters, digits, '-', '_', '.')"),
+            ));
+        }
 
         if !problems.is_empty() {
             // Schema errors quote the values they refuse, secrets included.
@@ -443,6 +463,7 @@ impl JobSpec {
             source: ctx.source.clone(),
             failed_run_id: None,
             keep_runs,
+            notify,
         })
     }
 
@@ -508,6 +529,7 @@ impl JobSpec {
             description: row.description.clone(),
             tags: Some(row.tags.clone()),
             keep_runs: row.keep_runs.map(Value::from),
+            notify: Some(row.notify.clone()),
         }
     }
 

@@ -487,6 +487,9 @@ pub async fn assemble(
                     "from": row.from_state,
                     "job": jobs.get(job_id).map(|j| JobView::build(j.clone(), registry)),
                 })
+            } else if let Some(reason) = &row.reason {
+                // A webhook disabled: what and why.
+                json!({ "reason": reason })
             } else {
                 json!({})
             };

@@ -77,6 +77,8 @@ pub struct JobView {
     /// The newest finished runs kept whatever their age (null: the
     /// service's `--retention` applies).
     pub keep_runs: Option<i32>,
+    /// Webhooks (by name) that get every event of this job.
+    pub notify: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -140,6 +142,7 @@ impl JobView {
             source: row.source,
             failed_run_id: row.failed_run_id,
             keep_runs: row.keep_runs,
+            notify: row.notify,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

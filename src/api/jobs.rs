@@ -374,6 +374,7 @@ async fn create_job_for_handler(
         description: q.description,
         keep_runs: q.keep_runs.map(Value::from),
         tags: None,
+        notify: None,
     };
     create(&app, spec).await
 }

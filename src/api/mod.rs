@@ -4,7 +4,7 @@
 mod audit;
 mod callbacks;
 mod error;
-mod events;
+pub(crate) mod events;
 mod extract;
 mod instances;
 mod job_view;
@@ -16,6 +16,7 @@ mod runs;
 mod service;
 mod stats;
 mod tokens;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub callbacks: crate::callbacks::CallbackSettings,
     /// Wakes this replica's event streams when events commit.
     pub events: crate::events::EventHub,
+    /// This replica's webhook deliverer (test deliveries, URL rules).
+    pub webhooks: Option<crate::webhooks::Deliverer>,
 }
 
 impl AppState {
@@ -90,7 +93,14 @@ impl AppState {
             metrics,
             callbacks: crate::callbacks::CallbackSettings::default(),
             events,
+            webhooks: None,
         }
+    }
+
+    /// This state with the webhook deliverer.
+    pub fn with_webhooks(mut self, deliverer: crate::webhooks::Deliverer) -> Self {
+        self.webhooks = Some(deliverer);
+        self
     }
 
     /// This state with the remote completion settings.
@@ -123,6 +133,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(stats::router())
         .merge(instances::router())
         .merge(tokens::router())
+        .merge(webhooks::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

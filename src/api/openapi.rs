@@ -29,6 +29,7 @@ use crate::handlers::HandlerRegistry;
         (name = "service", description = "Service state and probes"),
         (name = "cluster", description = "Replicas sharing the database, and held lock keys"),
         (name = "tokens", description = "API tokens (admin scope)"),
+        (name = "webhooks", description = "Webhooks (Standard Webhooks v1): events POSTed to URLs, signed and retried (admin scope)"),
         (name = "audit", description = "The audit log of mutating calls (admin scope)")
     )
 )]
@@ -90,6 +91,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::stats::StatsApi::openapi());
     api.merge(super::instances::InstancesApi::openapi());
     api.merge(super::tokens::TokensApi::openapi());
+    api.merge(super::webhooks::WebhooksApi::openapi());
     api.merge(super::audit::AuditApi::openapi());
     let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
     let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))

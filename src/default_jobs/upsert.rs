@@ -103,6 +103,7 @@ fn same_job(row: &JobRow, job: &NewJob) -> bool {
         && row.tags == job.tags
         && row.source == job.source
         && row.keep_runs == job.keep_runs
+        && row.notify == job.notify
 }
 
 /// What happened to one file's job in a scan.
@@ -375,6 +376,7 @@ mod tests {
             source: "/jobs/j.yaml".into(),
             failed_run_id: None,
             keep_runs: None,
+            notify: vec![],
         }
     }
 
@@ -405,6 +407,7 @@ mod tests {
                 source: job.source.clone(),
                 failed_run_id: None,
                 keep_runs: job.keep_runs,
+                notify: job.notify.clone(),
                 created_at: t,
                 updated_at: t,
                 last_run_id: None,

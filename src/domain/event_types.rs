@@ -7,7 +7,8 @@ use std::fmt;
 
 /// Every event type, by group. `run.<state>` for each state a run enters
 /// (`run.retried` when it goes back to the queue for another attempt),
-/// `run.progress` for a new progress report.
+/// `run.progress` for a new progress report; `webhook.disabled` when a
+/// webhook is disabled by its receiver's answers (`crate::webhooks`).
 pub const EVENT_TYPES: &[&str] = &[
     "run.queued",
     "run.waiting",
@@ -28,10 +29,11 @@ pub const EVENT_TYPES: &[&str] = &[
     "job.deleted",
     "service.paused",
     "service.resumed",
+    "webhook.disabled",
 ];
 
 /// The groups: what comes before the dot.
-pub const EVENT_GROUPS: &[&str] = &["run", "job", "service"];
+pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook"];
 
 /// Which types a reader wants: exact types and whole groups (`run.` or
 /// `run.*`). Empty: every event.

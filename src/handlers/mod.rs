@@ -6,7 +6,7 @@
 //! themselves. The [`HandlerRegistry`] maps names to handlers; the binary fills
 //! it with the built-ins and a library user adds their own.
 
-mod builtin;
+pub(crate) mod builtin;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -87,6 +87,14 @@ struct TriggerLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The results of `jobsd_webhook_deliveries_total`, each from 0.
+const WEBHOOK_RESULTS: [&str; 4] = ["delivered", "failed", "gave_up", "disabled"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -165,6 +173,7 @@ struct Inner {
     missed: Vec<Counter>,
     lease_expiries: Counter,
     retries: Counter,
+    webhook_deliveries: Family<ResultLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpRouteLabels, Histogram, fn() -> Histogram>,
     pool_idle: Gauge,
@@ -252,10 +261,17 @@ impl Metrics {
              timeout, or after their lease expired",
             retries.clone(),
         );
-        // Webhooks (issue #14 §1, once they exist): register
-        // `jobsd_webhook_deliveries` here, a `Family` of counters by
-        // `{result}` (delivered, failed, gave_up), kept in `Inner` with a
-        // method like `retried` that the delivery code calls.
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "jobsd_webhook_deliveries",
+            "Webhook delivery attempts recorded by this replica, by result: delivered (a 2xx \
+             answer), failed (retried later), gave_up (the last attempt failed), disabled (the \
+             attempt disabled its webhook: a 410 answer, or 5 days of failures)",
+            webhook_deliveries.clone(),
+        );
+        for result in WEBHOOK_RESULTS {
+            let _ = webhook_deliveries.get_or_create(&ResultLabel { result });
+        }
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "jobsd_http_requests",
@@ -302,6 +318,7 @@ impl Metrics {
                 missed,
                 lease_expiries,
                 retries,
+                webhook_deliveries,
                 http_requests,
                 http_duration,
                 pool_idle,
@@ -392,6 +409,15 @@ impl Metrics {
     /// A run queued again for another attempt.
     pub fn retried(&self) {
         self.inner.retries.inc();
+    }
+
+    /// A recorded webhook delivery attempt, by its result (one of
+    /// `WEBHOOK_RESULTS`).
+    pub fn webhook_delivery(&self, result: &'static str) {
+        self.inner
+            .webhook_deliveries
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// An answered HTTP request.

@@ -113,6 +113,9 @@ pub struct Pruned {
     pub events: u64,
     /// Expired stream tickets.
     pub event_tickets: u64,
+    /// Finished webhook deliveries (and their attempts) older than
+    /// `--retention`.
+    pub webhook_deliveries: u64,
 }
 
 /// The maintenance loop of one replica.
@@ -170,6 +173,10 @@ impl Maintenance {
             .await?;
             pruned.events += batches(batch, shutdown, |limit| {
                 store.events_prune_before(cutoff, limit)
+            })
+            .await?;
+            pruned.webhook_deliveries += batches(batch, shutdown, |limit| {
+                store.webhook_deliveries_prune_before(cutoff, limit)
             })
             .await?;
         }

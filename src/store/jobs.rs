@@ -56,6 +56,8 @@ pub struct NewJob {
     /// Keep the newest N finished runs whatever their age, instead of the
     /// retention's age rule (`None`: the age rule).
     pub keep_runs: Option<i32>,
+    /// Webhooks (by name) that get every event of this job.
+    pub notify: Vec<String>,
 }
 
 /// A stored job with a summary of its newest run.
@@ -83,6 +85,7 @@ pub struct JobRow {
     pub source: String,
     pub failed_run_id: Option<Uuid>,
     pub keep_runs: Option<i32>,
+    pub notify: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_run_id: Option<Uuid>,
@@ -146,6 +149,7 @@ impl JobRow {
             source: self.source.clone(),
             failed_run_id: self.failed_run_id,
             keep_runs: self.keep_runs,
+            notify: self.notify.clone(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub(crate) mod runs;
 pub mod sqlite;
 pub mod stats;
 pub(crate) mod tokens;
+pub mod webhooks;
 
 use crate::domain::RunState;
 use chrono::{DateTime, Utc};
@@ -48,6 +49,10 @@ pub use runs::{ActiveCounts, ManualRun, RunFilter, RunRow};
 pub use sqlite::{ServeLock, SqliteOptions, SqliteStore, Synchronous};
 pub use stats::{PoolConnections, RunCountsCheck, StatsRow};
 pub use tokens::{NewToken, TokenKey, TokenRow};
+pub use webhooks::{
+    AttemptEnd, AttemptRow, ClaimedDelivery, DeliveryClaim, DeliveryRow, DeliveryState,
+    DeliveryStep, FeedAdvance, NewDelivery, NewWebhook, WebhookRow, WebhookSpec,
+};
 
 /// Errors of the storage layer. `NotFound` and `Conflict` are the caller's
 /// to explain; `Database` is a fault (logged, answered with a 500).
@@ -660,6 +665,128 @@ impl Store {
     /// Deletes up to `limit` entries recorded before `cutoff`.
     pub async fn audit_prune_before(&self, cutoff: DateTime<Utc>, limit: i64) -> StoreResult<u64> {
         on_backend!(self, s => s.audit_prune_before(cutoff, limit).await)
+    }
+
+    // Webhooks (src/webhooks/).
+
+    /// Stores a new webhook; `Conflict` when its name is taken.
+    pub async fn webhook_insert(&self, webhook: &NewWebhook) -> StoreResult<WebhookRow> {
+        on_backend!(self, s => s.webhook_insert(webhook).await)
+    }
+
+    /// Every webhook, oldest first.
+    pub async fn webhook_list(&self) -> StoreResult<Vec<WebhookRow>> {
+        on_backend!(self, s => s.webhook_list().await)
+    }
+
+    /// The webhook named `key`, or whose id is `key`; `NotFound` otherwise.
+    pub async fn webhook_find(&self, key: &str) -> StoreResult<WebhookRow> {
+        on_backend!(self, s => s.webhook_find(key).await)
+    }
+
+    /// Replaces a webhook's definition; `enable` also clears its disabled
+    /// state and its run of failures. `Conflict` when the name is taken.
+    pub async fn webhook_update(
+        &self,
+        id: Uuid,
+        spec: &WebhookSpec,
+        enable: bool,
+    ) -> StoreResult<WebhookRow> {
+        on_backend!(self, s => s.webhook_update(id, spec, enable).await)
+    }
+
+    /// Makes `secret` the webhook's secret; the one it replaces still signs
+    /// until `previous_until`.
+    pub async fn webhook_rotate(
+        &self,
+        id: Uuid,
+        secret: &str,
+        previous_until: DateTime<Utc>,
+    ) -> StoreResult<WebhookRow> {
+        on_backend!(self, s => s.webhook_rotate(id, secret, previous_until).await)
+    }
+
+    /// Deletes a webhook, its deliveries and their attempts.
+    pub async fn webhook_delete(&self, id: Uuid) -> StoreResult<()> {
+        on_backend!(self, s => s.webhook_delete(id).await)
+    }
+
+    /// Where the events have been turned into deliveries up to (None:
+    /// from the first event).
+    pub async fn webhook_feed_position(&self) -> StoreResult<Option<EventPosition>> {
+        on_backend!(self, s => s.webhook_feed_position().await)
+    }
+
+    /// Moves the feed and queues the deliveries of the events it passes,
+    /// in one transaction, if the feed is still at `advance.from`; false
+    /// (nothing written) when another replica moved it first.
+    pub async fn webhook_feed_advance(&self, advance: &FeedAdvance) -> StoreResult<bool> {
+        on_backend!(self, s => s.webhook_feed_advance(advance).await)
+    }
+
+    /// Queues one delivery, due now (a test delivery).
+    pub async fn webhook_delivery_insert(
+        &self,
+        delivery: &NewDelivery,
+    ) -> StoreResult<DeliveryRow> {
+        on_backend!(self, s => s.webhook_delivery_insert(delivery).await)
+    }
+
+    /// Claims up to `limit` due deliveries of active webhooks for `owner`
+    /// for `lease_ms` (pending ones due now, and delivering ones whose
+    /// lease expired).
+    pub async fn webhook_deliveries_claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        on_backend!(self, s => s.webhook_deliveries_claim(owner, lease_ms, limit).await)
+    }
+
+    /// Extends a held claim's lease; false when it is no longer held.
+    pub async fn webhook_delivery_heartbeat(
+        &self,
+        claim: &DeliveryClaim,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        on_backend!(self, s => s.webhook_delivery_heartbeat(claim, lease_ms).await)
+    }
+
+    /// Records the end of a held attempt; false when the claim is stale.
+    pub async fn webhook_delivery_finish(
+        &self,
+        claim: &DeliveryClaim,
+        end: &AttemptEnd,
+    ) -> StoreResult<bool> {
+        on_backend!(self, s => s.webhook_delivery_finish(claim, end).await)
+    }
+
+    /// A webhook's newest `limit` deliveries, newest first, with attempts.
+    pub async fn webhook_deliveries_list(
+        &self,
+        webhook_id: Uuid,
+        limit: i64,
+    ) -> StoreResult<Vec<DeliveryRow>> {
+        on_backend!(self, s => s.webhook_deliveries_list(webhook_id, limit).await)
+    }
+
+    /// Queues a delivery again, due now; `Conflict` while an attempt holds it.
+    pub async fn webhook_delivery_retry(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> StoreResult<DeliveryRow> {
+        on_backend!(self, s => s.webhook_delivery_retry(webhook_id, delivery_id).await)
+    }
+
+    /// Deletes up to `limit` finished deliveries last changed before `cutoff`.
+    pub async fn webhook_deliveries_prune_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.webhook_deliveries_prune_before(cutoff, limit).await)
     }
 
     // Wake-ups.

@@ -58,10 +58,12 @@ pub enum NextStep {
 }
 
 /// The step after attempt number `attempt` (1 for the first) of a delivery
-/// ended as `result`. `failing_since` is when the webhook's current run of
+/// ended as `result`, on the schedule `delays` (the waits before the 2nd,
+/// 3rd, ... attempts: [`RETRY_DELAYS`] unless configured). `failing_since` is when the webhook's current run of
 /// failures began (None when its last delivery succeeded); `jitter` is a
 /// draw in `[0, 1)`.
 pub fn next_step(
+    delays: &[Duration],
     attempt: u32,
     result: &Attempt,
     failing_since: Option<DateTime<Utc>>,
@@ -81,10 +83,7 @@ pub fn next_step(
     if now - failing_since.unwrap_or(now) >= DISABLE_AFTER_FAILING {
         return NextStep::Disable("its deliveries failed for 5 days in a row");
     }
-    let Some(scheduled) = attempt
-        .checked_sub(1)
-        .and_then(|i| RETRY_DELAYS.get(i as usize))
-    else {
+    let Some(scheduled) = attempt.checked_sub(1).and_then(|i| delays.get(i as usize)) else {
         return NextStep::GiveUp;
     };
     let jittered = scheduled.mul_f64(1.0 + JITTER * (2.0 * jitter.clamp(0.0, 1.0) - 1.0));
@@ -138,7 +137,14 @@ mod tests {
     fn failures_are_retried_on_the_schedule_then_given_up() {
         let expected = [5, 300, 1800, 7200, 18000, 36000, 36000];
         for (i, seconds) in expected.iter().enumerate() {
-            let step = next_step(i as u32 + 1, &failed(500), Some(now()), now(), 0.5);
+            let step = next_step(
+                &RETRY_DELAYS,
+                i as u32 + 1,
+                &failed(500),
+                Some(now()),
+                now(),
+                0.5,
+            );
             assert_eq!(
                 wait_of(step),
                 Duration::from_secs(*seconds),
@@ -147,19 +153,33 @@ mod tests {
             );
         }
         assert_eq!(
-            next_step(8, &failed(500), Some(now()), now(), 0.5),
+            next_step(&RETRY_DELAYS, 8, &failed(500), Some(now()), now(), 0.5),
             NextStep::GiveUp
         );
         assert_eq!(
-            next_step(1, &Attempt::Delivered, Some(now()), now(), 0.5),
+            next_step(
+                &RETRY_DELAYS,
+                1,
+                &Attempt::Delivered,
+                Some(now()),
+                now(),
+                0.5
+            ),
             NextStep::Delivered
         );
     }
 
     #[test]
     fn jitter_moves_a_wait_by_at_most_a_tenth() {
-        let low = wait_of(next_step(2, &failed(503), None, now(), 0.0));
-        let high = wait_of(next_step(2, &failed(503), None, now(), 0.999_999));
+        let low = wait_of(next_step(&RETRY_DELAYS, 2, &failed(503), None, now(), 0.0));
+        let high = wait_of(next_step(
+            &RETRY_DELAYS,
+            2,
+            &failed(503),
+            None,
+            now(),
+            0.999_999,
+        ));
         assert_eq!(low, Duration::from_secs(270));
         assert!(high > Duration::from_secs(329) && high <= Duration::from_secs(330));
     }
@@ -171,15 +191,22 @@ mod tests {
             retry_after: Some(Duration::from_secs(seconds)),
         };
         assert_eq!(
-            wait_of(next_step(1, &asked(60), None, now(), 0.5)),
+            wait_of(next_step(&RETRY_DELAYS, 1, &asked(60), None, now(), 0.5)),
             Duration::from_secs(60)
         );
         assert_eq!(
-            wait_of(next_step(2, &asked(60), None, now(), 0.5)),
+            wait_of(next_step(&RETRY_DELAYS, 2, &asked(60), None, now(), 0.5)),
             Duration::from_secs(300)
         );
         assert_eq!(
-            wait_of(next_step(1, &asked(10 * 86_400), None, now(), 0.5)),
+            wait_of(next_step(
+                &RETRY_DELAYS,
+                1,
+                &asked(10 * 86_400),
+                None,
+                now(),
+                0.5
+            )),
             MAX_RETRY_AFTER
         );
     }
@@ -187,22 +214,29 @@ mod tests {
     #[test]
     fn gone_or_five_days_of_failures_disable_the_webhook() {
         assert!(matches!(
-            next_step(1, &failed(410), None, now(), 0.5),
+            next_step(&RETRY_DELAYS, 1, &failed(410), None, now(), 0.5),
             NextStep::Disable(_)
         ));
         let since = now() - chrono::Duration::days(5);
         assert!(matches!(
-            next_step(3, &failed(500), Some(since), now(), 0.5),
+            next_step(&RETRY_DELAYS, 3, &failed(500), Some(since), now(), 0.5),
             NextStep::Disable(_)
         ));
         let since = now() - chrono::Duration::days(4);
         assert!(matches!(
-            next_step(3, &failed(500), Some(since), now(), 0.5),
+            next_step(&RETRY_DELAYS, 3, &failed(500), Some(since), now(), 0.5),
             NextStep::RetryAt(_)
         ));
         // Delivered ends the run of failures whatever its length.
         assert_eq!(
-            next_step(1, &Attempt::Delivered, Some(since), now(), 0.5),
+            next_step(
+                &RETRY_DELAYS,
+                1,
+                &Attempt::Delivered,
+                Some(since),
+                now(),
+                0.5
+            ),
             NextStep::Delivered
         );
     }

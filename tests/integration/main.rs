@@ -30,3 +30,4 @@ mod sqlite_plans;
 mod startup;
 mod stats_api;
 mod support;
+mod webhooks;

@@ -633,5 +633,6 @@ pub fn failure_record(job_id: &str, kwargs: serde_json::Value) -> jobsd::store::
         source: "api".into(),
         failed_run_id: None,
         keep_runs: None,
+        notify: vec![],
     }
 }

@@ -25,7 +25,7 @@ use crate::guard::{AddressPolicy, Refusal};
 const MAX_REDIRECTS: usize = 10;
 
 /// Resolves names and keeps only the addresses the policy allows.
-struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     policy: Arc<AddressPolicy>,
 }
 
@@ -53,9 +53,15 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// A resolver that keeps only the addresses `policy` allows (the
+/// webhooks' client uses it too).
+pub(crate) fn guarded_resolver(policy: Arc<AddressPolicy>) -> Arc<GuardedResolver> {
+    Arc::new(GuardedResolver { policy })
+}
+
 /// Checks what a URL's host shows, before a request (or a redirect) to it
 /// is sent; the addresses of a name are checked when it is resolved.
-pub(super) fn check_url(
+pub(crate) fn check_url(
     policy: &AddressPolicy,
     url: &reqwest::Url,
     via_proxy: bool,
@@ -71,7 +77,7 @@ pub(super) fn check_url(
 }
 
 /// The refusal behind a failed request, if the policy caused it.
-pub(super) fn refusal_in(error: &reqwest::Error) -> Option<Refusal> {
+pub(crate) fn refusal_in(error: &reqwest::Error) -> Option<Refusal> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(refusal) = cause.downcast_ref::<Refusal>() {

@@ -25,7 +25,7 @@ use crate::guard::{AddressPolicy, ProgramAllowList};
 mod command;
 mod error_handler;
 mod http;
-mod http_guard;
+pub(crate) mod http_guard;
 mod log;
 mod sleep;
 

@@ -79,9 +79,9 @@ impl PgStore {
         super::jobs::bind_definition(sqlx::query(&format!(
             "WITH written AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-             retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs, failed_run_id, \
-             file_state) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23) \
+             retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs, notify, \
+             failed_run_id, file_state) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24) \
              ON CONFLICT (job_id) DO UPDATE SET handler = EXCLUDED.handler, kwargs = EXCLUDED.kwargs, \
              schedule_kind = EXCLUDED.schedule_kind, interval_ms = EXCLUDED.interval_ms, \
              cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, start_at = EXCLUDED.start_at, \
@@ -91,21 +91,21 @@ impl PgStore {
              retry_backoff_ms = EXCLUDED.retry_backoff_ms, state = EXCLUDED.state, \
              next_run_at = EXCLUDED.next_run_at, description = EXCLUDED.description, \
              tags = EXCLUDED.tags, source = EXCLUDED.source, keep_runs = EXCLUDED.keep_runs, \
-             file_state = EXCLUDED.file_state, updated_at = now() \
+             notify = EXCLUDED.notify, file_state = EXCLUDED.file_state, updated_at = now() \
              RETURNING job_id, state, updated_at), {events} \
              SELECT count(*) FROM written",
-            // `$24`: the state the job had, read under the lock (none: new).
+            // `$25`: the state the job had, read under the lock (none: new).
             events = events_cte(
                 "job_events",
                 &[job_entries(
                     0,
                     "written",
                     &format!(
-                        "CASE WHEN $24::text IS NULL THEN 'job.created' ELSE {} END",
-                        job_change_type("$24::text", "c.state")
+                        "CASE WHEN $25::text IS NULL THEN 'job.created' ELSE {} END",
+                        job_change_type("$25::text", "c.state")
                     ),
                     "c.updated_at",
-                    "$24::text",
+                    "$25::text",
                     "true"
                 )]
             ),

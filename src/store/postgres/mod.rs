@@ -24,6 +24,7 @@ pub(crate) mod runs;
 pub(crate) mod service;
 pub(crate) mod stats;
 pub(crate) mod tokens;
+mod webhooks;
 
 use sqlx::PgPool;
 

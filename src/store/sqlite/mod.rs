@@ -43,6 +43,7 @@ pub(crate) mod runs;
 pub(crate) mod service;
 pub(crate) mod stats;
 pub(crate) mod tokens;
+mod webhooks;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, SqlitePool, Transaction};

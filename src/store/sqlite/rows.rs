@@ -177,7 +177,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<RunRow, sqlx::Error> {
 pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
      j.timezone, j.start_at, j.misfire_grace_ms, j.\"coalesce\", j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
-     j.failed_run_id, j.keep_runs, j.created_at, j.updated_at, j.version, \
+     j.failed_run_id, j.keep_runs, j.notify, j.created_at, j.updated_at, j.version, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \
@@ -192,15 +192,18 @@ pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
         ORDER BY r.created_at DESC, r.scheduled_for DESC, r.run_id DESC LIMIT 1)";
 
 pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
-    let tags: Value = json(row, "tags")?;
-    let tags = tags
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let texts = |column: &str| -> Result<Vec<String>, sqlx::Error> {
+        let list: Value = json(row, column)?;
+        Ok(list
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let tags = texts("tags")?;
     // No runs: NULL, as PostgreSQL's jsonb_object_agg gives.
     let run_counts =
         opt_json(row, "run_counts")?.filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
@@ -227,6 +230,7 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         source: row.try_get("source")?,
         failed_run_id: opt_uuid(row, "failed_run_id")?,
         keep_runs: row.try_get("keep_runs")?,
+        notify: texts("notify")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         last_run_id: opt_uuid(row, "last_run_id")?,

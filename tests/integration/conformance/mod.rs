@@ -58,6 +58,7 @@ mod retention;
 mod runs;
 mod service;
 mod tokens;
+mod webhooks;
 
 /// Runs `test` on a fresh, migrated store of `backend`, in a database of
 /// its own (removed afterwards).
@@ -119,6 +120,7 @@ pub fn hourly(job_id: &str) -> NewJob {
         source: "api".into(),
         failed_run_id: None,
         keep_runs: None,
+        notify: vec![],
     }
 }
 
