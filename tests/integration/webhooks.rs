@@ -686,3 +686,55 @@ async fn webhooks_need_an_admin_token_when_auth_is_on() {
         200
     );
 }
+
+#[tokio::test]
+async fn five_days_of_failures_disable_the_webhook_with_an_event() {
+    let app = TestApp::start_with(&FAST_RETRIES).await;
+    let receiver = Receiver::start(vec![Answer::Status(500, None)]).await;
+    let (id, _) = create(&app, json!({"name": "stale", "url": receiver.url})).await;
+    // Its failures began six days ago (no API sets that).
+    let six_days_ago = Utc::now() - chrono::Duration::days(6);
+    let changed = support::execute_sql(
+        &app.store,
+        &format!(
+            "UPDATE webhooks SET failing_since = '{}' WHERE name = 'stale'",
+            six_days_ago.to_rfc3339()
+        ),
+        &format!(
+            "UPDATE webhooks SET failing_since = {} WHERE name = 'stale'",
+            support::micros(six_days_ago)
+        ),
+    )
+    .await;
+    assert_eq!(changed, 1);
+    app.post(&format!("/api/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    let hook = wait_for("disabled", Duration::from_secs(15), || async {
+        let (_, body) = app.get(&format!("/api/v1/webhooks/{id}")).await;
+        body["webhook"]["disabled_at"]
+            .is_string()
+            .then_some(body["webhook"].clone())
+    })
+    .await;
+    assert!(
+        hook["disabled_reason"].as_str().unwrap().contains("5 days"),
+        "{hook}"
+    );
+    let events = wait_for("webhook.disabled", Duration::from_secs(10), || async {
+        let (_, body) = app.get("/api/v1/events?type=webhook.disabled").await;
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert!(events[0]["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("stale"));
+    // One attempt, not retried: the webhook is disabled.
+    support::assert_stays("no retry", Duration::from_secs(1), || async {
+        receiver.got().len() == 1
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log[0]["state"], "failed", "{log:?}");
+}
