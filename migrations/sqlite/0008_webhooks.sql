@@ -1,4 +1,4 @@
--- Webhooks: see migrations/postgres/0012_webhooks.sql. Lists are JSON
+-- Webhooks: see migrations/postgres/0011_webhooks.sql. Lists are JSON
 -- arrays of texts; times are microseconds since the epoch.
 -- A job's `notify` (a JSON array of webhook names).
 ALTER TABLE jobs ADD COLUMN notify TEXT NOT NULL DEFAULT '[]';

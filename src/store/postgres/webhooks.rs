@@ -1,4 +1,4 @@
-//! Webhooks on PostgreSQL (migrations/postgres/0012): their definitions,
+//! Webhooks on PostgreSQL (migrations/postgres/0011): their definitions,
 //! the feed cursor, and deliveries claimed under leases as runs are (a
 //! `FOR UPDATE SKIP LOCKED` pick and the lease set in one statement; an
 //! expired lease makes a delivery claimable again, by any replica).
