@@ -191,6 +191,7 @@ impl Deliverer {
                 let job = row.job_id.as_ref().and_then(|id| jobs.get(id));
                 let facts = EventFacts {
                     event_type: &row.event_type,
+                    at: Some(row.at),
                     job_id: row.job_id.as_deref(),
                     job: job.map(|j| JobFacts {
                         tags: &j.tags,

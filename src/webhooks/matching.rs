@@ -12,7 +12,7 @@
 //! Whatever its filters say, a webhook that a job lists by name under
 //! `notify` gets every event of that job.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use crate::domain::event_types::TypeFilter;
@@ -22,6 +22,8 @@ use crate::store::WebhookRow;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventFacts<'a> {
     pub event_type: &'a str,
+    /// When the event happened (None: not known, taken as recent).
+    pub at: Option<DateTime<Utc>>,
     pub job_id: Option<&'a str>,
     /// The event's job as it is now (None: no job, or gone).
     pub job: Option<JobFacts<'a>>,
@@ -56,6 +58,11 @@ impl<'a> Subscription<'a> {
     /// Whether the event goes to this webhook.
     pub fn wants(&self, event: &EventFacts<'_>) -> bool {
         let spec = &self.webhook.spec;
+        // A webhook gets what happens from its creation on, however far
+        // behind the feed runs.
+        if event.at.is_some_and(|at| at < self.webhook.created_at) {
+            return false;
+        }
         if let Some(job) = &event.job {
             if job.notify.contains(&spec.name) {
                 return true;
@@ -83,7 +90,7 @@ impl<'a> Subscription<'a> {
 /// The body of a delivery (Standard Webhooks): `type`, `timestamp` (when
 /// the event happened, RFC 3339) and `data`, the event as
 /// `GET /api/v1/events` shows it.
-pub fn payload(event_type: &str, at: chrono::DateTime<chrono::Utc>, data: Value) -> Value {
+pub fn payload(event_type: &str, at: DateTime<Utc>, data: Value) -> Value {
     json!({
         "type": event_type,
         "timestamp": at.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -133,7 +140,21 @@ mod tests {
             event_type,
             job_id: Some(job_id),
             job,
+            ..EventFacts::default()
         }
+    }
+
+    #[test]
+    fn events_from_before_the_webhook_existed_are_not_its() {
+        let w = webhook(|_| {});
+        let s = Subscription::of(&w).unwrap();
+        let at = |secs: i64| EventFacts {
+            at: Some(w.created_at + chrono::Duration::seconds(secs)),
+            ..event("run.failed", "a", None)
+        };
+        assert!(!s.wants(&at(-1)));
+        assert!(s.wants(&at(0)));
+        assert!(s.wants(&at(1)));
     }
 
     #[test]
