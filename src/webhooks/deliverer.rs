@@ -133,27 +133,39 @@ impl Deliverer {
     pub async fn feed_once(&self, wait: Duration) -> StoreResult<usize> {
         let inner = &self.inner;
         let from = inner.store.webhook_feed_position().await?;
-        let webhooks = inner.store.webhook_list().await?;
-        let subscriptions: Vec<Subscription> =
-            webhooks.iter().filter_map(Subscription::of).collect();
+        let mut webhooks = inner.store.webhook_list().await?;
+        if !webhooks.iter().any(|w| Subscription::of(w).is_some()) {
+            // Nobody to deliver to: the feed skips to the newest event
+            // without reading those between (no webhook gets events from
+            // before its creation), polling, so a replica without webhooks
+            // holds no listening connection and reads no events. The
+            // newest is read before the webhooks again: a webhook created
+            // since that second read sees only events after it.
+            let newest = inner.hub.newest().await?;
+            webhooks = inner.store.webhook_list().await?;
+            if !webhooks.iter().any(|w| Subscription::of(w).is_some()) {
+                if let Some(to) = newest.filter(|to| Some(*to) != from) {
+                    inner
+                        .store
+                        .webhook_feed_advance(&FeedAdvance {
+                            from,
+                            to,
+                            deliveries: Vec::new(),
+                        })
+                        .await?;
+                }
+                tokio::time::sleep(wait.min(IDLE_POLL)).await;
+                return Ok(0);
+            }
+        }
         let query = EventQuery {
             after: from,
             limit: crate::events::feed::PAGE,
             ..EventQuery::default()
         };
-        let (events, to) = if subscriptions.is_empty() {
-            // Nobody to deliver to: the feed only keeps up, polling, so a
-            // replica without webhooks holds no listening connection.
-            let page = inner.store.events_page(&query).await?;
-            if page.scanned_to.is_none() {
-                tokio::time::sleep(wait.min(IDLE_POLL)).await;
-            }
-            (page.events, page.scanned_to)
-        } else {
-            let mut reader = inner.hub.reader(query).await;
-            let events = reader.next(wait).await?;
-            (events, reader.position())
-        };
+        let mut reader = inner.hub.reader(query).await;
+        let events = reader.next(wait).await?;
+        let to = reader.position();
         let Some(to) = to else {
             return Ok(0);
         };
