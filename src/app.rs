@@ -191,6 +191,13 @@ pub async fn start_with_listeners(
     );
     background.push(tokio::spawn(auth.run(shutdown.clone())));
     background.push(tokio::spawn(deliverer.run(shutdown.clone())));
+    let alerts = crate::alerts::Evaluator::new(
+        store.clone(),
+        events.clone(),
+        config.alerts.defaults(),
+        config.alerts.alert_check_interval,
+    );
+    background.push(tokio::spawn(alerts.run(shutdown.clone())));
     for listener in listeners {
         background.push(tokio::spawn(crate::events::listener::run(
             events.clone(),

@@ -140,6 +140,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub webhooks: crate::webhooks::config::WebhookConfig,
+
+    #[command(flatten)]
+    pub alerts: crate::alerts::config::AlertConfig,
 }
 
 /// How long history is kept (README "Bounded history").

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::alerts::settings::{AlertsSpec, JobAlerts};
 use crate::domain::{JobState, ScheduleKind};
 use crate::guard::text::find_nul;
 use crate::handlers::{HandlerRegistry, ERROR_HANDLER};
@@ -104,6 +105,9 @@ pub struct JobSpec {
     /// later).
     #[schema(example = json!(["ops"]))]
     pub notify: Option<Vec<String>>,
+    /// This job's alerts (README "Alerts"); each setting left out takes
+    /// the service's `--alert-*` default, `0` turns it off.
+    pub alerts: Option<AlertsSpec>,
 }
 
 /// Limits that keep one definition from hurting the service.
@@ -402,6 +406,15 @@ impl JobSpec {
             ));
         }
 
+        let alerts = match self.alerts.as_ref().map(AlertsSpec::validate) {
+            None => JobAlerts::default(),
+            Some(Ok(alerts)) => alerts,
+            Some(Err(mut more)) => {
+                problems.append(&mut more);
+                JobAlerts::default()
+            }
+        };
+
         if !problems.is_empty() {
             // Schema errors quote the values they refuse, secrets included.
             let secrets = ctx.registry.secrets_of(&handler, &kwargs);
@@ -464,6 +477,7 @@ impl JobSpec {
             failed_run_id: None,
             keep_runs,
             notify,
+            alerts,
         })
     }
 
@@ -530,6 +544,7 @@ impl JobSpec {
             tags: Some(row.tags.clone()),
             keep_runs: row.keep_runs.map(Value::from),
             notify: Some(row.notify.clone()),
+            alerts: (!row.alerts.is_empty()).then(|| row.alerts.to_spec()),
         }
     }
 

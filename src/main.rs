@@ -29,6 +29,8 @@ struct Cli {
     serve: ServeConfig,
 }
 
+// Parsed once at start-up: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the API, the scheduler and the workers (the default).

@@ -4,9 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
 
 /// An alert, as its event type names it (`alert.<kind>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// `failures_before_alert` final failures in a row.
     Failing,
@@ -87,17 +89,26 @@ pub enum Observation {
     Changed,
 }
 
-/// What is kept of a job between observations.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What is kept of a job between observations (stored as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AlertState {
     pub consecutive_failures: u32,
     /// The alerts raised and not closed (never `Recovered`).
     pub open: BTreeSet<AlertKind>,
     /// When each kind was last raised (for the throttle).
     pub last_raised: BTreeMap<AlertKind, DateTime<Utc>>,
-    /// The last success, or the last change if later: the dead man's
-    /// window starts here.
-    pub watched_since: Option<DateTime<Utc>>,
+}
+
+impl AlertState {
+    /// The state worth storing at `now`: without the throttle marks that
+    /// no longer throttle anything. `None`: nothing is left to remember
+    /// (the job's row can go).
+    pub fn kept(mut self, settings: &AlertSettings, now: DateTime<Utc>) -> Option<AlertState> {
+        self.last_raised
+            .retain(|_, at| now - *at < settings.alert_interval);
+        (self != AlertState::default()).then_some(self)
+    }
 }
 
 /// An alert to write as an event.
@@ -128,7 +139,6 @@ pub fn observe(
         }
         Observation::Success => {
             state.consecutive_failures = 0;
-            state.watched_since = Some(at);
             let was_open = !state.open.is_empty();
             let closed: Vec<&str> = state.open.iter().map(|k| k.as_str()).collect();
             let reason = format!("a run succeeded after {}", closed.join(", "));
@@ -166,7 +176,6 @@ pub fn observe(
         Observation::Changed => {
             state.consecutive_failures = 0;
             state.open.clear();
-            state.watched_since = Some(at);
             None
         }
     };
@@ -184,26 +193,47 @@ pub fn observe(
 }
 
 /// Whether the dead man's alert is due at `now`: a window is set, it has
-/// passed since the job was last seen succeed (or change), and the alert
-/// is not open already.
-pub fn dead_man_due(state: &AlertState, settings: &AlertSettings, now: DateTime<Utc>) -> bool {
-    match (settings.expect_success_within, state.watched_since) {
-        (Some(window), Some(since)) => {
-            now - since >= window && !state.open.contains(&AlertKind::DeadMan)
-        }
-        _ => false,
+/// passed since `since` (the job's last success, or its last change if
+/// later), and the alert is not open already.
+pub fn dead_man_due(
+    state: &AlertState,
+    settings: &AlertSettings,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    match settings.expect_success_within {
+        Some(window) => now - since >= window && !state.open.contains(&AlertKind::DeadMan),
+        None => false,
     }
 }
 
+/// Whether a run started at `started_at` went past `max_duration` after the
+/// previous clock check (`checked_at`) and by `now`: each run is seen
+/// crossing once, however often the clock is checked.
+pub fn ran_too_long(
+    settings: &AlertSettings,
+    started_at: DateTime<Utc>,
+    checked_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(max) = settings.max_duration else {
+        return false;
+    };
+    let crossed = started_at + max;
+    crossed <= now && checked_at.is_none_or(|checked| crossed > checked)
+}
+
 /// What an event of the feed tells of its job, by its type; a missed run's
-/// `skipped` (from its result) tells a time skipped because a run still
-/// ran (`max_instances`) from one missed past its grace.
-pub fn observation_of(event_type: &str, skipped: Option<&str>) -> Option<Observation> {
+/// history reason tells a time skipped because a run still ran
+/// (`max_instances`, an overrun) from one missed past its grace.
+pub fn observation_of(event_type: &str, reason: Option<&str>) -> Option<Observation> {
+    let skipped_for_max_instances =
+        reason.is_some_and(|r| r.starts_with(crate::domain::rules::SKIPPED_PREFIX));
     Some(match event_type {
         "run.failed" | "run.timed_out" => Observation::FinalFailure,
         "run.succeeded" => Observation::Success,
         "run.waiting" => Observation::StillRunning,
-        "run.missed" if skipped == Some("max_instances") => Observation::StillRunning,
+        "run.missed" if skipped_for_max_instances => Observation::StillRunning,
         "run.missed" => Observation::Missed,
         "job.created" | "job.updated" | "job.paused" | "job.resumed" | "job.deleted" => {
             Observation::Changed
@@ -337,7 +367,6 @@ mod tests {
         assert_eq!(observe(&mut st, &s, Observation::Changed, t(1)), None);
         assert!(st.open.is_empty());
         assert_eq!(st.consecutive_failures, 0);
-        assert_eq!(st.watched_since, Some(t(1)));
         assert_eq!(observe(&mut st, &s, Observation::Success, t(2)), None);
     }
 
@@ -345,23 +374,50 @@ mod tests {
     fn the_dead_man_is_due_once_the_window_passes_without_a_success() {
         let s = settings(3);
         let mut st = AlertState::default();
-        assert!(!dead_man_due(&st, &s, t(0)), "never watched");
-        observe(&mut st, &s, Observation::Changed, t(0));
-        assert!(!dead_man_due(&st, &s, t(26 * 60 - 1)));
-        assert!(dead_man_due(&st, &s, t(26 * 60)));
+        assert!(!dead_man_due(&st, &s, t(0), t(26 * 60 - 1)));
+        assert!(dead_man_due(&st, &s, t(0), t(26 * 60)));
         let r = observe(&mut st, &s, Observation::NoSuccess, t(26 * 60)).unwrap();
         assert_eq!(r.kind, AlertKind::DeadMan);
-        assert!(!dead_man_due(&st, &s, t(27 * 60)), "open already");
+        assert!(!dead_man_due(&st, &s, t(0), t(27 * 60)), "open already");
         assert_eq!(
             observe(&mut st, &s, Observation::Success, t(28 * 60)).map(|r| r.kind),
             Some(AlertKind::Recovered)
         );
-        assert!(!dead_man_due(&st, &s, t(29 * 60)));
+        // The window starts again at the success.
+        assert!(!dead_man_due(&st, &s, t(28 * 60), t(29 * 60)));
+        assert!(dead_man_due(&st, &s, t(28 * 60), t(54 * 60)));
         let none = AlertSettings {
             expect_success_within: None,
             ..settings(3)
         };
-        assert!(!dead_man_due(&st, &none, t(100 * 60)));
+        assert!(!dead_man_due(&st, &none, t(0), t(100 * 60)));
+    }
+
+    #[test]
+    fn a_long_run_is_seen_crossing_max_duration_once() {
+        let s = settings(3); // max_duration 10 minutes
+        assert!(!ran_too_long(&s, t(0), None, t(9)));
+        assert!(ran_too_long(&s, t(0), None, t(10)));
+        assert!(ran_too_long(&s, t(0), Some(t(9)), t(11)));
+        assert!(!ran_too_long(&s, t(0), Some(t(10)), t(12)), "seen already");
+        let none = AlertSettings {
+            max_duration: None,
+            ..settings(3)
+        };
+        assert!(!ran_too_long(&none, t(0), None, t(100)));
+    }
+
+    #[test]
+    fn only_what_still_matters_is_kept() {
+        let s = settings(1);
+        let mut st = AlertState::default();
+        assert_eq!(st.clone().kept(&s, t(0)), None);
+        observe(&mut st, &s, Observation::FinalFailure, t(0)).unwrap();
+        observe(&mut st, &s, Observation::Success, t(1)).unwrap();
+        // The throttle still holds for an hour after the alert.
+        let kept = st.clone().kept(&s, t(30)).unwrap();
+        assert_eq!(kept.last_raised.len(), 2);
+        assert_eq!(st.kept(&s, t(61)), None);
     }
 
     #[test]
@@ -382,8 +438,19 @@ mod tests {
             Some(Observation::Missed)
         );
         assert_eq!(
-            observation_of("run.missed", Some("max_instances")),
+            observation_of("run.missed", Some(crate::domain::rules::SKIPPED)),
             Some(Observation::StillRunning)
+        );
+        assert_eq!(
+            observation_of(
+                "run.missed",
+                Some("skipped: max_instances runs of this job are already queued or running")
+            ),
+            Some(Observation::StillRunning)
+        );
+        assert_eq!(
+            observation_of("run.missed", Some(crate::domain::rules::LATE_REASON)),
+            Some(Observation::Missed)
         );
         assert_eq!(
             observation_of("run.waiting", None),
@@ -400,6 +467,10 @@ mod tests {
     #[test]
     fn every_kind_has_an_alert_event_type() {
         for kind in AlertKind::ALL {
+            assert!(
+                crate::domain::event_types::EVENT_TYPES.contains(&kind.event_type()),
+                "{kind:?} is not a known event type"
+            );
             assert_eq!(
                 kind.event_type(),
                 format!("alert.{}", kind.as_str()),

@@ -438,9 +438,10 @@ pub async fn assemble(
     let mut run_ids: Vec<Uuid> = rows.iter().filter_map(|e| e.run_id).collect();
     run_ids.sort_unstable();
     run_ids.dedup();
+    let is_alert = |e: &EventRow| e.event_type.starts_with("alert.");
     let mut job_ids: Vec<String> = rows
         .iter()
-        .filter(|e| e.run_id.is_none())
+        .filter(|e| e.run_id.is_none() || is_alert(e))
         .filter_map(|e| e.job_id.clone())
         .collect();
     job_ids.sort_unstable();
@@ -468,7 +469,16 @@ pub async fn assemble(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let data = if let Some(run_id) = row.run_id {
+            let data = if let (true, Some(job_id)) = (is_alert(&row), &row.job_id) {
+                // An alert: why, and the job as it is now (its
+                // `alerts_open`); the run that raised it, if one did, is
+                // the event's `run_id`.
+                json!({
+                    "alert": row.event_type.trim_start_matches("alert."),
+                    "reason": row.reason,
+                    "job": jobs.get(job_id).map(|j| JobView::build(j.clone(), registry)),
+                })
+            } else if let Some(run_id) = row.run_id {
                 let run = runs.get(&run_id);
                 // A reason may quote the run's kwargs: shown only scrubbed,
                 // so only while the run (and its handler's rules) is there.

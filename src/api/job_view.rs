@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::alerts::settings::AlertsSpec;
 use crate::handlers::HandlerRegistry;
 use crate::redact::{scrub_text, scrub_value};
 use crate::schedule::format_duration;
@@ -79,6 +80,13 @@ pub struct JobView {
     pub keep_runs: Option<i32>,
     /// Webhooks (by name) that get every event of this job.
     pub notify: Vec<String>,
+    /// This job's own alert settings (absent: the service's defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
+    /// Its alerts raised and not closed: `failing`, `missed`, `overrun`,
+    /// `dead_man`. A success closes them, and so does pausing, changing
+    /// or deleting the job.
+    pub alerts_open: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -143,6 +151,8 @@ impl JobView {
             failed_run_id: row.failed_run_id,
             keep_runs: row.keep_runs,
             notify: row.notify,
+            alerts: (!row.alerts.is_empty()).then(|| row.alerts.to_spec()),
+            alerts_open: row.alerts_open,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

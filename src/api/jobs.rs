@@ -375,6 +375,7 @@ async fn create_job_for_handler(
         keep_runs: q.keep_runs.map(Value::from),
         tags: None,
         notify: None,
+        alerts: None,
     };
     create(&app, spec).await
 }

@@ -104,6 +104,7 @@ fn same_job(row: &JobRow, job: &NewJob) -> bool {
         && row.source == job.source
         && row.keep_runs == job.keep_runs
         && row.notify == job.notify
+        && row.alerts == job.alerts
 }
 
 /// What happened to one file's job in a scan.
@@ -377,6 +378,7 @@ mod tests {
             failed_run_id: None,
             keep_runs: None,
             notify: vec![],
+            alerts: Default::default(),
         }
     }
 
@@ -408,6 +410,8 @@ mod tests {
                 failed_run_id: None,
                 keep_runs: job.keep_runs,
                 notify: job.notify.clone(),
+                alerts: job.alerts,
+                alerts_open: vec![],
                 created_at: t,
                 updated_at: t,
                 last_run_id: None,

@@ -8,7 +8,8 @@ use std::fmt;
 /// Every event type, by group. `run.<state>` for each state a run enters
 /// (`run.retried` when it goes back to the queue for another attempt),
 /// `run.progress` for a new progress report; `webhook.disabled` when a
-/// webhook is disabled by its receiver's answers (`crate::webhooks`).
+/// webhook is disabled by its receiver's answers (`crate::webhooks`);
+/// `alert.<kind>` for each alert (`crate::alerts`).
 pub const EVENT_TYPES: &[&str] = &[
     "run.queued",
     "run.waiting",
@@ -30,10 +31,15 @@ pub const EVENT_TYPES: &[&str] = &[
     "service.paused",
     "service.resumed",
     "webhook.disabled",
+    "alert.failing",
+    "alert.recovered",
+    "alert.missed",
+    "alert.overrun",
+    "alert.dead_man",
 ];
 
 /// The groups: what comes before the dot.
-pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook"];
+pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook", "alert"];
 
 /// Which types a reader wants: exact types and whole groups (`run.` or
 /// `run.*`). Empty: every event.
@@ -126,7 +132,7 @@ mod tests {
 
     #[test]
     fn unknown_types_and_groups_are_refused_with_the_list() {
-        for bad in ["run.exploded", "runs.", "run", "*", "alert."] {
+        for bad in ["run.exploded", "runs.", "run", "*", "alerts."] {
             let err = TypeFilter::parse(bad).unwrap_err();
             assert!(err.to_string().contains("run.failed"), "{err}");
             assert!(err.to_string().contains("job."), "{err}");

@@ -15,6 +15,9 @@ use super::{JobState, RunState, ScheduleKind};
 pub const LATE_ERROR: &str = "missed: not started within misfire_grace_time";
 /// Its history reason.
 pub const LATE_REASON: &str = "start was later than misfire_grace_time allows";
+/// How every reason of a time skipped for `max_instances` begins (the
+/// alerts tell an overrun from a miss by it).
+pub const SKIPPED_PREFIX: &str = "skipped: max_instances";
 /// Why a scheduled time was skipped for `max_instances`.
 pub const SKIPPED: &str =
     "skipped: max_instances runs of this job were queued or executing at its time";
@@ -333,6 +336,7 @@ mod tests {
         let skipped = release_waiting(t(11), t(10));
         assert_eq!(skipped.state, RunState::Missed);
         assert_eq!(skipped.result, Some(json!({"skipped": "max_instances"})));
+        assert!(SKIPPED.starts_with(SKIPPED_PREFIX));
     }
 
     #[test]

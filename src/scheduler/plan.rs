@@ -34,6 +34,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
+use crate::domain::rules::SKIPPED_PREFIX;
 use crate::domain::{RunState, Trigger};
 use crate::schedule::{Schedule, TimesIn};
 use crate::store::{FiredRun, JobAdvance};
@@ -247,7 +248,7 @@ pub fn plan_firing(
             let mut skipped = fired(
                 t,
                 RunState::Missed,
-                "skipped: max_instances runs of this job are already queued or running".to_string(),
+                format!("{SKIPPED_PREFIX} runs of this job are already queued or running"),
             );
             skipped.result = Some(json!({"skipped": "max_instances"}));
             runs.push(skipped);

@@ -6,6 +6,7 @@ use serde_json::Value;
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use crate::alerts::settings::JobAlerts;
 use crate::domain::{JobState, RunState, ScheduleKind};
 
 /// Which jobs a listing covers: failure records, the others, or both.
@@ -58,6 +59,8 @@ pub struct NewJob {
     pub keep_runs: Option<i32>,
     /// Webhooks (by name) that get every event of this job.
     pub notify: Vec<String>,
+    /// Its own alert settings (the rest are the service's).
+    pub alerts: JobAlerts,
 }
 
 /// A stored job with a summary of its newest run.
@@ -86,6 +89,10 @@ pub struct JobRow {
     pub failed_run_id: Option<Uuid>,
     pub keep_runs: Option<i32>,
     pub notify: Vec<String>,
+    #[sqlx(json)]
+    pub alerts: JobAlerts,
+    /// Its alerts raised and not closed (`failing`, `dead_man`, ...).
+    pub alerts_open: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_run_id: Option<Uuid>,
@@ -150,6 +157,7 @@ impl JobRow {
             failed_run_id: self.failed_run_id,
             keep_runs: self.keep_runs,
             notify: self.notify.clone(),
+            alerts: self.alerts,
         }
     }
 }

@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use alerts::{AlertAdvance, AlertFeed, NewAlert, RunningRun, WatchedJob};
 pub use audit::{AuditEntry, AuditFilter, AuditMethod};
 pub use callbacks::CallbackRun;
 pub use connect::{redact_url, Backend, ConnectError, StoreOptions, SCHEMES};
@@ -90,7 +91,8 @@ macro_rules! on_backend {
     };
 }
 
-// After `on_backend!`, which it uses.
+// After `on_backend!`, which they use.
+pub mod alerts;
 pub mod copy;
 
 impl Store {

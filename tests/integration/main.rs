@@ -3,6 +3,7 @@
 //! `JOBSD_TEST_BACKEND=sqlite` (see `support::backend`). The store
 //! conformance suite (`conformance`) runs on both in every run.
 
+mod alerts;
 mod audit;
 mod auth;
 mod bad_input;

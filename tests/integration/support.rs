@@ -634,5 +634,6 @@ pub fn failure_record(job_id: &str, kwargs: serde_json::Value) -> jobsd::store::
         failed_run_id: None,
         keep_runs: None,
         notify: vec![],
+        alerts: Default::default(),
     }
 }

@@ -80,8 +80,8 @@ impl PgStore {
             "WITH written AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
              start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
              retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs, notify, \
-             failed_run_id, file_state) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24) \
+             failed_run_id, file_state, alerts) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$26) \
              ON CONFLICT (job_id) DO UPDATE SET handler = EXCLUDED.handler, kwargs = EXCLUDED.kwargs, \
              schedule_kind = EXCLUDED.schedule_kind, interval_ms = EXCLUDED.interval_ms, \
              cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, start_at = EXCLUDED.start_at, \
@@ -91,7 +91,7 @@ impl PgStore {
              retry_backoff_ms = EXCLUDED.retry_backoff_ms, state = EXCLUDED.state, \
              next_run_at = EXCLUDED.next_run_at, description = EXCLUDED.description, \
              tags = EXCLUDED.tags, source = EXCLUDED.source, keep_runs = EXCLUDED.keep_runs, \
-             notify = EXCLUDED.notify, file_state = EXCLUDED.file_state, updated_at = now() \
+             notify = EXCLUDED.notify, alerts = EXCLUDED.alerts, file_state = EXCLUDED.file_state, updated_at = now() \
              RETURNING job_id, state, updated_at), {events} \
              SELECT count(*) FROM written",
             // `$25`: the state the job had, read under the lock (none: new).
@@ -113,6 +113,7 @@ impl PgStore {
         .bind(job.failed_run_id)
         .bind(file_state)
         .bind(old_state)
+        .bind(sqlx::types::Json(job.alerts))
         .execute(&mut *tx)
         .await?;
         let released: Vec<String> =

@@ -24,7 +24,8 @@ use crate::handlers::ERROR_HANDLER;
 pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
      j.timezone, j.start_at, j.misfire_grace_ms, j.coalesce, j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
-     j.failed_run_id, j.keep_runs, j.notify, j.created_at, j.updated_at, \
+     j.failed_run_id, j.keep_runs, j.notify, j.alerts, j.created_at, j.updated_at, \
+     COALESCE((SELECT a.open FROM job_alerts a WHERE a.job_id = j.job_id), '{}') AS alerts_open, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \
@@ -171,6 +172,7 @@ impl PgStore {
             .bind(&due)
             .bind(col(jobs, |j| j.keep_runs))
             .bind(col(jobs, |j| Value::from(j.notify.clone())))
+            .bind(col(jobs, |j| sqlx::types::Json(j.alerts)))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| {
@@ -209,12 +211,14 @@ impl PgStore {
                  timezone = $7, start_at = $8, misfire_grace_ms = $9, coalesce = $10, \
                  max_instances = $11, lock_key = $12, timeout_ms = $13, max_retries = $14, \
                  retry_backoff_ms = $15, state = $16, next_run_at = $17, description = $18, \
-                 tags = $19, source = $20, keep_runs = $21, notify = $22, updated_at = now()",
+                 tags = $19, source = $20, keep_runs = $21, notify = $22, alerts = $24, \
+                 updated_at = now()",
                 "j.job_id = $1 AND j.xmin = $23::int8::text::xid",
             )),
             job,
         )
         .bind(version)
+        .bind(sqlx::types::Json(job.alerts))
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
@@ -408,20 +412,20 @@ pub(crate) fn job_insert_many_sql() -> String {
          FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int8[], $6::text[], \
            $7::text[], $8::timestamptz[], $9::int8[], $10::bool[], $11::int4[], $12::text[], \
            $13::int8[], $14::int4[], $15::int8[], $16::text[], $17::timestamptz[], $18::text[], \
-           $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[], $26::bool[], $27::int4[], $28::jsonb[]) WITH ORDINALITY \
+           $19::jsonb[], $20::text[], $21::uuid[], $25::uuid[], $26::bool[], $27::int4[], $28::jsonb[], $29::jsonb[]) WITH ORDINALITY \
          AS u(job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, start_at, \
            misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
            retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, run_id, due, \
-           keep_runs, notify, ord)), \
+           keep_runs, notify, alerts, ord)), \
          firing AS (SELECT u.*, {claim} AS claim FROM input u WHERE u.due_now), \
          inserted AS (INSERT INTO jobs (job_id, handler, kwargs, schedule_kind, interval_ms, cron, timezone, \
          start_at, misfire_grace_ms, coalesce, max_instances, lock_key, timeout_ms, max_retries, \
-         retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, keep_runs, notify) \
+         retry_backoff_ms, state, next_run_at, description, tags, source, failed_run_id, keep_runs, notify, alerts) \
          SELECT u.job_id, u.handler, u.kwargs, u.schedule_kind, u.interval_ms, u.cron, u.timezone, \
          u.start_at, u.misfire_grace_ms, u.coalesce, u.max_instances, u.lock_key, u.timeout_ms, \
          u.max_retries, u.retry_backoff_ms, u.state, CASE WHEN u.due_now THEN NULL ELSE u.next_run_at END, \
          u.description, ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.source, u.failed_run_id, \
-         u.keep_runs, ARRAY(SELECT jsonb_array_elements_text(u.notify)) FROM input u \
+         u.keep_runs, ARRAY(SELECT jsonb_array_elements_text(u.notify)), u.alerts FROM input u \
          RETURNING job_id, created_at), \
          fired AS (INSERT INTO runs (run_id, job_id, handler, kwargs, trigger, scheduled_for, run_after, \
            state, attempt, started_at, instance, lease_expires_at, history, \

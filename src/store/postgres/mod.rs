@@ -4,6 +4,7 @@
 //! Database time (`now()`) is the clock for everything that decides when a
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
+mod alerts;
 mod audit;
 pub mod bench;
 mod callbacks;

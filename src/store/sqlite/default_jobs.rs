@@ -63,7 +63,7 @@ impl SqliteStore {
             sqlx::query(&format!(
                 "INSERT INTO jobs ({DEFINITION_COLUMNS}, failed_run_id, file_state, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-             ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?25) \
+             ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?26) \
              ON CONFLICT (job_id) DO UPDATE SET handler = excluded.handler, kwargs = excluded.kwargs, \
              schedule_kind = excluded.schedule_kind, interval_ms = excluded.interval_ms, \
              cron = excluded.cron, timezone = excluded.timezone, start_at = excluded.start_at, \
@@ -73,7 +73,7 @@ impl SqliteStore {
              retry_backoff_ms = excluded.retry_backoff_ms, state = excluded.state, \
              next_run_at = excluded.next_run_at, description = excluded.description, \
              tags = excluded.tags, source = excluded.source, keep_runs = excluded.keep_runs, \
-             notify = excluded.notify, \
+             notify = excluded.notify, alerts = excluded.alerts, \
              file_state = excluded.file_state, \
              updated_at = excluded.updated_at, version = jobs.version + 1"
             )),

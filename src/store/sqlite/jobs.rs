@@ -34,8 +34,8 @@ fn push_job_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
 }
 
 /// Chains `$bind` (`bind` of a query, `push_bind` of a `VALUES` row) over
-/// the 22 definition columns of `$job` (`job_id` .. `source` in table
-/// order, then `keep_runs` and `notify`, as [`DEFINITION_COLUMNS`] lists them), with
+/// the 23 definition columns of `$job` (`job_id` .. `source` in table
+/// order, then `keep_runs`, `notify` and `alerts`, as [`DEFINITION_COLUMNS`] lists them), with
 /// `$kwargs` (the kwargs' JSON text) and `$next_run_at`.
 macro_rules! bind_definition_columns {
     ($target:expr, $bind:ident, $job:expr, $kwargs:expr, $next_run_at:expr) => {
@@ -62,10 +62,11 @@ macro_rules! bind_definition_columns {
             .$bind(&$job.source)
             .$bind($job.keep_runs)
             .$bind(Value::from($job.notify.clone()).to_string())
+            .$bind(serde_json::to_string(&$job.alerts).unwrap_or_else(|_| "{}".into()))
     };
 }
 
-/// Binds the 22 definition columns of `job`, for statements that write a
+/// Binds the 23 definition columns of `job`, for statements that write a
 /// whole definition.
 pub(crate) fn bind_definition<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -83,7 +84,7 @@ pub(crate) fn bind_definition<'q>(
 /// The columns [`bind_definition`] binds, in its order.
 pub(crate) const DEFINITION_COLUMNS: &str = "job_id, handler, kwargs, schedule_kind, interval_ms, cron, \
     timezone, start_at, misfire_grace_ms, \"coalesce\", max_instances, lock_key, timeout_ms, max_retries, \
-    retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs, notify";
+    retry_backoff_ms, state, next_run_at, description, tags, source, keep_runs, notify, alerts";
 
 impl SqliteStore {
     /// Inserts jobs in one transaction, all or none; `Conflict` naming the
@@ -195,7 +196,8 @@ impl SqliteStore {
                  \"coalesce\" = ?10, max_instances = ?11, lock_key = ?12, timeout_ms = ?13, \
                  max_retries = ?14, retry_backoff_ms = ?15, state = ?16, next_run_at = ?17, \
                  description = ?18, tags = ?19, source = ?20, keep_runs = ?21, notify = ?22, \
-                 updated_at = ?23, version = version + 1 WHERE job_id = ?1 AND version = ?24",
+                 alerts = ?23, updated_at = ?24, version = version + 1 \
+                 WHERE job_id = ?1 AND version = ?25",
             ),
             job,
         )

@@ -25,6 +25,7 @@
 //! The rules every backend applies (lateness, completion, rescue, failure
 //! records, waiting runs) come from [`crate::domain::rules`].
 
+mod alerts;
 mod audit;
 pub mod bench;
 mod callbacks;

@@ -177,7 +177,8 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<RunRow, sqlx::Error> {
 pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.schedule_kind, j.interval_ms, j.cron, \
      j.timezone, j.start_at, j.misfire_grace_ms, j.\"coalesce\", j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
-     j.failed_run_id, j.keep_runs, j.notify, j.created_at, j.updated_at, j.version, \
+     j.failed_run_id, j.keep_runs, j.notify, j.alerts, j.created_at, j.updated_at, j.version, \
+     COALESCE((SELECT a.open FROM job_alerts a WHERE a.job_id = j.job_id), '[]') AS alerts_open, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \
@@ -231,6 +232,9 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         failed_run_id: opt_uuid(row, "failed_run_id")?,
         keep_runs: row.try_get("keep_runs")?,
         notify: texts("notify")?,
+        alerts: serde_json::from_value(json(row, "alerts")?)
+            .map_err(|e| decode_err("alerts", e))?,
+        alerts_open: texts("alerts_open")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         last_run_id: opt_uuid(row, "last_run_id")?,

@@ -44,6 +44,7 @@ macro_rules! conformance {
     )*};
 }
 
+mod alerts;
 mod audit;
 mod callbacks;
 mod claims;
@@ -121,6 +122,7 @@ pub fn hourly(job_id: &str) -> NewJob {
         failed_run_id: None,
         keep_runs: None,
         notify: vec![],
+        alerts: Default::default(),
     }
 }
 
