@@ -738,3 +738,35 @@ async fn five_days_of_failures_disable_the_webhook_with_an_event() {
     let log = deliveries(&app, &id).await;
     assert_eq!(log[0]["state"], "failed", "{log:?}");
 }
+
+/// An alert is an event like any other: a webhook subscribed to the
+/// `alert.` group gets it, signed, with the job as it is (its open alerts).
+#[tokio::test]
+async fn alerts_are_delivered_to_webhooks_subscribed_to_them() {
+    let app = TestApp::start_with(&["--failures-before-alert", "1"]).await;
+    let receiver = Receiver::start(vec![]).await;
+    let (_, secret) = create(
+        &app,
+        json!({"name": "pager", "url": receiver.url, "event_types": ["alert."]}),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "/api/v1/jobs",
+            json!({"job_id": "broken", "handler": "http",
+                   "kwargs": {"url": "http://127.0.0.1:1/", "timeout": 1},
+                   "when": Utc::now().to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let got = receiver.wait_for_count(1, Duration::from_secs(20)).await;
+    assert_signed(&secret, &got[0]);
+    let body = got[0].json();
+    assert_eq!(body["type"], "alert.failing", "{body}");
+    assert_eq!(body["data"]["job_id"], "broken");
+    assert_eq!(body["data"]["data"]["alert"], "failing");
+    assert_eq!(
+        body["data"]["data"]["job"]["alerts_open"],
+        json!(["failing"])
+    );
+}
