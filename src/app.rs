@@ -194,6 +194,7 @@ pub async fn start_with_listeners(
     let alerts = crate::alerts::Evaluator::new(
         store.clone(),
         events.clone(),
+        metrics.clone(),
         config.alerts.defaults(),
         config.alerts.alert_check_interval,
     );

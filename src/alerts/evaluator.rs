@@ -23,6 +23,7 @@ use super::rules::{self, AlertSettings, AlertState, Observation};
 use super::settings::{AlertDefaults, JobAlerts};
 use crate::domain::event_types::TypeFilter;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 use crate::store::{AlertAdvance, EventQuery, NewAlert, Store, StoreResult};
 
 /// The event types that tell something of a job's alerts
@@ -35,6 +36,7 @@ pub const WATCHED_TYPES: &str = "run.failed,run.timed_out,run.succeeded,run.miss
 pub struct Evaluator {
     store: Store,
     hub: EventHub,
+    metrics: Metrics,
     defaults: AlertDefaults,
     /// How often the clock-driven alerts are checked.
     check_interval: Duration,
@@ -53,12 +55,14 @@ impl Evaluator {
     pub fn new(
         store: Store,
         hub: EventHub,
+        metrics: Metrics,
         defaults: AlertDefaults,
         check_interval: Duration,
     ) -> Evaluator {
         Evaluator {
             store,
             hub,
+            metrics,
             defaults,
             check_interval: check_interval.max(Duration::from_millis(100)),
         }
@@ -105,11 +109,9 @@ impl Evaluator {
             .await;
         let events = reader.next(wait.min(until_check)).await?;
         let to = reader.position().filter(|to| Some(*to) != feed.position);
-        let now = if events.is_empty() {
-            self.store.now().await?
-        } else {
-            now
-        };
+        // The time after the wait: what this step's alerts and throttles
+        // go by.
+        let now = self.store.now().await?;
         let check_clock = next_check.is_none_or(|at| now >= at);
 
         let seen: Vec<Seen> = events
@@ -180,6 +182,7 @@ impl Evaluator {
         };
         if self.store.alert_feed_advance(&advance).await? {
             for a in &advance.alerts {
+                self.metrics.alert_raised(a.kind);
                 tracing::info!(job_id = %a.job_id, alert = a.kind.event_type(), reason = %a.reason, "alert raised");
             }
             Ok(advance.alerts)
@@ -338,5 +341,24 @@ impl<'a> Step<'a> {
         }
         states.sort_by(|a, b| a.0.cmp(&b.0));
         (states, self.alerts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watched_types_are_event_types_each_telling_something() {
+        let filter = TypeFilter::parse(WATCHED_TYPES).expect("known types");
+        assert!(filter.groups.is_empty());
+        for t in &filter.exact {
+            let reason = None;
+            assert!(
+                rules::observation_of(t, reason).is_some(),
+                "{t} tells nothing of alerts"
+            );
+        }
+        assert_eq!(filter.exact.len(), WATCHED_TYPES.split(',').count());
     }
 }

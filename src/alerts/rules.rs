@@ -134,7 +134,10 @@ pub fn observe(
             (n > 0 && state.consecutive_failures >= n && !state.open.contains(&AlertKind::Failing))
                 .then(|| Raised {
                     kind: AlertKind::Failing,
-                    reason: format!("{} failed runs in a row", state.consecutive_failures),
+                    reason: match state.consecutive_failures {
+                        1 => "a run failed".to_string(),
+                        n => format!("{n} failed runs in a row"),
+                    },
                 })
         }
         Observation::Success => {

@@ -142,6 +142,10 @@ impl EventReader {
             }
             if page.scanned_to.is_some() {
                 // Looked at events that did not match: more may follow.
+                // A wake's events were visible, so there is nothing to
+                // settle for (a filtered reader would otherwise re-read 25
+                // times on every wake of events it does not want).
+                settle_tries = 0;
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -95,6 +95,11 @@ struct ResultLabel {
 const WEBHOOK_RESULTS: [&str; 4] = ["delivered", "failed", "gave_up", "disabled"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -174,6 +179,7 @@ struct Inner {
     lease_expiries: Counter,
     retries: Counter,
     webhook_deliveries: Family<ResultLabel, Counter>,
+    alerts: Family<KindLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpRouteLabels, Histogram, fn() -> Histogram>,
     pool_idle: Gauge,
@@ -272,6 +278,18 @@ impl Metrics {
         for result in WEBHOOK_RESULTS {
             let _ = webhook_deliveries.get_or_create(&ResultLabel { result });
         }
+        let alerts = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "jobsd_alerts",
+            "Alerts raised by this replica's alert feed, by kind (failing, recovered, missed, \
+             overrun, dead_man); each alert is raised by one replica",
+            alerts.clone(),
+        );
+        for kind in crate::alerts::rules::AlertKind::ALL {
+            let _ = alerts.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "jobsd_http_requests",
@@ -319,6 +337,7 @@ impl Metrics {
                 lease_expiries,
                 retries,
                 webhook_deliveries,
+                alerts,
                 http_requests,
                 http_duration,
                 pool_idle,
@@ -417,6 +436,16 @@ impl Metrics {
         self.inner
             .webhook_deliveries
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// An alert raised (and written) by this replica.
+    pub fn alert_raised(&self, kind: crate::alerts::rules::AlertKind) {
+        self.inner
+            .alerts
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
             .inc();
     }
 

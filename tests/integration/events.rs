@@ -161,7 +161,7 @@ async fn bad_filters_and_bodies_get_a_400_naming_the_problem() {
             "type=run.exploded",
             "type: \"run.exploded\" is not an event type",
         ),
-        ("type=alert.", "is not an event type"),
+        ("type=alerts.", "is not an event type"),
         ("cursor=abc", "cursor: \"abc\" is not an event cursor"),
         ("cursor=1-2", "is not an event cursor"),
         ("limit=0", "limit: must be between 1 and 1000"),

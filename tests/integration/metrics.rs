@@ -108,9 +108,9 @@ pub(crate) async fn scrape(app: &TestApp) -> Scrape {
     Scrape::parse(&text)
 }
 
-/// Every metric of issue #14 §1 (webhooks aside), by family name (a
-/// counter's family has no `_total`), with its type.
-const FAMILIES: [(&str, &str); 15] = [
+/// Every metric of issue #14 §1, and the webhooks' and alerts', by
+/// family name (a counter's family has no `_total`), with its type.
+const FAMILIES: [(&str, &str); 17] = [
     ("jobsd_runs", "counter"),
     ("jobsd_run_duration_seconds", "histogram"),
     ("jobsd_schedule_lag_seconds", "histogram"),
@@ -126,6 +126,8 @@ const FAMILIES: [(&str, &str); 15] = [
     ("jobsd_build_info", "gauge"),
     ("jobsd_http_requests", "counter"),
     ("jobsd_http_request_duration_seconds", "histogram"),
+    ("jobsd_webhook_deliveries", "counter"),
+    ("jobsd_alerts", "counter"),
 ];
 
 /// The run `run_id` as the API shows it.
