@@ -4,6 +4,8 @@
 --
 -- (0012 is left to batches, built on a branch beside this.)
 ALTER TABLE jobs ADD COLUMN alerts jsonb NOT NULL DEFAULT '{}';
+-- The clock checks read the jobs that set their own alerts, not all jobs.
+CREATE INDEX jobs_own_alerts_idx ON jobs (job_id) WHERE alerts <> '{}';
 
 -- Each job's alert state while it holds something (a failure count, an
 -- open alert, a throttle still running): src/alerts/rules.rs `AlertState`

@@ -1,6 +1,7 @@
 -- Alerts: see migrations/postgres/0013_alerts.sql. JSON as text; times are
 -- microseconds since the epoch. (0009 is left to batches.)
 ALTER TABLE jobs ADD COLUMN alerts TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX jobs_own_alerts_idx ON jobs (job_id) WHERE alerts <> '{}';
 
 CREATE TABLE job_alerts (
     job_id      TEXT PRIMARY KEY,

@@ -9,8 +9,10 @@
 //! replicas run, die or restart.
 //!
 //! Cheap while nothing fails: a success or a change of a job that holds no
-//! alert state needs neither its settings nor a write, so a drain of
-//! successful runs costs a read of its events and a cursor write per page.
+//! alert state needs neither its settings nor a write, and while no job
+//! holds one, no look at the states either; steps come at most every
+//! [`STEP_EVERY`], so under load a drain of successful runs costs a read of
+//! its events and a cursor write per page of [`PAGE`] events.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -30,6 +32,13 @@ use crate::store::{AlertAdvance, EventQuery, NewAlert, Store, StoreResult};
 /// ([`rules::observation_of`]).
 pub const WATCHED_TYPES: &str = "run.failed,run.timed_out,run.succeeded,run.missed,run.waiting,\
      job.created,job.updated,job.paused,job.resumed,job.deleted";
+
+/// Events read per step, at most.
+pub const PAGE: i64 = 5000;
+/// Shortest time between steps that found events: alerts wait at most this
+/// long for their events to gather into pages, and a busy store gets a
+/// few steps a second, not one per commit.
+pub const STEP_EVERY: Duration = Duration::from_millis(250);
 
 /// The evaluator; cheap to clone.
 #[derive(Clone)]
@@ -71,10 +80,18 @@ impl Evaluator {
     /// Steps until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             let stepped = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 stepped = self.step(Duration::from_secs(30)) => stepped,
             };
+            // A step that returned at once found work: let the next page
+            // fill (one that waited for its events needs no pause).
+            let pause = STEP_EVERY.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
             if let Err(e) = stepped {
                 tracing::warn!(error = %e, "alerts: a step of the feed failed; retrying");
                 tokio::select! {
@@ -91,7 +108,8 @@ impl Evaluator {
     /// the step).
     pub async fn step(&self, wait: Duration) -> StoreResult<Vec<NewAlert>> {
         let feed = self.store.alert_feed().await?;
-        let now = self.store.now().await?;
+        let read_at = tokio::time::Instant::now();
+        let now = feed.now;
         let next_check = feed
             .checked_at
             .map(|c| c + chrono::Duration::from_std(self.check_interval).unwrap_or_default());
@@ -104,14 +122,15 @@ impl Evaluator {
             .reader(EventQuery {
                 types,
                 after: feed.position,
+                limit: PAGE,
                 ..EventQuery::default()
             })
             .await;
         let events = reader.next(wait.min(until_check)).await?;
         let to = reader.position().filter(|to| Some(*to) != feed.position);
-        // The time after the wait: what this step's alerts and throttles
-        // go by.
-        let now = self.store.now().await?;
+        // The time after the wait (the store's clock, moved on by the
+        // wait): what this step's alerts and throttles go by.
+        let now = feed.now + chrono::Duration::from_std(read_at.elapsed()).unwrap_or_default();
         let check_clock = next_check.is_none_or(|at| now >= at);
 
         let seen: Vec<Seen> = events
@@ -133,7 +152,13 @@ impl Evaluator {
         let mut ids: Vec<String> = seen.iter().map(|s| s.job_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        step.load_states(&self.store, &ids).await?;
+        if feed.any_state
+            || seen
+                .iter()
+                .any(|s| !matches!(s.observation, Observation::Success | Observation::Changed))
+        {
+            step.load_states(&self.store, &ids).await?;
+        }
         // Settings are read only for the jobs that may change: those with a
         // state, and those a failure, miss or overrun was seen of.
         let needed: HashSet<&str> = seen

@@ -79,13 +79,15 @@ impl EventHub {
         wakes.clone()
     }
 
-    /// A reader of the events matching `query` after `query.after`.
+    /// A reader of the events matching `query` after `query.after`, in
+    /// pages of `query.limit` ([`PAGE`] when 0).
     pub async fn reader(&self, query: EventQuery) -> EventReader {
         EventReader {
             store: self.store.clone(),
             wakes: self.wakes().await,
             query: EventQuery {
                 descending: false,
+                limit: if query.limit > 0 { query.limit } else { PAGE },
                 ..query
             },
         }
@@ -119,20 +121,14 @@ impl EventReader {
         self.query.after
     }
 
-    /// The next events (at most [`PAGE`]), waiting up to `wait` for some;
+    /// The next events (at most a page), waiting up to `wait` for some;
     /// empty when none came in time.
     pub async fn next(&mut self, wait: Duration) -> StoreResult<Vec<EventRow>> {
         let deadline = Instant::now() + wait;
         let mut settle_tries: u32 = 0;
         loop {
             self.wakes.borrow_and_update();
-            let page = self
-                .store
-                .events_page(&EventQuery {
-                    limit: PAGE,
-                    ..self.query.clone()
-                })
-                .await?;
+            let page = self.store.events_page(&self.query).await?;
             // On past what it looked at, whether or not it matched.
             if let Some(scanned_to) = page.scanned_to {
                 self.query.after = Some(scanned_to);

@@ -12,8 +12,8 @@ use super::{EventPosition, Store, StoreResult};
 use crate::alerts::rules::{AlertKind, AlertState};
 use crate::alerts::settings::JobAlerts;
 
-/// Where the alert feed stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where the alert feed stands, read with the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AlertFeed {
     /// The last event taken into account (`None`: none yet).
     pub position: Option<EventPosition>,
@@ -22,6 +22,11 @@ pub struct AlertFeed {
     pub version: i64,
     /// When the clock-driven alerts were last checked.
     pub checked_at: Option<DateTime<Utc>>,
+    /// Whether any job holds an alert state (none: a success or a change
+    /// needs no look at the states).
+    pub any_state: bool,
+    /// The store's clock when this was read.
+    pub now: DateTime<Utc>,
 }
 
 /// An alert to write as an event.

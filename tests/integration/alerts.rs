@@ -82,23 +82,11 @@ async fn alerts_open(app: &TestApp, job_id: &str) -> Value {
     body["job"]["alerts_open"].clone()
 }
 
-/// Runs `job_id` once by hand and waits for the run to end in `state`.
+/// Runs `job_id` once by hand and waits for the run to end in `state`;
+/// returns its id.
 async fn run_once(app: &TestApp, job_id: &str, state: &str) -> String {
-    let (status, body) = app
-        .post(&format!("/api/v1/jobs/{job_id}/run"), json!({}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let run_id = body["run"]["run_id"].as_str().unwrap().to_string();
-    wait_for(
-        &format!("run {run_id} {state}"),
-        Duration::from_secs(20),
-        || async {
-            let (_, body) = app.get(&format!("/api/v1/runs/{run_id}")).await;
-            (body["run"]["state"] == state).then_some(())
-        },
-    )
-    .await;
-    run_id
+    let run = app.run_by_hand(job_id, state).await;
+    run["run_id"].as_str().unwrap().to_string()
 }
 
 /// A paused `http` job (it runs only by hand) calling `target`.
@@ -155,15 +143,7 @@ async fn failing_fires_once_per_episode_and_the_next_success_recovers() {
     let got = wait_alerts(&app, "flaky", "alert.failing", 2).await;
     assert_eq!(count(&got, "alert.recovered"), 1, "{got:?}");
     assert_eq!(count(&got, "alert.failing"), 2, "{got:?}");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for line in [
         "jobsd_alerts_total{kind=\"failing\"} 2",
         "jobsd_alerts_total{kind=\"recovered\"} 1",

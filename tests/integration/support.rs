@@ -397,6 +397,31 @@ impl TestApp {
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, None).await
     }
+
+    /// Runs `job_id` once by hand and waits until the run ends in
+    /// `state`; returns the run.
+    pub async fn run_by_hand(&self, job_id: &str, state: &str) -> Value {
+        let (status, body) = self
+            .post(&format!("/api/v1/jobs/{job_id}/run"), serde_json::json!({}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let run_id = body["run"]["run_id"].as_str().unwrap().to_string();
+        wait_for(
+            &format!("run {run_id} {state}"),
+            Duration::from_secs(20),
+            || async {
+                let (_, body) = self.get(&format!("/api/v1/runs/{run_id}")).await;
+                (body["run"]["state"] == state).then(|| body["run"].clone())
+            },
+        )
+        .await
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
 }
 
 impl Drop for TestApp {

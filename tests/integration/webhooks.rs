@@ -228,15 +228,7 @@ async fn events_are_delivered_signed_and_filtered() {
     assert_eq!(log[0]["message_id"], got[0].header("webhook-id"));
     assert_eq!(log[0]["attempts"][0]["status"], 200);
     assert_eq!(log[0]["attempts"][0]["response"], "thanks");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("jobsd_webhook_deliveries_total{result=\"delivered\"} 1"),
         "{metrics}"

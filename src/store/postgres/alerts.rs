@@ -24,11 +24,15 @@ impl PgStore {
             Option<i64>,
             i64,
             Option<DateTime<Utc>>,
+            bool,
+            DateTime<Utc>,
         );
-        let (tx, seq, ord, version, checked_at): Row =
-            sqlx::query_as("SELECT tx, seq, ord, version, checked_at FROM alert_feed WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?;
+        let (tx, seq, ord, version, checked_at, any_state, now): Row = sqlx::query_as(
+            "SELECT tx, seq, ord, version, checked_at, EXISTS (SELECT 1 FROM job_alerts), now() \
+             FROM alert_feed WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         let position = match (tx, seq, ord) {
             (Some(tx), Some(seq), Some(ord)) => Some(EventPosition { tx, seq, ord }),
             _ => None,
@@ -37,6 +41,8 @@ impl PgStore {
             position,
             version,
             checked_at,
+            any_state,
+            now,
         })
     }
 
@@ -129,14 +135,18 @@ impl PgStore {
             DateTime<Utc>,
             Option<DateTime<Utc>>,
         );
-        let rows: Vec<Row> = sqlx::query_as(
+        // Without `every`, only the jobs with settings of their own (an index).
+        let own = if every {
+            ""
+        } else {
+            " AND j.alerts <> '{}' AND coalesce((j.alerts ->> 'expect_success_within_ms')::int8, 0) > 0"
+        };
+        let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT j.job_id, j.alerts, j.updated_at, \
                (SELECT r.finished_at FROM runs r WHERE r.job_id = j.job_id AND r.state = 'succeeded' \
                 ORDER BY r.created_at DESC LIMIT 1) \
-             FROM jobs j WHERE j.state = 'running' AND j.handler <> $2 \
-               AND ($1 OR coalesce((j.alerts ->> 'expect_success_within_ms')::int8, 0) > 0)",
-        )
-        .bind(every)
+             FROM jobs j WHERE j.state = 'running' AND j.handler <> $1{own}"
+        ))
         .bind(ERROR_HANDLER)
         .fetch_all(&self.pool)
         .await?;

@@ -30,14 +30,19 @@ fn to_text<T: serde::Serialize>(value: &T) -> String {
 
 impl SqliteStore {
     pub async fn alert_feed(&self) -> StoreResult<AlertFeed> {
-        let (seq, version, checked_at): (Option<i64>, i64, Option<i64>) =
-            sqlx::query_as("SELECT seq, version, checked_at FROM alert_feed WHERE id = 1")
-                .fetch_one(&self.readers)
-                .await?;
+        let (seq, version, checked_at, any_state): (Option<i64>, i64, Option<i64>, bool) =
+            sqlx::query_as(
+                "SELECT seq, version, checked_at, EXISTS (SELECT 1 FROM job_alerts) \
+                 FROM alert_feed WHERE id = 1",
+            )
+            .fetch_one(&self.readers)
+            .await?;
         Ok(AlertFeed {
             position: seq.map(|seq| EventPosition { tx: 0, seq, ord: 0 }),
             version,
             checked_at: checked_at.map(from_micros),
+            any_state,
+            now: now(),
         })
     }
 
@@ -117,14 +122,19 @@ impl SqliteStore {
     }
 
     pub async fn alert_watched_jobs(&self, every: bool) -> StoreResult<Vec<WatchedJob>> {
-        let rows = sqlx::query(
+        // Without `every`, only the jobs with settings of their own (an index).
+        let own = if every {
+            ""
+        } else {
+            " AND j.alerts <> '{}' \
+              AND coalesce(json_extract(j.alerts, '$.expect_success_within_ms'), 0) > 0"
+        };
+        let rows = sqlx::query(&format!(
             "SELECT j.job_id, j.alerts, j.updated_at, \
                (SELECT r.finished_at FROM runs r WHERE r.job_id = j.job_id AND r.state = 'succeeded' \
                 ORDER BY r.created_at DESC LIMIT 1) AS last_success \
-             FROM jobs j WHERE j.state = 'running' AND j.handler <> ?2 \
-               AND (?1 OR coalesce(json_extract(j.alerts, '$.expect_success_within_ms'), 0) > 0)",
-        )
-        .bind(every)
+             FROM jobs j WHERE j.state = 'running' AND j.handler <> ?1{own}"
+        ))
         .bind(ERROR_HANDLER)
         .fetch_all(&self.readers)
         .await?;
