@@ -240,8 +240,20 @@ impl PgStore {
     }
 
     /// A listener on [`EVENTS_CHANNEL`].
+    /// On a connection of its own, outside the pool: the process's one
+    /// events listener (every reader's wake-ups) lives as long as the
+    /// process, and must not keep a pooled connection from the requests
+    /// and loops that need one.
     pub async fn listen_events(&self) -> StoreResult<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let options = self.pool.connect_options().as_ref().clone();
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(EVENTS_CHANNEL).await?;
         Ok(listener)
     }
