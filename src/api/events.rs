@@ -468,7 +468,10 @@ pub async fn assemble(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let data = if let Some(run_id) = row.run_id {
+            let data = if let Some(data) = &row.data {
+                // A batch event: its data was written with it.
+                data.clone()
+            } else if let Some(run_id) = row.run_id {
                 let run = runs.get(&run_id);
                 // A reason may quote the run's kwargs: shown only scrubbed,
                 // so only while the run (and its handler's rules) is there.

@@ -8,7 +8,9 @@ use std::fmt;
 /// Every event type, by group. `run.<state>` for each state a run enters
 /// (`run.retried` when it goes back to the queue for another attempt),
 /// `run.progress` for a new progress report; `webhook.disabled` when a
-/// webhook is disabled by its receiver's answers (`crate::webhooks`).
+/// webhook is disabled by its receiver's answers (`crate::webhooks`);
+/// `batch.created`, `batch.completed` (its data the batch's summary:
+/// status and counts) and `batch.aborted` (`crate::batches`).
 pub const EVENT_TYPES: &[&str] = &[
     "run.queued",
     "run.waiting",
@@ -30,10 +32,13 @@ pub const EVENT_TYPES: &[&str] = &[
     "service.paused",
     "service.resumed",
     "webhook.disabled",
+    "batch.created",
+    "batch.completed",
+    "batch.aborted",
 ];
 
 /// The groups: what comes before the dot.
-pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook"];
+pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook", "batch"];
 
 /// Which types a reader wants: exact types and whole groups (`run.` or
 /// `run.*`). Empty: every event.

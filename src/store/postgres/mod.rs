@@ -5,6 +5,7 @@
 //! job fires or a lease expires, so replicas with skewed clocks still agree.
 
 mod audit;
+mod batches;
 pub mod bench;
 mod callbacks;
 mod connect;

@@ -26,6 +26,7 @@
 //! records, waiting runs) come from [`crate::domain::rules`].
 
 mod audit;
+mod batches;
 pub mod bench;
 mod callbacks;
 mod connect;

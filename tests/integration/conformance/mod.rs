@@ -45,6 +45,7 @@ macro_rules! conformance {
 }
 
 mod audit;
+mod batches;
 mod callbacks;
 mod claims;
 mod counters;
