@@ -20,3 +20,5 @@
 pub mod rules;
 
 pub use rules::{BatchStatus, Counts, RowState};
+pub mod csv;
+pub mod ndjson;

@@ -91,6 +91,9 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// The series of `jobsd_batch_rows_total`, each from 0.
+pub const BATCH_ROW_ENDS: [&str; 4] = ["success", "failed", "aborted", "retried"];
+
 /// The results of `jobsd_webhook_deliveries_total`, each from 0.
 const WEBHOOK_RESULTS: [&str; 4] = ["delivered", "failed", "gave_up", "disabled"];
 
@@ -174,6 +177,8 @@ struct Inner {
     lease_expiries: Counter,
     retries: Counter,
     webhook_deliveries: Family<ResultLabel, Counter>,
+    batches_created: Counter,
+    batch_rows: Family<StateLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpRouteLabels, Histogram, fn() -> Histogram>,
     pool_idle: Gauge,
@@ -272,6 +277,23 @@ impl Metrics {
         for result in WEBHOOK_RESULTS {
             let _ = webhook_deliveries.get_or_create(&ResultLabel { result });
         }
+        let batches_created = Counter::default();
+        registry.register(
+            "jobsd_batches_created",
+            "Batches submitted through this replica",
+            batches_created.clone(),
+        );
+        let batch_rows = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "jobsd_batch_rows",
+            "Batch row attempts ended by this replica's workers, by what followed: success, \
+             failed, aborted (cancelled by an abort), retried (queued again after a failure or \
+             a timeout)",
+            batch_rows.clone(),
+        );
+        for state in BATCH_ROW_ENDS {
+            let _ = batch_rows.get_or_create(&StateLabel::new(state));
+        }
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "jobsd_http_requests",
@@ -319,6 +341,8 @@ impl Metrics {
                 lease_expiries,
                 retries,
                 webhook_deliveries,
+                batches_created,
+                batch_rows,
                 http_requests,
                 http_duration,
                 pool_idle,
@@ -413,6 +437,19 @@ impl Metrics {
 
     /// A recorded webhook delivery attempt, by its result (one of
     /// `WEBHOOK_RESULTS`).
+    /// A batch submitted here.
+    pub fn batch_created(&self) {
+        self.inner.batches_created.inc();
+    }
+
+    /// A batch row's attempt ended here (one of [`BATCH_ROW_ENDS`]).
+    pub fn batch_row_ended(&self, end: &'static str) {
+        self.inner
+            .batch_rows
+            .get_or_create(&StateLabel::new(end))
+            .inc();
+    }
+
     pub fn webhook_delivery(&self, result: &'static str) {
         self.inner
             .webhook_deliveries

@@ -6,6 +6,7 @@
 mod audit;
 mod auth;
 mod bad_input;
+mod batches;
 mod bench;
 mod callbacks;
 mod conformance;
