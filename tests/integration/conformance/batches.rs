@@ -61,13 +61,19 @@ async fn assert_exact(store: &Store, id: Uuid) -> Counts {
     check.counters
 }
 
-async fn batch_events(store: &Store) -> Vec<jobsd::store::EventRow> {
+/// The batch events, once there are `n` (on PostgreSQL an event shows
+/// once every older transaction in the cluster has ended).
+async fn batch_events(store: &Store, n: usize) -> Vec<jobsd::store::EventRow> {
     let query = EventQuery {
         types: TypeFilter::parse("batch.").unwrap(),
         limit: 100,
         ..EventQuery::default()
     };
-    store.events_page(&query).await.unwrap().events
+    crate::support::wait_for("the batch events", Duration::from_secs(10), || async {
+        let events = store.events_page(&query).await.unwrap().events;
+        (events.len() >= n).then_some(events)
+    })
+    .await
 }
 
 async fn finish_all(store: &Store, claimed: &[ClaimedRow], end: RowEnd) -> usize {
@@ -160,7 +166,7 @@ async fn submit_get_list_and_append(store: Store) {
         Err(StoreError::NotFound)
     ));
     assert_exact(&store, new.id).await;
-    let events = batch_events(&store).await;
+    let events = batch_events(&store, 2).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].event_type, "batch.created");
     assert_eq!(events[0].data.as_ref().unwrap()["rows"], 3);
@@ -331,7 +337,7 @@ async fn rows_are_claimed_ended_and_the_batch_completes_once(store: Store) {
         store.batch_settle(&[new.id]).await.unwrap().is_empty(),
         "completed once"
     );
-    let events = batch_events(&store).await;
+    let events = batch_events(&store, 2).await;
     let completed: Vec<_> = events
         .iter()
         .filter(|e| e.event_type == "batch.completed")
@@ -461,7 +467,7 @@ async fn abort_ends_queued_rows_and_stops_running_ones(store: Store) {
     assert_eq!(b.counts, c(5, 0, 0, 1, 0, 4));
     assert!(b.finished_at.is_some());
     assert_eq!(b.status(), BatchStatus::Aborted);
-    let types: Vec<String> = batch_events(&store)
+    let types: Vec<String> = batch_events(&store, 3)
         .await
         .into_iter()
         .map(|e| e.event_type)
@@ -622,6 +628,55 @@ async fn final_batches_are_deleted_and_pruned(store: Store) {
     assert!(store.batches_unsettled(10).await.unwrap().is_empty());
 }
 
+async fn retention_prunes_final_batches_only(store: Store) {
+    use jobsd::retention::{Maintenance, Retention, RetentionConfig};
+    let open = batch(false);
+    store
+        .batch_create(&open, NewRows::Inline(&rows(2)))
+        .await
+        .unwrap();
+    let done = batch(false);
+    store
+        .batch_create(&done, NewRows::Inline(&rows(3)))
+        .await
+        .unwrap();
+    store.batch_abort(done.id, false).await.unwrap();
+    let maintenance = Maintenance::new(
+        store.clone(),
+        RetentionConfig {
+            retention: Retention::from_duration(Duration::from_millis(1)),
+            failure_retention: Retention::KeepAll,
+            every: Duration::from_secs(60),
+            batch: 2,
+        },
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    crate::support::wait_for(
+        "the final batch pruned",
+        Duration::from_secs(10),
+        || async {
+            maintenance.run_once(&shutdown).await.unwrap();
+            matches!(store.batch_get(done.id).await, Err(StoreError::NotFound)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(store.batch_get(open.id).await.unwrap().counts.total, 2);
+    assert_eq!(
+        store
+            .batch_rows_list(
+                done.id,
+                &RowFilter {
+                    limit: 10,
+                    ..RowFilter::default()
+                }
+            )
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
 conformance![
     submit_get_list_and_append,
     appends_are_refused_after_waitoff_and_abort,
@@ -633,4 +688,5 @@ conformance![
     expired_leases_are_rescued,
     hand_back_does_not_count_the_attempt,
     final_batches_are_deleted_and_pruned,
+    retention_prunes_final_batches_only,
 ];
