@@ -36,7 +36,9 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
         SCENARIO,
         format_args!("the one-shot drain to compare with: {} jobs", ctx.args.jobs),
     );
-    let (rounds, _) = drain::measure(ctx).await.context("the drain to compare with")?;
+    let (rounds, _) = drain::measure(ctx)
+        .await
+        .context("the drain to compare with")?;
     let drain_rate = drain::median(&rounds, |r| r.end_to_end);
     let mut service = ctx.spawn_on(Some("rows"), "bench-batch", &[]).await?;
     let api = Api::new(&service.base)?;
@@ -65,8 +67,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
     if success != n as u64 {
         bail!("the batch ended {status} with {success} of {n} rows succeeded");
     }
-    let finished_at: DateTime<Utc> = serde_json::from_value(finished["finished_at"].clone())
-        .context("finished_at")?;
+    let finished_at: DateTime<Utc> =
+        serde_json::from_value(finished["finished_at"].clone()).context("finished_at")?;
     let started_at: Option<DateTime<Utc>> =
         serde_json::from_value(finished["started_at"].clone()).ok();
     let end_to_end = n as f64 / seconds_between(sent, finished_at).max(1e-9);

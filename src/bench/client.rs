@@ -258,7 +258,12 @@ impl Api {
     }
 
     /// POSTs an NDJSON body; the answer's JSON.
-    pub async fn post_ndjson(&self, path: &str, body: String, expect: u16) -> anyhow::Result<Value> {
+    pub async fn post_ndjson(
+        &self,
+        path: &str,
+        body: String,
+        expect: u16,
+    ) -> anyhow::Result<Value> {
         let what = || format!("POST {path}");
         let response = self
             .http

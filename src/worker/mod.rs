@@ -234,6 +234,8 @@ pub struct WorkerPool {
     /// share capped it): more rows may be waiting, so a row ending wakes
     /// the claim loop once enough row slots are free.
     rows_waiting: Arc<AtomicBool>,
+    /// Rows whose handler is executing here (their end not yet decided).
+    rows_executing: Arc<AtomicUsize>,
     /// Rotates the remainder of fair shares between batches.
     turn: Arc<AtomicUsize>,
 }
@@ -254,6 +256,7 @@ impl WorkerPool {
             inits: Arc::default(),
             row_completer: rows::RowCompleter::spawn(store.clone()),
             rows_waiting: Arc::default(),
+            rows_executing: Arc::default(),
             turn: Arc::default(),
             store,
             metrics: Metrics::new(),

@@ -170,9 +170,14 @@ impl WorkerPool {
         self.rows.lock().map(|r| r.len()).unwrap_or(0)
     }
 
-    /// Rows this replica may still take: what `rules::row_slots` leaves.
+    /// Rows this replica may still take: what `rules::row_slots` leaves
+    /// of its slots to rows whose handler is executing (a row waiting for
+    /// its end to be written holds no slot, as a run does not: claims and
+    /// writes overlap; the completer's backlog bounds those, see
+    /// `WorkerPool::reserve`).
     fn row_room(&self) -> usize {
-        rules::row_slots(self.config.concurrency).saturating_sub(self.rows_active())
+        rules::row_slots(self.config.concurrency)
+            .saturating_sub(self.rows_executing.load(Ordering::Acquire))
     }
 
     /// Claims rows into the reservation's remaining slots (within the
@@ -324,6 +329,7 @@ impl WorkerPool {
                 },
             );
         }
+        self.rows_executing.fetch_add(1, Ordering::AcqRel);
         let pool = self.clone();
         let span = tracing::info_span!(
             "batch_row",
@@ -338,6 +344,11 @@ impl WorkerPool {
                 // The slot is free once the handler has returned; the row
                 // stays active (and heartbeated) until its end is written.
                 drop(slot);
+                pool.rows_executing.fetch_sub(1, Ordering::AcqRel);
+                if pool.rows_waiting.load(Ordering::Acquire) && pool.row_room() >= pool.row_refill()
+                {
+                    pool.queued.notify_one();
+                }
                 let end = decide_row(
                     &row,
                     execution,

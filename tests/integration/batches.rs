@@ -235,3 +235,110 @@ async fn abort_makes_queued_rows_aborted_at_once() {
         .await;
     assert_error(&refused, 409, "aborted");
 }
+
+/// A library user's handler: counts its batch initialiser's calls and
+/// returns what each row's call saw.
+struct Scoring {
+    inits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl jobsd::handlers::Handler for Scoring {
+    fn name(&self) -> &str {
+        "score"
+    }
+    fn kwargs_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
+    }
+    fn example(&self) -> Value {
+        json!({"x": 1})
+    }
+    async fn init_batch(
+        &self,
+        batch: &jobsd::handlers::BatchInfo,
+    ) -> Result<Option<jobsd::handlers::BatchState>, jobsd::handlers::HandlerError> {
+        self.inits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let factor = batch.context["factor"].as_i64().unwrap_or(1);
+        Ok(Some(std::sync::Arc::new(factor)))
+    }
+    async fn execute(
+        &self,
+        ctx: jobsd::handlers::RunContext,
+        kwargs: Value,
+    ) -> jobsd::handlers::HandlerResult {
+        let call = ctx
+            .batch()
+            .ok_or_else(|| anyhow::anyhow!("not a batch row"))?;
+        let factor = *call
+            .state::<i64>()
+            .ok_or_else(|| anyhow::anyhow!("no state"))?;
+        let x = kwargs["x"].as_i64().unwrap_or(0);
+        if x < 0 {
+            return Err(jobsd::handlers::HandlerError::fatal(anyhow::anyhow!(
+                "negative"
+            )));
+        }
+        // Even rows give no output (left out of the output).
+        Ok(if x % 2 == 0 {
+            Value::Null
+        } else {
+            json!({"y": x * factor, "row": call.row})
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_batch_initialiser_runs_once_per_batch_and_rows_see_its_state() {
+    let inits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handler = Scoring {
+        inits: inits.clone(),
+    };
+    let app = TestApp::start_custom(crate::support::TestDb::new(), &[], |registry| {
+        registry.register(handler).expect("registered");
+    })
+    .await;
+    let rows: Vec<Value> = (0..50)
+        .map(|x| json!({"x": x}))
+        .chain([json!({"x": -1})])
+        .collect();
+    let (status, body) = app
+        .post(
+            "/api/v1/batches",
+            json!({"handler": "score", "context": {"factor": 10}, "rows": rows, "waitoff": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = id_of(&body);
+    let batch = final_batch(&app, &id, Duration::from_secs(30)).await;
+    assert_eq!(batch["status"], "partial");
+    assert_eq!(batch["counts"]["failed"], 1);
+    assert_eq!(
+        inits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "once for the batch"
+    );
+    let (_, out) = text(&app, &format!("/api/v1/batches/{id}/output")).await;
+    let lines: Vec<Value> = out
+        .split_terminator('\n')
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 25, "rows without output are left out");
+    assert_eq!(lines[0], json!({"row": 1, "result": {"y": 10, "row": 1}}));
+    let (_, failed) = app
+        .get(&format!("/api/v1/batches/{id}/rows?status=failed"))
+        .await;
+    assert_eq!(failed["rows"][0]["row"], 50);
+    assert!(failed["rows"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("negative"));
+    // Another batch initialises again.
+    let (_, body) = app
+        .post(
+            "/api/v1/batches",
+            json!({"handler": "score", "rows": [{"x": 1}], "waitoff": true}),
+        )
+        .await;
+    final_batch(&app, &id_of(&body), Duration::from_secs(30)).await;
+    assert_eq!(inits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

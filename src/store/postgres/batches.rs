@@ -8,7 +8,11 @@
 //! an append, an abort, a completion), then `batch_rows` ordered by
 //! `(batch_id, idx)`, then `batch_counts` ordered by `(batch_id, slot)`.
 //! Heartbeats and row ends lock rows through an ordered `FOR UPDATE`
-//! first, so the two never deadlock.
+//! first, so the two never deadlock. A batch-wide decision locks the
+//! `batches` row `FOR NO KEY UPDATE`, never `FOR UPDATE`: every counter
+//! write's foreign key check takes `FOR KEY SHARE` on it (after that
+//! transaction's row locks), which `FOR UPDATE` would block, and an abort
+//! waiting for those row locks would then deadlock with it.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -290,7 +294,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "SELECT waitoff_at IS NOT NULL AS waitoff, aborted_at IS NOT NULL AS aborted, \
-               finished_at IS NOT NULL AS finished FROM batches WHERE id = $1 FOR UPDATE",
+               finished_at IS NOT NULL AS finished FROM batches WHERE id = $1 FOR NO KEY UPDATE",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -437,7 +441,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "SELECT aborted_at IS NOT NULL AS aborted, finished_at IS NOT NULL AS finished \
-             FROM batches WHERE id = $1 FOR UPDATE",
+             FROM batches WHERE id = $1 FOR NO KEY UPDATE",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -626,7 +630,7 @@ impl PgStore {
         lock.sort();
         if !lock.is_empty() {
             let open: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM batches WHERE id = ANY($1) AND outcome IS NULL ORDER BY id FOR UPDATE",
+                "SELECT id FROM batches WHERE id = ANY($1) AND outcome IS NULL ORDER BY id FOR NO KEY UPDATE",
             )
             .bind(&lock)
             .fetch_all(&mut *tx)
@@ -910,7 +914,7 @@ impl PgStore {
         let open = sqlx::query(
             "SELECT id, waitoff_at IS NOT NULL AS waitoff, aborted_at IS NOT NULL AS aborted \
              FROM batches WHERE id = ANY($1) AND finished_at IS NULL \
-               AND (waitoff_at IS NOT NULL OR aborted_at IS NOT NULL) ORDER BY id FOR UPDATE",
+               AND (waitoff_at IS NOT NULL OR aborted_at IS NOT NULL) ORDER BY id FOR NO KEY UPDATE",
         )
         .bind(ids)
         .fetch_all(&mut *tx)

@@ -677,6 +677,57 @@ async fn retention_prunes_final_batches_only(store: Store) {
     );
 }
 
+/// The race of the bug list: an abort while workers finish rows
+/// (some succeeding, some asking for a retry), 1,000 times; every time the
+/// counters equal the rows and the batch ends final with every row counted
+/// once.
+async fn abort_racing_row_ends_keeps_the_counts_exact(store: Store) {
+    for trial in 0..1000 {
+        let new = batch(false);
+        store
+            .batch_create(&new, NewRows::Inline(&rows(4)))
+            .await
+            .unwrap();
+        let held = store.batch_rows_claim(&claim_slots("w", 3)).await.unwrap();
+        assert_eq!(held.len(), 3, "trial {trial}");
+        let ends = vec![
+            (held[0].claim.clone(), RowEnd::Success(None)),
+            (
+                held[1].claim.clone(),
+                RowEnd::Retry {
+                    delay_ms: 0,
+                    error: "again".into(),
+                },
+            ),
+        ];
+        let last = vec![(held[2].claim.clone(), RowEnd::Success(Some(json!(trial))))];
+        let cancel = trial % 2 == 0;
+        let (a, b, c) = tokio::join!(
+            store.batch_rows_finish(&ends),
+            store.batch_abort(new.id, cancel),
+            store.batch_rows_finish(&last),
+        );
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
+        let counts = assert_exact(&store, new.id).await;
+        let b = store.batch_get(new.id).await.unwrap();
+        assert!(b.finished_at.is_some(), "trial {trial}: {b:?}");
+        assert_eq!(b.status(), BatchStatus::Aborted);
+        assert_eq!(
+            (counts.total, counts.queued, counts.inprog),
+            (4, 0, 0),
+            "trial {trial}"
+        );
+        assert_eq!(
+            counts.success + counts.aborted,
+            4,
+            "trial {trial}: {counts:?}"
+        );
+        assert!(counts.success >= 2, "the two successes count: {counts:?}");
+    }
+}
+
 conformance![
     submit_get_list_and_append,
     appends_are_refused_after_waitoff_and_abort,
@@ -689,4 +740,5 @@ conformance![
     hand_back_does_not_count_the_attempt,
     final_batches_are_deleted_and_pruned,
     retention_prunes_final_batches_only,
+    abort_racing_row_ends_keeps_the_counts_exact,
 ];
