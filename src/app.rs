@@ -178,7 +178,11 @@ pub async fn start_with_listeners(
         events.clone(),
     )
     .with_callbacks(callbacks.clone())
-    .with_webhooks(deliverer.clone());
+    .with_webhooks(deliverer.clone())
+    .with_batch_limits(api::BatchLimits {
+        max_json_bytes: config.max_body_bytes,
+        max_ndjson_bytes: config.max_batch_bytes,
+    });
     let app = api::router(state, config.max_body_bytes);
 
     let listener = TcpListener::bind(config.bind)

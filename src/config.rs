@@ -108,6 +108,12 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBSD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest NDJSON body of a batch submit or append
+    /// (`POST /api/v1/batches`, `.../rows`), in bytes. Streamed in, never
+    /// held whole; each row keeps the kwargs limit.
+    #[arg(long, env = "JOBSD_MAX_BATCH_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_batch_bytes: u64,
+
     /// Allow the `command` handler (runs programs on this host).
     #[arg(long, env = "JOBSD_ENABLE_COMMAND_HANDLER")]
     pub enable_command_handler: bool,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod batches;
 pub mod bench;
 pub mod callbacks;
 pub mod config;

@@ -478,6 +478,9 @@ pub async fn assemble(
                     "reason": row.reason,
                     "job": jobs.get(job_id).map(|j| JobView::build(j.clone(), registry)),
                 })
+            } else if let Some(data) = &row.data {
+                // A batch event: its data was written with it.
+                data.clone()
             } else if let Some(run_id) = row.run_id {
                 let run = runs.get(&run_id);
                 // A reason may quote the run's kwargs: shown only scrubbed,

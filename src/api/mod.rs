@@ -2,6 +2,7 @@
 //! the shared layers (body limit, tracing) and Swagger UI.
 
 mod audit;
+mod batches;
 mod callbacks;
 mod error;
 pub(crate) mod events;
@@ -65,6 +66,26 @@ pub struct AppState {
     pub events: crate::events::EventHub,
     /// This replica's webhook deliverer (test deliveries, URL rules).
     pub webhooks: Option<crate::webhooks::Deliverer>,
+    /// The bounds of batch submits (`--max-batch-bytes`, `--max-body-bytes`).
+    pub batch_limits: BatchLimits,
+}
+
+/// The bounds of batch submits and appends.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// A JSON body (rows in `rows`).
+    pub max_json_bytes: usize,
+    /// An NDJSON body (streamed).
+    pub max_ndjson_bytes: u64,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_json_bytes: 1024 * 1024,
+            max_ndjson_bytes: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl AppState {
@@ -94,7 +115,14 @@ impl AppState {
             callbacks: crate::callbacks::CallbackSettings::default(),
             events,
             webhooks: None,
+            batch_limits: BatchLimits::default(),
         }
+    }
+
+    /// This state with the bounds of batch submits.
+    pub fn with_batch_limits(mut self, limits: BatchLimits) -> Self {
+        self.batch_limits = limits;
+        self
     }
 
     /// This state with the webhook deliverer.
@@ -134,6 +162,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(instances::router())
         .merge(tokens::router())
         .merge(webhooks::router())
+        .merge(batches::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

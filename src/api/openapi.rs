@@ -30,6 +30,7 @@ use crate::handlers::HandlerRegistry;
         (name = "cluster", description = "Replicas sharing the database, and held lock keys"),
         (name = "tokens", description = "API tokens (admin scope)"),
         (name = "webhooks", description = "Webhooks (Standard Webhooks v1): events POSTed to URLs, signed and retried (admin scope)"),
+        (name = "batches", description = "Batches: rows processed by one handler on every replica's workers, appended until wait-off, with exact counts and streamed outputs"),
         (name = "audit", description = "The audit log of mutating calls (admin scope)")
     )
 )]
@@ -92,6 +93,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::instances::InstancesApi::openapi());
     api.merge(super::tokens::TokensApi::openapi());
     api.merge(super::webhooks::WebhooksApi::openapi());
+    api.merge(super::batches::BatchesApi::openapi());
     api.merge(super::audit::AuditApi::openapi());
     let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
     let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))

@@ -32,6 +32,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub jobs: usize,
 
+    /// batch: rows of the one batch (no-op handler), submitted as NDJSON.
+    #[arg(long, default_value_t = 100_000)]
+    pub batch_rows: usize,
+
     /// drain: rounds on one replica, one after another, each with `--jobs`
     /// new jobs; the figures are the median round's (every round is listed).
     #[arg(long, default_value_t = 3)]
@@ -151,10 +155,11 @@ pub enum Scenario {
     Idle,
     Api,
     Failover,
+    Batch,
 }
 
 impl Scenario {
-    pub(super) const EACH: [Scenario; 7] = [
+    pub(super) const EACH: [Scenario; 8] = [
         Scenario::Drain,
         Scenario::Lag,
         Scenario::Burst,
@@ -162,6 +167,7 @@ impl Scenario {
         Scenario::Idle,
         Scenario::Api,
         Scenario::Failover,
+        Scenario::Batch,
     ];
 
     /// How many replicas the scenario runs at once.
@@ -182,6 +188,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Api => "api",
             Scenario::Failover => "failover",
+            Scenario::Batch => "batch",
         }
     }
 }
@@ -220,6 +227,7 @@ pub(super) fn replica_flags(args: &BenchArgs, server: &crate::store::bench::Benc
 pub(super) fn settings_json(args: &BenchArgs) -> serde_json::Value {
     json!({
         "jobs": args.jobs,
+        "batch_rows": args.batch_rows,
         "scrape_metrics_per_second": args.scrape_metrics_per_second,
         "create": format!("{:?}", args.create).to_lowercase(),
         "bulk_size": args.bulk_size,

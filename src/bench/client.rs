@@ -257,6 +257,31 @@ impl Api {
         serde_json::from_value(value).with_context(|| format!("GET {path}: unexpected answer"))
     }
 
+    /// POSTs an NDJSON body; the answer's JSON.
+    pub async fn post_ndjson(
+        &self,
+        path: &str,
+        body: String,
+        expect: u16,
+    ) -> anyhow::Result<Value> {
+        let what = || format!("POST {path}");
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .with_context(what)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.with_context(what)?;
+        if status != expect {
+            let shown = &text[..text.len().min(500)];
+            bail!("{} answered {status} (expected {expect}): {shown}", what());
+        }
+        serde_json::from_str(&text).with_context(|| format!("{}: answer is not JSON", what()))
+    }
+
     pub async fn post(&self, path: &str, body: &Value, expect: u16) -> anyhow::Result<Value> {
         self.send(reqwest::Method::POST, path, Some(body), expect)
             .await

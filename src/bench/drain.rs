@@ -32,8 +32,8 @@ const TARGET_RUNS_PER_SECOND: f64 = 20_000.0;
 const TARGET_EMBEDDED_RATIO: f64 = 0.5;
 
 /// One round's figures, in runs (or jobs) per second.
-struct Round {
-    end_to_end: f64,
+pub(super) struct Round {
+    pub(super) end_to_end: f64,
     workers: f64,
     create: f64,
     create_path: String,
@@ -80,7 +80,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Figure>> {
 
 /// The rounds of the drain on one replica of `ctx`'s store, and what the
 /// scraper of `--scrape-metrics-per-second` did meanwhile.
-async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<(Vec<Round>, Option<Scraped>)> {
+pub(super) async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<(Vec<Round>, Option<Scraped>)> {
     let n = ctx.args.jobs;
     let rounds = ctx.args.drain_rounds.max(1);
     let mut service = ctx.spawn("bench-drain", &[]).await?;
@@ -152,7 +152,7 @@ async fn measure(ctx: &Ctx<'_>) -> anyhow::Result<(Vec<Round>, Option<Scraped>)>
     Ok((measured, scraped))
 }
 
-fn median(measured: &[Round], f: fn(&Round) -> f64) -> f64 {
+pub(super) fn median(measured: &[Round], f: fn(&Round) -> f64) -> f64 {
     median_of(measured.iter().map(f).collect())
 }
 

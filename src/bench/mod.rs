@@ -22,6 +22,7 @@
 
 mod api;
 mod args;
+mod batch;
 mod burst;
 mod client;
 mod drain;
@@ -327,6 +328,7 @@ async fn run_scenario(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<F
         Scenario::Idle => idle::run(ctx).await,
         Scenario::Api => api::run(ctx).await,
         Scenario::Failover => failover::run(ctx).await,
+        Scenario::Batch => batch::run(ctx).await,
         Scenario::All => Ok(Vec::new()),
     }
 }

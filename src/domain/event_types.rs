@@ -9,7 +9,9 @@ use std::fmt;
 /// (`run.retried` when it goes back to the queue for another attempt),
 /// `run.progress` for a new progress report; `webhook.disabled` when a
 /// webhook is disabled by its receiver's answers (`crate::webhooks`);
-/// `alert.<kind>` for each alert (`crate::alerts`).
+/// `alert.<kind>` for each alert (`crate::alerts`); `batch.created`,
+/// `batch.completed` (its data the batch's summary: status and counts) and
+/// `batch.aborted` (`crate::batches`).
 pub const EVENT_TYPES: &[&str] = &[
     "run.queued",
     "run.waiting",
@@ -36,10 +38,13 @@ pub const EVENT_TYPES: &[&str] = &[
     "alert.missed",
     "alert.overrun",
     "alert.dead_man",
+    "batch.created",
+    "batch.completed",
+    "batch.aborted",
 ];
 
 /// The groups: what comes before the dot.
-pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook", "alert"];
+pub const EVENT_GROUPS: &[&str] = &["run", "job", "service", "webhook", "alert", "batch"];
 
 /// Which types a reader wants: exact types and whole groups (`run.` or
 /// `run.*`). Empty: every event.

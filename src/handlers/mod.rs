@@ -45,6 +45,38 @@ pub struct RunContext {
     /// Where and with which secret the service called reports back, for a
     /// run whose handler asked for a callback ([`Handler::wants_callback`]).
     callback: Option<Arc<crate::callbacks::CallbackGrant>>,
+    /// For a batch row's call: its batch, place and the batch's context.
+    batch: Option<Arc<BatchCall>>,
+}
+
+/// What the state a [`Handler::init_batch`] made is kept as.
+pub type BatchState = Arc<dyn std::any::Any + Send + Sync>;
+
+/// The batch a handler is initialised for ([`Handler::init_batch`]).
+#[derive(Debug, Clone)]
+pub struct BatchInfo {
+    pub batch_id: Uuid,
+    /// The batch's `context`, as submitted.
+    pub context: Value,
+}
+
+/// A batch row's call, beside its row (the kwargs): `RunContext::batch`.
+#[derive(Clone)]
+pub struct BatchCall {
+    pub batch_id: Uuid,
+    /// The row's index in its batch.
+    pub row: i64,
+    /// The batch's `context`.
+    pub context: Arc<Value>,
+    /// What [`Handler::init_batch`] returned on this replica, if anything.
+    pub state: Option<BatchState>,
+}
+
+impl BatchCall {
+    /// The initialiser's state as `T`, if it made one of that type.
+    pub fn state<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.state.as_deref().and_then(|s| s.downcast_ref::<T>())
+    }
 }
 
 impl RunContext {
@@ -64,7 +96,19 @@ impl RunContext {
             cancel,
             progress: Arc::new(tx),
             callback: None,
+            batch: None,
         }
+    }
+
+    /// This context for a batch row's call.
+    pub fn with_batch(mut self, call: BatchCall) -> Self {
+        self.batch = Some(Arc::new(call));
+        self
+    }
+
+    /// The batch, row and context of a batch row's call; None for a run.
+    pub fn batch(&self) -> Option<&BatchCall> {
+        self.batch.as_deref()
     }
 
     /// This context with the callback grant of its attempt (the worker
@@ -169,7 +213,19 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
-    /// Does the work. The returned value is stored as the run's result.
+    /// Batches: called once per batch on each replica, before the first
+    /// row of that batch runs there (e.g. to open a connection or load a
+    /// model). What it returns is handed to every row's call of the batch
+    /// on this replica, as `ctx.batch().state`. An error fails that row's
+    /// attempt (retried as any failure is), and the next row calls it
+    /// again. The per-row function is [`Handler::execute`], with the row
+    /// as its kwargs and `ctx.batch()` giving the batch's context.
+    async fn init_batch(&self, _batch: &BatchInfo) -> Result<Option<BatchState>, HandlerError> {
+        Ok(None)
+    }
+
+    /// Does the work. The returned value is stored as the run's result
+    /// (a batch row's output; `null` is no output).
     async fn execute(&self, ctx: RunContext, kwargs: Value) -> HandlerResult;
 }
 

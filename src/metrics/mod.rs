@@ -91,6 +91,9 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// The series of `jobsd_batch_rows_total`, each from 0.
+pub const BATCH_ROW_ENDS: [&str; 4] = ["success", "failed", "aborted", "retried"];
+
 /// The results of `jobsd_webhook_deliveries_total`, each from 0.
 const WEBHOOK_RESULTS: [&str; 4] = ["delivered", "failed", "gave_up", "disabled"];
 
@@ -180,6 +183,8 @@ struct Inner {
     retries: Counter,
     webhook_deliveries: Family<ResultLabel, Counter>,
     alerts: Family<KindLabel, Counter>,
+    batches_created: Counter,
+    batch_rows: Family<StateLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpRouteLabels, Histogram, fn() -> Histogram>,
     pool_idle: Gauge,
@@ -290,6 +295,23 @@ impl Metrics {
                 kind: kind.as_str(),
             });
         }
+        let batches_created = Counter::default();
+        registry.register(
+            "jobsd_batches_created",
+            "Batches submitted through this replica",
+            batches_created.clone(),
+        );
+        let batch_rows = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "jobsd_batch_rows",
+            "Batch row attempts ended by this replica's workers, by what followed: success, \
+             failed, aborted (cancelled by an abort), retried (queued again after a failure or \
+             a timeout)",
+            batch_rows.clone(),
+        );
+        for state in BATCH_ROW_ENDS {
+            let _ = batch_rows.get_or_create(&StateLabel::new(state));
+        }
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "jobsd_http_requests",
@@ -338,6 +360,8 @@ impl Metrics {
                 retries,
                 webhook_deliveries,
                 alerts,
+                batches_created,
+                batch_rows,
                 http_requests,
                 http_duration,
                 pool_idle,
@@ -432,6 +456,19 @@ impl Metrics {
 
     /// A recorded webhook delivery attempt, by its result (one of
     /// `WEBHOOK_RESULTS`).
+    /// A batch submitted here.
+    pub fn batch_created(&self) {
+        self.inner.batches_created.inc();
+    }
+
+    /// A batch row's attempt ended here (one of [`BATCH_ROW_ENDS`]).
+    pub fn batch_row_ended(&self, end: &'static str) {
+        self.inner
+            .batch_rows
+            .get_or_create(&StateLabel::new(end))
+            .inc();
+    }
+
     pub fn webhook_delivery(&self, result: &'static str) {
         self.inner
             .webhook_deliveries

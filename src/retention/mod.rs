@@ -116,6 +116,9 @@ pub struct Pruned {
     /// Finished webhook deliveries (and their attempts) older than
     /// `--retention`.
     pub webhook_deliveries: u64,
+    /// Rows and batches of batches final for longer than `--retention`
+    /// (`crate::batches`), and uploads abandoned for an hour.
+    pub batches: u64,
 }
 
 /// The maintenance loop of one replica.
@@ -179,7 +182,18 @@ impl Maintenance {
                 store.webhook_deliveries_prune_before(cutoff, limit)
             })
             .await?;
+            // Final batches go like finished runs: rows first, a batch
+            // once it has none left.
+            pruned.batches += batches(batch, shutdown, |limit| {
+                store.batches_prune_finished_before(cutoff, limit)
+            })
+            .await?;
         }
+        // An upload not published within an hour was abandoned (its
+        // client went away mid-stream).
+        pruned.batches += store
+            .batch_uploads_prune_before(now - chrono::Duration::hours(1))
+            .await?;
         pruned.event_tickets += store.event_tickets_prune(now).await?;
         let expired = crate::idempotency::expired_before(now);
         pruned.idempotency_keys += batches(batch, shutdown, |limit| {

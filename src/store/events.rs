@@ -33,6 +33,10 @@ pub struct EventRow {
     pub from_state: Option<String>,
     /// Why (a run's history reason).
     pub reason: Option<String>,
+    /// The event's own data, for events that carry it (a batch's
+    /// summary); None for run and job events, whose data is assembled
+    /// from the run or job when read.
+    pub data: Option<serde_json::Value>,
 }
 
 /// Which events to read, and from where.

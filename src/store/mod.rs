@@ -10,6 +10,7 @@
 //! would otherwise repeat are pure functions in [`crate::domain::rules`].
 
 pub(crate) mod audit;
+pub mod batches;
 pub mod bench;
 pub(crate) mod callbacks;
 mod connect;
@@ -35,6 +36,10 @@ use uuid::Uuid;
 
 pub use alerts::{AlertAdvance, AlertFeed, NewAlert, RunningRun, WatchedJob};
 pub use audit::{AuditEntry, AuditFilter, AuditMethod};
+pub use batches::{
+    BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows, RowAck, RowClaim,
+    RowClaimSlots, RowEnd, RowFilter, RowRecord,
+};
 pub use callbacks::CallbackRun;
 pub use connect::{redact_url, Backend, ConnectError, StoreOptions, SCHEMES};
 pub use default_jobs::{FileJobPlan, FileJobRow, FileUpsert, FileUpsertResult};
@@ -789,6 +794,146 @@ impl Store {
         limit: i64,
     ) -> StoreResult<u64> {
         on_backend!(self, s => s.webhook_deliveries_prune_before(cutoff, limit).await)
+    }
+
+    // Batches (src/batches/, issue #15).
+
+    /// Stores a batch with its first rows, all or nothing, and its
+    /// `batch.created` event; `NotFound` when a staged upload is gone.
+    pub async fn batch_create(&self, new: &NewBatch, rows: NewRows<'_>) -> StoreResult<BatchRow> {
+        on_backend!(self, s => s.batch_create(new, rows).await)
+    }
+
+    /// Appends rows, all or nothing; `Conflict` once wait-off is set, or
+    /// the batch is aborted or final.
+    pub async fn batch_append(&self, id: Uuid, rows: NewRows<'_>) -> StoreResult<BatchRow> {
+        on_backend!(self, s => s.batch_append(id, rows).await)
+    }
+
+    /// Starts an upload to stage rows under (published by a create or an
+    /// append naming it).
+    pub async fn batch_upload_begin(&self) -> StoreResult<Uuid> {
+        on_backend!(self, s => s.batch_upload_begin().await)
+    }
+
+    /// Stages rows `first..` of an upload (one short transaction).
+    pub async fn batch_upload_stage(
+        &self,
+        upload: Uuid,
+        first: i64,
+        rows: &[Value],
+    ) -> StoreResult<()> {
+        on_backend!(self, s => s.batch_upload_stage(upload, first, rows).await)
+    }
+
+    /// Drops an upload and its staged rows.
+    pub async fn batch_upload_discard(&self, upload: Uuid) -> StoreResult<()> {
+        on_backend!(self, s => s.batch_upload_discard(upload).await)
+    }
+
+    /// Drops uploads begun before `cutoff` (abandoned); how many.
+    pub async fn batch_uploads_prune_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        on_backend!(self, s => s.batch_uploads_prune_before(cutoff).await)
+    }
+
+    pub async fn batch_get(&self, id: Uuid) -> StoreResult<BatchRow> {
+        on_backend!(self, s => s.batch_get(id).await)
+    }
+
+    /// Batches matching the filter, newest first.
+    pub async fn batch_list(&self, filter: &BatchFilter) -> StoreResult<Vec<BatchRow>> {
+        on_backend!(self, s => s.batch_list(filter).await)
+    }
+
+    /// Sets wait-off; completes the batch if every row is final.
+    pub async fn batch_waitoff(&self, id: Uuid) -> StoreResult<BatchRow> {
+        on_backend!(self, s => s.batch_waitoff(id).await)
+    }
+
+    /// Aborts: queued rows become aborted at once; with `cancel_running`,
+    /// running rows are asked to stop. `Conflict` when final already.
+    pub async fn batch_abort(&self, id: Uuid, cancel_running: bool) -> StoreResult<BatchRow> {
+        on_backend!(self, s => s.batch_abort(id, cancel_running).await)
+    }
+
+    /// Deletes a final batch and its rows; `Conflict` while not final.
+    pub async fn batch_delete(&self, id: Uuid) -> StoreResult<()> {
+        on_backend!(self, s => s.batch_delete(id).await)
+    }
+
+    /// Rows of a batch in row order.
+    pub async fn batch_rows_list(
+        &self,
+        id: Uuid,
+        filter: &RowFilter,
+    ) -> StoreResult<Vec<RowRecord>> {
+        on_backend!(self, s => s.batch_rows_list(id, filter).await)
+    }
+
+    /// The next `limit` (row, result) of succeeded rows with a non-null
+    /// result after row `after`, in row order.
+    pub async fn batch_output_page(
+        &self,
+        id: Uuid,
+        after: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Value)>> {
+        on_backend!(self, s => s.batch_output_page(id, after, limit).await)
+    }
+
+    /// Claims queued rows, shared fairly between batches, within each
+    /// batch's `max_parallel` across replicas.
+    pub async fn batch_rows_claim(&self, slots: &RowClaimSlots) -> StoreResult<Vec<ClaimedRow>> {
+        on_backend!(self, s => s.batch_rows_claim(slots).await)
+    }
+
+    /// Renews the leases of held rows; an ack for each still held.
+    pub async fn batch_rows_heartbeat(
+        &self,
+        instance: &str,
+        lease_ms: i64,
+        held: &[RowClaim],
+    ) -> StoreResult<Vec<RowAck>> {
+        on_backend!(self, s => s.batch_rows_heartbeat(instance, lease_ms, held).await)
+    }
+
+    /// Records many rows' ends in one transaction, each fenced by its
+    /// claim; returns those written, and completes the batches made final.
+    pub async fn batch_rows_finish(
+        &self,
+        ends: &[(RowClaim, RowEnd)],
+    ) -> StoreResult<Vec<(Uuid, i64)>> {
+        on_backend!(self, s => s.batch_rows_finish(ends).await)
+    }
+
+    /// Queues again (or fails) rows whose lease expired; how many.
+    pub async fn batch_rows_rescue_expired(&self, limit: i64) -> StoreResult<u64> {
+        on_backend!(self, s => s.batch_rows_rescue_expired(limit).await)
+    }
+
+    /// Completes the batches among `ids` that are final now; returns them.
+    pub async fn batch_settle(&self, ids: &[Uuid]) -> StoreResult<Vec<BatchRow>> {
+        on_backend!(self, s => s.batch_settle(ids).await)
+    }
+
+    /// Open batches with wait-off set or aborted (for a settle sweep).
+    pub async fn batches_unsettled(&self, limit: i64) -> StoreResult<Vec<Uuid>> {
+        on_backend!(self, s => s.batches_unsettled(limit).await)
+    }
+
+    /// Deletes up to `limit` rows, then batches, of batches final before
+    /// `cutoff`; how many went.
+    pub async fn batches_prune_finished_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<u64> {
+        on_backend!(self, s => s.batches_prune_finished_before(cutoff, limit).await)
+    }
+
+    /// A batch's counters beside a `count(*)` of its rows by state.
+    pub async fn batch_counts_check(&self, id: Uuid) -> StoreResult<BatchCountsCheck> {
+        on_backend!(self, s => s.batch_counts_check(id).await)
     }
 
     // Wake-ups.

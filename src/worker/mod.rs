@@ -15,6 +15,7 @@ pub mod execute;
 pub(crate) mod outcome;
 pub mod panic;
 pub mod retry;
+mod rows;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use completer::Completer;
 use execute::{Execution, StopReason, StopSignal};
 use outcome::Write;
 
+pub use rows::decide_row;
 pub use supervisor::{Supervisor, SupervisorConfig};
 
 /// Why an outcome could not be written.
@@ -172,6 +174,10 @@ impl Reservation {
     /// Starts the claimed runs that are `running`, one per slot (a claim
     /// may also return runs it marked `missed`); returns how many started.
     pub fn start(mut self, runs: Vec<RunRow>) -> usize {
+        self.start_runs(runs)
+    }
+
+    fn start_runs(&mut self, runs: Vec<RunRow>) -> usize {
         let mut started = 0;
         for run in runs {
             if run.state != RunState::Running {
@@ -219,6 +225,19 @@ pub struct WorkerPool {
     queued: Arc<Notify>,
     completer: Completer,
     metrics: Metrics,
+    /// Batch rows executing here (`rows.rs`); they hold slots as runs do.
+    rows: Arc<Mutex<rows::ActiveRows>>,
+    /// Each batch's initialiser result on this replica.
+    inits: Arc<Mutex<rows::Inits>>,
+    row_completer: rows::RowCompleter,
+    /// Set when the last row claim got all it asked for (or the rows'
+    /// share capped it): more rows may be waiting, so a row ending wakes
+    /// the claim loop once enough row slots are free.
+    rows_waiting: Arc<AtomicBool>,
+    /// Rows whose handler is executing here (their end not yet decided).
+    rows_executing: Arc<AtomicUsize>,
+    /// Rotates the remainder of fair shares between batches.
+    turn: Arc<AtomicUsize>,
 }
 
 impl WorkerPool {
@@ -233,6 +252,12 @@ impl WorkerPool {
             lock_released: Arc::default(),
             queued: Arc::default(),
             completer: Completer::spawn(store.clone()),
+            rows: Arc::default(),
+            inits: Arc::default(),
+            row_completer: rows::RowCompleter::spawn(store.clone()),
+            rows_waiting: Arc::default(),
+            rows_executing: Arc::default(),
+            turn: Arc::default(),
             store,
             metrics: Metrics::new(),
         }
@@ -251,7 +276,7 @@ impl WorkerPool {
     }
 
     fn active_count(&self) -> usize {
-        self.active.lock().map(|a| a.len()).unwrap_or(0)
+        self.active.lock().map(|a| a.len()).unwrap_or(0) + self.rows_active()
     }
 
     /// Slots free now (without reserving them).
@@ -317,17 +342,26 @@ impl WorkerPool {
         }
     }
 
-    /// Claims and starts as many runs as there are free slots. Returns how
-    /// many it started and whether slots were left unfilled.
+    /// Claims and starts as many runs as there are free slots, then batch
+    /// rows into the slots runs left (within the rows' share, see
+    /// `crate::batches::rules::row_slots`): runs first, so a huge batch
+    /// never holds back scheduled runs. Returns how many it started and
+    /// whether runs left slots unfilled.
     pub async fn claim_once(&self) -> crate::store::StoreResult<(usize, bool)> {
-        let reservation = self.reserve(self.config.concurrency);
+        let mut reservation = self.reserve(self.config.concurrency);
         if reservation.is_empty() {
             return Ok((0, false));
         }
         let free = reservation.len();
         let runs = self.store.run_claim(&reservation.claim()).await?;
         let claimed = runs.len();
-        let started = reservation.start(runs);
+        let mut started = reservation.start_runs(runs);
+        if !reservation.is_empty() {
+            match self.claim_rows(&mut reservation).await {
+                Ok(rows) => started += rows,
+                Err(e) => tracing::error!(error = %e, "workers: claiming batch rows failed"),
+            }
+        }
         Ok((started, claimed < free))
     }
 
@@ -550,6 +584,12 @@ impl WorkerPool {
     /// Renews the leases of the active attempts; stops those this instance
     /// no longer holds and those with a pending cancel request.
     pub async fn heartbeat_once(&self) -> crate::store::StoreResult<()> {
+        let rows = self.heartbeat_rows().await;
+        self.heartbeat_runs().await?;
+        rows
+    }
+
+    async fn heartbeat_runs(&self) -> crate::store::StoreResult<()> {
         // Progress goes only when it changed since it was last sent (and is
         // marked unsent again if the renewal fails).
         let held: Vec<(RunClaim, Option<Value>)> = match self.active.lock() {
@@ -652,6 +692,7 @@ impl WorkerPool {
     }
 
     fn stop_all(&self, reason: StopReason) {
+        self.stop_all_rows(reason.clone());
         if let Ok(active) = self.active.lock() {
             for run in active.values() {
                 run.stop(reason.clone());

@@ -85,6 +85,16 @@ impl Supervisor {
         let timed_out =
             crate::callbacks::sweep::run_once(&self.store, &self.config.callbacks, &self.metrics)
                 .await?;
+        // Batch rows held by a dead replica, the same way (`crate::batches`).
+        let rows = self.store.batch_rows_rescue_expired(RESCUE_BATCH).await?;
+        if rows > 0 {
+            tracing::warn!(rows, "rescued batch rows whose lease expired");
+            self.metrics.lease_expired(rows);
+        }
+        // A batch whose last row ended on a replica that died before it
+        // settled the batch is completed here.
+        let unsettled = self.store.batches_unsettled(RESCUE_BATCH).await?;
+        self.store.batch_settle(&unsettled).await?;
         let settled = self.store.run_settle_waiting(None, RESCUE_BATCH).await?;
         if settled > 0 {
             tracing::warn!(
@@ -92,7 +102,7 @@ impl Supervisor {
                 "decided runs left waiting for a slot whose run had ended"
             );
         }
-        Ok(rescued.len().max(timed_out))
+        Ok(rescued.len().max(timed_out).max(rows as usize))
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

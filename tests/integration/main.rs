@@ -7,6 +7,8 @@ mod alerts;
 mod audit;
 mod auth;
 mod bad_input;
+mod batches;
+mod batches_replicas;
 mod bench;
 mod callbacks;
 mod conformance;

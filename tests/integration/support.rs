@@ -568,6 +568,11 @@ impl Replica {
         self.call(reqwest::Method::PUT, path, None).await
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Sends `signal` (e.g. `TERM`, `KILL`) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running");

@@ -52,6 +52,8 @@ struct Entry {
     f: Option<String>,
     #[serde(alias = "reason")]
     w: Option<String>,
+    /// An event's own data (batch events).
+    d: Option<serde_json::Value>,
 }
 
 #[derive(FromRow)]
@@ -144,6 +146,7 @@ impl PgStore {
                         attempt: e.a,
                         from_state: e.f,
                         reason: e.w,
+                        data: e.d,
                     };
                     if q.matches(&event) {
                         page.events.push(event);

@@ -6,6 +6,7 @@
 
 mod alerts;
 mod audit;
+mod batches;
 pub mod bench;
 mod callbacks;
 mod connect;

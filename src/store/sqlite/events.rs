@@ -27,6 +27,7 @@ fn event_from_row(row: &SqliteRow) -> Result<EventRow, sqlx::Error> {
         attempt: row.try_get("attempt")?,
         from_state: row.try_get("from_state")?,
         reason: row.try_get("reason")?,
+        data: rows::opt_json(row, "data")?,
     })
 }
 
@@ -39,7 +40,7 @@ impl SqliteStore {
     /// One page of events in `seq` order, filtered in SQL (a row per event).
     pub async fn events_page(&self, q: &EventQuery) -> StoreResult<EventPage> {
         let mut b = QueryBuilder::<Sqlite>::new(
-            "SELECT seq, type, at, job_id, run_id, instance, attempt, from_state, reason \
+            "SELECT seq, type, at, job_id, run_id, instance, attempt, from_state, reason, data \
              FROM events WHERE 1 = 1",
         );
         if let Some(after) = q.after {

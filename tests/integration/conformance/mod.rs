@@ -46,6 +46,7 @@ macro_rules! conformance {
 
 mod alerts;
 mod audit;
+mod batches;
 mod callbacks;
 mod claims;
 mod counters;
