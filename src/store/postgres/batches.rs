@@ -802,6 +802,13 @@ impl PgStore {
             backs.push(back);
         }
         let mut tx = self.pool.begin().await?;
+        // Row ends commit without waiting for the WAL flush: a database
+        // crash may lose the last ends written, whose rows then stay
+        // running until their lease expires and are run again, as after a
+        // replica's crash (rows are at-least-once either way).
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "WITH e AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], \
                $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bool[]) \
@@ -910,13 +917,45 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // First without a lock (and without a write to flush): only a
+        // batch that looks final now, or an aborted one (whose rows queued
+        // since need aborting), is decided under its row lock. A batch made
+        // final by a transaction that commits after this read is settled by
+        // that transaction's own settle, which sees this one's changes.
+        let looks = sqlx::query(
+            "SELECT b.id, b.waitoff_at IS NOT NULL AS waitoff, b.aborted_at IS NOT NULL AS aborted, \
+               c.queued, c.inprog FROM batches b CROSS JOIN LATERAL ( \
+                 SELECT coalesce(sum(queued), 0)::bigint AS queued, \
+                   coalesce(sum(inprog), 0)::bigint AS inprog \
+                 FROM batch_counts WHERE batch_id = b.id) c \
+             WHERE b.id = ANY($1) AND b.finished_at IS NULL \
+               AND (b.waitoff_at IS NOT NULL OR b.aborted_at IS NOT NULL)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due = Vec::new();
+        for r in &looks {
+            let counts = Counts {
+                queued: r.try_get("queued")?,
+                inprog: r.try_get("inprog")?,
+                ..Counts::default()
+            };
+            let (waitoff, aborted) = (r.try_get("waitoff")?, r.try_get("aborted")?);
+            if aborted || rules::completes(&counts, waitoff, aborted) {
+                due.push(r.try_get::<Uuid, _>("id")?);
+            }
+        }
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         let open = sqlx::query(
             "SELECT id, waitoff_at IS NOT NULL AS waitoff, aborted_at IS NOT NULL AS aborted \
              FROM batches WHERE id = ANY($1) AND finished_at IS NULL \
                AND (waitoff_at IS NOT NULL OR aborted_at IS NOT NULL) ORDER BY id FOR NO KEY UPDATE",
         )
-        .bind(ids)
+        .bind(&due)
         .fetch_all(&mut *tx)
         .await?;
         if open.is_empty() {
