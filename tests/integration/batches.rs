@@ -342,3 +342,46 @@ async fn the_batch_initialiser_runs_once_per_batch_and_rows_see_its_state() {
     final_batch(&app, &id_of(&body), Duration::from_secs(30)).await;
     assert_eq!(inits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_big_batch_of_long_rows_leaves_slots_to_scheduled_runs() {
+    let app = TestApp::start_with(&["--workers", "4"]).await;
+    let rows: Vec<Value> = (0..40).map(|_| json!({"seconds": 2})).collect();
+    let (status, body) = app
+        .post("/api/v1/batches", json!({"handler": "sleep", "rows": rows}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = id_of(&body);
+    wait_for("rows running", Duration::from_secs(20), || async {
+        let (_, b) = app.get(&format!("/api/v1/batches/{id}")).await;
+        (b["batch"]["counts"]["inprog"] == 3).then_some(())
+    })
+    .await;
+    // Every row slot is taken (three of the four workers); a one-shot job
+    // due now still runs at once, in the slot rows leave to runs.
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs/log?job_id=meanwhile",
+            json!({"message": "not starved"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    wait_for(
+        "the run to succeed beside the batch",
+        Duration::from_secs(5),
+        || async {
+            let (_, runs) = app.get("/api/v1/jobs/meanwhile/runs").await;
+            (runs["runs"][0]["state"] == "succeeded").then_some(())
+        },
+    )
+    .await;
+    let (_, b) = app.get(&format!("/api/v1/batches/{id}")).await;
+    assert!(b["batch"]["counts"]["queued"].as_i64() > Some(30), "{b}");
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/batches/{id}/abort?cancel_running=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}

@@ -587,6 +587,17 @@ impl SqliteStore {
         if slots.limit <= 0 {
             return Ok(Vec::new());
         }
+        // A read first, off the one writer: a replica with no batch open
+        // (every claim cycle of a runs-only workload) never takes it.
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM batches b JOIN batch_counts c ON c.batch_id = b.id AND c.slot = 0 \
+             WHERE b.outcome IS NULL AND b.finished_at IS NULL AND c.queued > 0 LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.write().await?;
         let candidates = sqlx::query(
             "SELECT b.id, b.handler, b.context, b.max_retries, b.retry_backoff_ms, b.timeout_ms, \
