@@ -108,9 +108,9 @@ pub(crate) async fn scrape(app: &TestApp) -> Scrape {
     Scrape::parse(&text)
 }
 
-/// Every metric of issue #14 §1, and the webhooks' and alerts', by
-/// family name (a counter's family has no `_total`), with its type.
-const FAMILIES: [(&str, &str); 17] = [
+/// Every metric of issue #14 §1, and the webhooks', alerts' and batches',
+/// by family name (a counter's family has no `_total`), with its type.
+const FAMILIES: [(&str, &str); 19] = [
     ("jobsd_runs", "counter"),
     ("jobsd_run_duration_seconds", "histogram"),
     ("jobsd_schedule_lag_seconds", "histogram"),
@@ -128,6 +128,8 @@ const FAMILIES: [(&str, &str); 17] = [
     ("jobsd_http_request_duration_seconds", "histogram"),
     ("jobsd_webhook_deliveries", "counter"),
     ("jobsd_alerts", "counter"),
+    ("jobsd_batches_created", "counter"),
+    ("jobsd_batch_rows", "counter"),
 ];
 
 /// The run `run_id` as the API shows it.
