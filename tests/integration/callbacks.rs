@@ -156,10 +156,12 @@ async fn wait_accepted(app: &TestApp, run_id: &str) -> Value {
         "the run waiting for its callback",
         Duration::from_secs(10),
         || async {
+            // The newest step: a retried run's earlier attempt was
+            // accepted too, and its step must not pass for this one's.
             let run = run(app, run_id).await;
             reasons(&run)
-                .iter()
-                .any(|r| r.starts_with("request accepted"))
+                .last()
+                .is_some_and(|r| r.starts_with("request accepted"))
                 .then_some(run)
         },
     )
