@@ -9,13 +9,12 @@ CREATE INDEX jobs_own_alerts_idx ON jobs (job_id) WHERE alerts <> '{}';
 
 -- Each job's alert state while it holds something (a failure count, an
 -- open alert, a throttle still running): src/alerts/rules.rs `AlertState`
--- as JSON, and its open alerts again as an array for the job's view. No
+-- as JSON (the job's view reads its `open`). No
 -- foreign key: the feed removes a deleted job's row when it reads the
 -- deletion, and jobs' writes stay free of it.
 CREATE TABLE job_alerts (
     job_id      text PRIMARY KEY,
     state       jsonb NOT NULL,
-    open        text[] NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 

@@ -6,7 +6,6 @@ CREATE INDEX jobs_own_alerts_idx ON jobs (job_id) WHERE alerts <> '{}';
 CREATE TABLE job_alerts (
     job_id      TEXT PRIMARY KEY,
     state       TEXT NOT NULL,
-    open        TEXT NOT NULL DEFAULT '[]',
     updated_at  INTEGER NOT NULL
 ) STRICT;
 

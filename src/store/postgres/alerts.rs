@@ -87,11 +87,9 @@ impl PgStore {
                 .filter_map(|(_, s)| s.as_ref().map(Json))
                 .collect();
             sqlx::query(
-                "INSERT INTO job_alerts (job_id, state, open) \
-                 SELECT x.job_id, x.state, ARRAY(SELECT jsonb_array_elements_text(x.state -> 'open')) \
-                 FROM unnest($1::text[], $2::jsonb[]) AS x(job_id, state) \
-                 ON CONFLICT (job_id) DO UPDATE SET state = EXCLUDED.state, open = EXCLUDED.open, \
-                   updated_at = now()",
+                "INSERT INTO job_alerts (job_id, state) \
+                 SELECT x.job_id, x.state FROM unnest($1::text[], $2::jsonb[]) AS x(job_id, state) \
+                 ON CONFLICT (job_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
             )
             .bind(&ids)
             .bind(&states)

@@ -25,7 +25,7 @@ pub(super) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      j.timezone, j.start_at, j.misfire_grace_ms, j.coalesce, j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
      j.failed_run_id, j.keep_runs, j.notify, j.alerts, j.created_at, j.updated_at, \
-     COALESCE((SELECT a.open FROM job_alerts a WHERE a.job_id = j.job_id), '{}') AS alerts_open, \
+     ARRAY(SELECT jsonb_array_elements_text(a.state -> 'open') FROM job_alerts a WHERE a.job_id = j.job_id) AS alerts_open, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \

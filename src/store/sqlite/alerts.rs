@@ -4,25 +4,13 @@
 use std::collections::HashMap;
 
 use sqlx::Row;
-use uuid::Uuid;
 
-use super::rows::{from_micros, micros, opt_micros};
+use super::rows::{from_micros, json_as, micros, opt_micros, opt_time, time, uuid};
 use super::{now, SqliteStore, StoreResult};
 use crate::alerts::rules::AlertState;
-use crate::alerts::settings::JobAlerts;
 use crate::handlers::ERROR_HANDLER;
 use crate::store::alerts::{AlertAdvance, AlertFeed, RunningRun, WatchedJob};
-use crate::store::{EventPosition, StoreError};
-
-/// A JSON column as `T`; a value that does not decode is a fault.
-fn decoded<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| {
-        StoreError::Database(sqlx::Error::ColumnDecode {
-            index: column.into(),
-            source: e.into(),
-        })
-    })
-}
+use crate::store::EventPosition;
 
 fn to_text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
@@ -55,14 +43,17 @@ impl SqliteStore {
             return Ok(states);
         }
         let ids = serde_json::Value::from(job_ids.to_vec()).to_string();
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT job_id, state FROM job_alerts WHERE job_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(ids)
         .fetch_all(&self.readers)
         .await?;
-        for (job_id, state) in rows {
-            states.insert(job_id, decoded("state", &state)?);
+        for row in rows {
+            states.insert(
+                row.try_get("job_id")?,
+                json_as::<AlertState>(&row, "state")?,
+            );
         }
         Ok(states)
     }
@@ -86,13 +77,12 @@ impl SqliteStore {
             match state {
                 Some(state) => {
                     sqlx::query(
-                        "INSERT INTO job_alerts (job_id, state, open, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                        "INSERT INTO job_alerts (job_id, state, updated_at) VALUES (?1, ?2, ?3) \
                          ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, \
-                           open = excluded.open, updated_at = excluded.updated_at",
+                           updated_at = excluded.updated_at",
                     )
                     .bind(job_id)
                     .bind(to_text(state))
-                    .bind(to_text(&state.open))
                     .bind(at)
                     .execute(&mut *tx)
                     .await?;
@@ -140,14 +130,11 @@ impl SqliteStore {
         .await?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
-            let alerts: String = row.try_get("alerts")?;
             jobs.push(WatchedJob {
                 job_id: row.try_get("job_id")?,
-                alerts: decoded::<JobAlerts>("alerts", &alerts)?,
-                changed_at: from_micros(row.try_get("updated_at")?),
-                last_success: row
-                    .try_get::<Option<i64>, _>("last_success")?
-                    .map(from_micros),
+                alerts: json_as(&row, "alerts")?,
+                changed_at: time(&row, "updated_at")?,
+                last_success: opt_time(&row, "last_success")?,
             });
         }
         Ok(jobs)
@@ -165,18 +152,11 @@ impl SqliteStore {
         .await?;
         let mut runs = Vec::with_capacity(rows.len());
         for row in rows {
-            let run_id: String = row.try_get("run_id")?;
-            let alerts: String = row.try_get("alerts")?;
             runs.push(RunningRun {
-                run_id: Uuid::parse_str(&run_id).map_err(|e| {
-                    StoreError::Database(sqlx::Error::ColumnDecode {
-                        index: "run_id".into(),
-                        source: e.into(),
-                    })
-                })?,
+                run_id: uuid(&row, "run_id")?,
                 job_id: row.try_get("job_id")?,
-                started_at: from_micros(row.try_get("started_at")?),
-                alerts: decoded::<JobAlerts>("alerts", &alerts)?,
+                started_at: time(&row, "started_at")?,
+                alerts: json_as(&row, "alerts")?,
             });
         }
         Ok(runs)

@@ -33,7 +33,7 @@ fn decode_err(column: &str, e: impl std::fmt::Display) -> sqlx::Error {
     }
 }
 
-fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+pub(crate) fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
     Ok(from_micros(row.try_get::<i64, _>(column)?))
 }
 
@@ -45,6 +45,14 @@ pub(crate) fn opt_time(
 }
 
 pub(crate) fn json(row: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> {
+    json_as(row, column)
+}
+
+/// A JSON text column read as `T`.
+pub(crate) fn json_as<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<T, sqlx::Error> {
     let text: String = row.try_get(column)?;
     serde_json::from_str(&text).map_err(|e| decode_err(column, e))
 }
@@ -178,7 +186,7 @@ pub(crate) const SELECT_JOB: &str = "SELECT j.job_id, j.handler, j.kwargs, j.sch
      j.timezone, j.start_at, j.misfire_grace_ms, j.\"coalesce\", j.max_instances, j.lock_key, j.timeout_ms, \
      j.max_retries, j.retry_backoff_ms, j.state, j.next_run_at, j.description, j.tags, j.source, \
      j.failed_run_id, j.keep_runs, j.notify, j.alerts, j.created_at, j.updated_at, j.version, \
-     COALESCE((SELECT a.open FROM job_alerts a WHERE a.job_id = j.job_id), '[]') AS alerts_open, \
+     COALESCE((SELECT json_extract(a.state, '$.open') FROM job_alerts a WHERE a.job_id = j.job_id), '[]') AS alerts_open, \
      lr.run_id AS last_run_id, lr.state AS last_run_state, lr.scheduled_for AS last_run_scheduled_for, \
      lr.started_at AS last_run_started_at, lr.finished_at AS last_run_finished_at, \
      lr.progress AS last_run_progress, lr.progress_updated_at AS last_run_progress_updated_at, \
@@ -232,8 +240,7 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow, sqlx::Error> {
         failed_run_id: opt_uuid(row, "failed_run_id")?,
         keep_runs: row.try_get("keep_runs")?,
         notify: texts("notify")?,
-        alerts: serde_json::from_value(json(row, "alerts")?)
-            .map_err(|e| decode_err("alerts", e))?,
+        alerts: json_as(row, "alerts")?,
         alerts_open: texts("alerts_open")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
