@@ -14,6 +14,10 @@
 //!   between batches ([`rules::share`]) and never more than `max_parallel`
 //!   of one batch at once across replicas; batch rows hold at most
 //!   [`rules::row_slots`] of a replica's workers, so runs keep slots.
+//! - A row's output files ([`files`]) come from its final successful
+//!   attempt only, stored with its end in the same transaction; a batch's
+//!   file is its succeeded rows' lines for the name, in row order, and
+//!   never holds an empty line.
 //!
 //! The pure rules are in [`rules`]; the stores keep their results.
 
@@ -21,4 +25,5 @@ pub mod rules;
 
 pub use rules::{BatchStatus, Counts, RowState};
 pub mod csv;
+pub mod files;
 pub mod ndjson;
