@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::batches::files::RowFiles;
 use crate::batches::rules::{self, BatchStatus, Counts, RowState};
 
 /// A batch to store.
@@ -52,6 +53,8 @@ pub struct BatchRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Set by abort or completion.
     pub outcome: Option<BatchStatus>,
+    /// The names of its output files (`crate::batches::files`), sorted.
+    pub output_files: Vec<String>,
 }
 
 impl BatchRow {
@@ -74,6 +77,7 @@ impl BatchRow {
             "started_at": self.started_at,
             "waitoff_at": self.waitoff_at,
             "finished_at": self.finished_at,
+            "output_files": self.output_files,
         })
     }
 }
@@ -147,7 +151,12 @@ pub struct RowClaim {
 /// How a row's attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowEnd {
-    Success(Option<Value>),
+    /// Its result (`None`: no output) and its lines for output files,
+    /// stored with the end (nothing extra when there are none).
+    Success {
+        result: Option<Value>,
+        files: RowFiles,
+    },
     Failed(String),
     /// Cancelled by an abort while running.
     Aborted(String),
@@ -161,10 +170,18 @@ pub enum RowEnd {
 }
 
 impl RowEnd {
+    /// A success without output files.
+    pub fn success(result: Option<Value>) -> RowEnd {
+        RowEnd::Success {
+            result,
+            files: RowFiles::default(),
+        }
+    }
+
     /// The state it leaves the row in.
     pub fn state(&self) -> RowState {
         match self {
-            RowEnd::Success(_) => RowState::Success,
+            RowEnd::Success { .. } => RowState::Success,
             RowEnd::Failed(_) => RowState::Failed,
             RowEnd::Aborted(_) => RowState::Aborted,
             RowEnd::Retry { .. } | RowEnd::HandBack => RowState::Queued,
@@ -188,6 +205,31 @@ pub struct RowAck {
 pub struct BatchCountsCheck {
     pub counters: Counts,
     pub rows: Counts,
+}
+
+/// The successful ends among `ends` that carry output files and whose row
+/// was `written`, in (batch, row) order: what a row-end transaction stores
+/// beside the ends (nothing, with no statement, when none has files). The
+/// stores write them fenced by the claim and the row's `success` state too,
+/// so a stale end for a row another attempt of which was written in the
+/// same group stores nothing.
+pub(crate) fn written_files<'a>(
+    ends: &'a [(RowClaim, RowEnd)],
+    written: &[(Uuid, i64)],
+) -> Vec<(&'a RowClaim, &'a RowFiles)> {
+    let mut out: Vec<_> = ends
+        .iter()
+        .filter_map(|(c, e)| match e {
+            RowEnd::Success { files, .. }
+                if !files.is_empty() && written.contains(&(c.batch_id, c.idx)) =>
+            {
+                Some((c, files))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|(c, _)| (c.batch_id, c.idx));
+    out
 }
 
 /// Sums count deltas per batch, sorted by batch id (the lock order).

@@ -881,6 +881,18 @@ impl Store {
         on_backend!(self, s => s.batch_output_page(id, after, limit).await)
     }
 
+    /// The next `limit` (row, lines) of output file `name` after row
+    /// `after`: succeeded rows that gave it lines, in row order.
+    pub async fn batch_file_page(
+        &self,
+        id: Uuid,
+        name: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Vec<String>)>> {
+        on_backend!(self, s => s.batch_file_page(id, name, after, limit).await)
+    }
+
     /// Claims queued rows, shared fairly between batches, within each
     /// batch's `max_parallel` across replicas.
     pub async fn batch_rows_claim(&self, slots: &RowClaimSlots) -> StoreResult<Vec<ClaimedRow>> {
@@ -899,6 +911,7 @@ impl Store {
 
     /// Records many rows' ends in one transaction, each fenced by its
     /// claim; returns those written, and completes the batches made final.
+    /// A success's output files are stored in the same transaction.
     pub async fn batch_rows_finish(
         &self,
         ends: &[(RowClaim, RowEnd)],

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::execute::{bound_result, bound_text, Execution, StopReason, StopSignal};
 use super::retry::retry_delay;
 use super::{ExecutingSlot, Reservation, WorkerPool};
-use crate::batches::rules;
+use crate::batches::{files, rules};
 use crate::handlers::{BatchCall, BatchInfo, BatchState, RunContext};
 use crate::store::{ClaimedRow, RowClaim, RowClaimSlots, RowEnd, Store};
 
@@ -54,7 +54,10 @@ pub(super) type Inits = HashMap<Uuid, Arc<OnceCell<Option<BatchState>>>>;
 /// What a row's ended attempt writes. Pure: the jitter is a parameter.
 /// Failures and timeouts are retried while `attempt <= max_retries`
 /// (fatal handler errors never are); the last failure fails the row, not
-/// the batch. A stop by an abort ends the row `aborted`; a lost lease
+/// the batch. A success's `$files` are taken out of its result
+/// ([`files::split_result`], bounded by `max_bytes` as the result is); a
+/// bad `$files` fails the row without a retry (the handler would return
+/// the same again). A stop by an abort ends the row `aborted`; a lost lease
 /// writes nothing (another replica has the row now); shutdown hands it back.
 pub fn decide_row(
     row: &ClaimedRow,
@@ -72,10 +75,16 @@ pub fn decide_row(
         }
     };
     Some(match execution {
-        Execution::Succeeded(value) => {
-            let value = bound_result(value, max_bytes);
-            RowEnd::Success((!value.is_null()).then_some(value))
-        }
+        Execution::Succeeded(value) => match files::split_result(value, max_bytes) {
+            Ok((value, files)) => {
+                let value = bound_result(value, max_bytes);
+                RowEnd::Success {
+                    result: (!value.is_null()).then_some(value),
+                    files,
+                }
+            }
+            Err(e) => RowEnd::Failed(bound_text(&e.to_string(), max_bytes)),
+        },
         Execution::Failed {
             error, retryable, ..
         } => {
@@ -158,7 +167,7 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Pending>) {
 
 fn end_label(end: &RowEnd) -> &'static str {
     match end {
-        RowEnd::Success(_) => "success",
+        RowEnd::Success { .. } => "success",
         RowEnd::Failed(_) => "failed",
         RowEnd::Aborted(_) => "aborted",
         RowEnd::Retry { .. } | RowEnd::HandBack => "retried",
@@ -461,7 +470,7 @@ impl WorkerPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn row(attempt: i32, max_retries: i32) -> ClaimedRow {
         ClaimedRow {
@@ -513,15 +522,43 @@ mod tests {
     }
 
     #[test]
+    fn files_are_taken_out_of_the_result_and_bad_ones_fail_at_once() {
+        let succeeded = |v: Value| decide_row(&row(1, 3), Execution::Succeeded(v), 100, 0.0);
+        let Some(RowEnd::Success { result, files }) =
+            succeeded(json!({"n": 1, "$files": {"a.txt": "x\n\ny"}}))
+        else {
+            panic!("a success")
+        };
+        assert_eq!(result, Some(json!({"n": 1})), "stored without $files");
+        assert_eq!(files.lines("a.txt").unwrap(), ["x", "y"]);
+        let Some(RowEnd::Success { result, files }) = succeeded(json!({"$files": {"a": "x"}}))
+        else {
+            panic!("a success")
+        };
+        assert_eq!(result, None, "nothing else: no output");
+        assert!(!files.is_empty());
+        let bad = succeeded(json!({"$files": {"../x": "a"}}));
+        assert!(
+            matches!(bad, Some(RowEnd::Failed(ref e)) if e.starts_with("$files: \"../x\" is not a valid file name")),
+            "failed, not retried though retries are left: {bad:?}"
+        );
+        let big = succeeded(json!({"$files": {"a": "x".repeat(200)}}));
+        assert!(
+            matches!(big, Some(RowEnd::Failed(ref e)) if e.contains("more than the 100 bytes")),
+            "{big:?}"
+        );
+    }
+
+    #[test]
     fn outputs_stops_and_shutdown() {
         assert_eq!(
             decide_row(&row(1, 0), Execution::Succeeded(json!(null)), 100, 0.0),
-            Some(RowEnd::Success(None)),
+            Some(RowEnd::success(None)),
             "null is no output"
         );
         assert_eq!(
             decide_row(&row(1, 0), Execution::Succeeded(json!({"a": 1})), 100, 0.0),
-            Some(RowEnd::Success(Some(json!({"a": 1}))))
+            Some(RowEnd::success(Some(json!({"a": 1}))))
         );
         assert!(matches!(
             decide_row(

@@ -6,7 +6,9 @@
 //! Lock order, in every statement: the `batches` row (only where a
 //! batch-wide decision is made: a claim of a batch with `max_parallel`,
 //! an append, an abort, a completion), then `batch_rows` ordered by
-//! `(batch_id, idx)`, then `batch_counts` ordered by `(batch_id, slot)`.
+//! `(batch_id, idx)`, then (row ends with output files only) `batch_files`
+//! ordered by `(batch_id, name)`, then `batch_counts` ordered by
+//! `(batch_id, slot)`.
 //! Heartbeats and row ends lock rows through an ordered `FOR UPDATE`
 //! first, so the two never deadlock. A batch-wide decision locks the
 //! `batches` row `FOR NO KEY UPDATE`, never `FOR UPDATE`: every counter
@@ -23,7 +25,7 @@ use uuid::Uuid;
 use super::{PgStore, StoreError, StoreResult};
 use crate::batches::rules::{self, BatchStatus, Claimable, Counts, RowState};
 use crate::store::batches::{
-    deltas_by_batch, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows,
+    deltas_by_batch, written_files, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows,
     RowAck, RowClaim, RowClaimSlots, RowEnd, RowFilter, RowRecord,
 };
 use crate::store::notify::Notice;
@@ -37,7 +39,8 @@ const CLAIM_CANDIDATES: i64 = 64;
 
 const SELECT_BATCH: &str = "SELECT b.id, b.handler, b.context, b.max_retries, b.retry_backoff_ms, \
      b.timeout_ms, b.max_parallel, b.created_at, b.started_at, b.waitoff_at, b.aborted_at, \
-     b.finished_at, b.outcome, c.total, c.queued, c.inprog, c.success, c.failed, c.aborted \
+     b.finished_at, b.outcome, c.total, c.queued, c.inprog, c.success, c.failed, c.aborted, \
+     ARRAY(SELECT name FROM batch_files f WHERE f.batch_id = b.id) AS output_files \
      FROM batches b CROSS JOIN LATERAL (SELECT coalesce(sum(total), 0)::bigint AS total, \
        coalesce(sum(queued), 0)::bigint AS queued, coalesce(sum(inprog), 0)::bigint AS inprog, \
        coalesce(sum(success), 0)::bigint AS success, coalesce(sum(failed), 0)::bigint AS failed, \
@@ -82,7 +85,14 @@ fn batch_from_row(row: &PgRow) -> Result<BatchRow, sqlx::Error> {
         aborted_at: row.try_get("aborted_at")?,
         finished_at: row.try_get("finished_at")?,
         outcome,
+        output_files: sorted(row.try_get("output_files")?),
     })
+}
+
+/// File names in byte order, whatever the database's collation.
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
 }
 
 fn row_state(row: &PgRow) -> Result<RowState, sqlx::Error> {
@@ -187,6 +197,46 @@ async fn write_event(
     )
     .bind(event_type)
     .bind(sqlx::types::Json(data))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Stores the output files of the successful ends among `ends` that were
+/// `written` (in this transaction, whose row locks they hold), each fenced
+/// by its claim and the row's `success`, and adds their names to the
+/// batch's (`batch_files`, in (batch, name) order). No statement when no
+/// end has files.
+async fn store_files(
+    tx: &mut Transaction<'static, Postgres>,
+    ends: &[(RowClaim, RowEnd)],
+    written: &[(Uuid, i64)],
+) -> StoreResult<()> {
+    let with = written_files(ends, written);
+    if with.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = with.iter().map(|(c, _)| c.batch_id).collect();
+    let idxs: Vec<i64> = with.iter().map(|(c, _)| c.idx).collect();
+    let attempts: Vec<i32> = with.iter().map(|(c, _)| c.attempt).collect();
+    let instances: Vec<&str> = with.iter().map(|(c, _)| c.instance.as_str()).collect();
+    let files: Vec<String> = with.iter().map(|(_, f)| f.to_json().to_string()).collect();
+    sqlx::query(
+        "WITH f AS (UPDATE batch_rows r SET files = x.f::jsonb \
+           FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[]) \
+             AS x(b, i, a, inst, f) \
+           WHERE r.batch_id = x.b AND r.idx = x.i AND r.attempt = x.a AND r.instance = x.inst \
+             AND r.state = 'success' \
+           RETURNING r.batch_id, r.files) \
+         INSERT INTO batch_files (batch_id, name) \
+         SELECT DISTINCT f.batch_id, n.name FROM f, jsonb_object_keys(f.files) AS n(name) \
+         ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&idxs)
+    .bind(&attempts)
+    .bind(&instances)
+    .bind(&files)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -570,6 +620,37 @@ impl PgStore {
             .map_err(StoreError::from)
     }
 
+    /// The next `limit` rows' lines of file `name` after row `after`:
+    /// succeeded rows that gave it lines, in row order.
+    pub async fn batch_file_page(
+        &self,
+        id: Uuid,
+        name: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Vec<String>)>> {
+        let rows = sqlx::query(
+            "SELECT idx, files -> $2 AS lines FROM batch_rows WHERE batch_id = $1 AND idx > $3 \
+               AND state = 'success' AND files ? $2 \
+             ORDER BY idx LIMIT $4",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(after.unwrap_or(-1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("idx")?,
+                    r.try_get::<sqlx::types::Json<Vec<String>>, _>("lines")?.0,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Claims up to `slots.limit` queued rows, shared fairly between the
     /// open batches that have some (`rules::share`), within each batch's
     /// `max_parallel` across replicas.
@@ -791,7 +872,9 @@ impl PgStore {
             instances.push(c.instance.clone());
             states.push(e.state().as_str());
             let (result, error, delay, back) = match e {
-                RowEnd::Success(v) => (v.as_ref().map(|v| v.to_string()), None, 0, false),
+                RowEnd::Success { result: v, .. } => {
+                    (v.as_ref().map(|v| v.to_string()), None, 0, false)
+                }
                 RowEnd::Failed(err) | RowEnd::Aborted(err) => (None, Some(err.clone()), 0, false),
                 RowEnd::Retry { delay_ms, error } => (None, Some(error.clone()), *delay_ms, false),
                 RowEnd::HandBack => (None, None, 0, true),
@@ -849,6 +932,7 @@ impl PgStore {
             moves.push((id, Counts::moved(Some(RowState::Inprog), state, 1)));
         }
         let deltas = deltas_by_batch(moves);
+        store_files(&mut tx, ends, &written).await?;
         apply_counts(&mut tx, &deltas).await?;
         tx.commit().await?;
         if requeued {

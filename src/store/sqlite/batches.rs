@@ -3,7 +3,7 @@
 //! claim within `max_parallel`, an append's check, a completion) is made
 //! alone inside one `BEGIN IMMEDIATE` transaction, and the counts need one
 //! counter row per batch (slot 0). Foreign keys are off: deleting a batch
-//! deletes its rows and counters itself.
+//! deletes its rows, counters and file names itself.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -15,7 +15,7 @@ use super::rows::{self, micros, opt_time, statement_chunks};
 use super::{now, SqliteStore, StoreError, StoreResult};
 use crate::batches::rules::{self, BatchStatus, Claimable, Counts, RowState};
 use crate::store::batches::{
-    deltas_by_batch, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows,
+    deltas_by_batch, written_files, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows,
     RowAck, RowClaim, RowClaimSlots, RowEnd, RowFilter, RowRecord,
 };
 use crate::store::notify::Notice;
@@ -27,7 +27,8 @@ const SELECT_BATCH: &str = "SELECT b.id, b.handler, b.context, b.max_retries, b.
      b.finished_at, b.outcome, \
      coalesce(c.total, 0) AS total, coalesce(c.queued, 0) AS queued, \
      coalesce(c.inprog, 0) AS inprog, coalesce(c.success, 0) AS success, \
-     coalesce(c.failed, 0) AS failed, coalesce(c.aborted, 0) AS aborted \
+     coalesce(c.failed, 0) AS failed, coalesce(c.aborted, 0) AS aborted, \
+     (SELECT json_group_array(name) FROM batch_files f WHERE f.batch_id = b.id) AS output_files \
      FROM batches b LEFT JOIN batch_counts c ON c.batch_id = b.id AND c.slot = 0";
 
 const ROW_COLUMNS: &str = "batch_id, idx, input, state, attempt, instance, result, error, \
@@ -74,6 +75,11 @@ fn batch_from_row(row: &SqliteRow) -> Result<BatchRow, sqlx::Error> {
         aborted_at: opt_time(row, "aborted_at")?,
         finished_at: opt_time(row, "finished_at")?,
         outcome,
+        output_files: {
+            let mut names: Vec<String> = rows::json_as(row, "output_files")?;
+            names.sort();
+            names
+        },
     })
 }
 
@@ -220,6 +226,44 @@ async fn publish(tx: &mut Tx, batch_id: Uuid, base: i64, rows: NewRows<'_>) -> S
         .await?;
     apply_counts(tx, &[(batch_id, Counts::moved(None, RowState::Queued, n))]).await?;
     Ok(n)
+}
+
+/// Stores the output files of the successful ends among `ends` that were
+/// `written` (see `PgStore`'s `store_files`), each fenced by its claim and
+/// the row's `success`, and adds their names to the batch's. No statement
+/// when no end has files.
+async fn store_files(
+    tx: &mut Tx,
+    ends: &[(RowClaim, RowEnd)],
+    written: &[(Uuid, i64)],
+) -> StoreResult<()> {
+    for (c, files) in written_files(ends, written) {
+        let stored = sqlx::query(
+            "UPDATE batch_rows SET files = ?5 \
+             WHERE batch_id = ?1 AND idx = ?2 AND attempt = ?3 AND instance = ?4 \
+               AND state = 'success'",
+        )
+        .bind(c.batch_id.to_string())
+        .bind(c.idx)
+        .bind(c.attempt)
+        .bind(&c.instance)
+        .bind(files.to_json().to_string())
+        .execute(&mut **tx)
+        .await?;
+        if stored.rows_affected() == 0 {
+            continue;
+        }
+        for name in files.names() {
+            sqlx::query(
+                "INSERT INTO batch_files (batch_id, name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .bind(c.batch_id.to_string())
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The batch facts a decision needs: (waitoff, aborted, finished).
@@ -531,7 +575,7 @@ impl SqliteStore {
                 "the batch is not final; abort it first".into(),
             ));
         }
-        for table in ["batch_rows", "batch_counts"] {
+        for table in ["batch_rows", "batch_counts", "batch_files"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE batch_id = ?1"))
                 .bind(id.to_string())
                 .execute(&mut *tx)
@@ -579,6 +623,34 @@ impl SqliteStore {
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("idx")?, rows::json(r, "result")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn batch_file_page(
+        &self,
+        id: Uuid,
+        name: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Vec<String>)>> {
+        // Names are `[A-Za-z0-9._-]` (`files::valid_name`): quoted, a path
+        // key needs no escaping.
+        let path = format!("$.\"{name}\"");
+        let rows = sqlx::query(
+            "SELECT idx, json_extract(files, ?2) AS lines FROM batch_rows \
+             WHERE batch_id = ?1 AND idx > ?3 AND state = 'success' \
+               AND files IS NOT NULL AND json_type(files, ?2) = 'array' \
+             ORDER BY idx LIMIT ?4",
+        )
+        .bind(id.to_string())
+        .bind(path)
+        .bind(after.unwrap_or(-1))
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("idx")?, rows::json_as(r, "lines")?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
@@ -743,7 +815,9 @@ impl SqliteStore {
         let mut requeued = false;
         for (c, e) in ends {
             let (result, error, delay_ms, back) = match e {
-                RowEnd::Success(v) => (rows::opt_json_text(v.as_ref()), None, 0, false),
+                RowEnd::Success { result: v, .. } => {
+                    (rows::opt_json_text(v.as_ref()), None, 0, false)
+                }
                 RowEnd::Failed(err) | RowEnd::Aborted(err) => (None, Some(err.clone()), 0, false),
                 RowEnd::Retry { delay_ms, error } => (None, Some(error.clone()), *delay_ms, false),
                 RowEnd::HandBack => (None, None, 0, true),
@@ -780,6 +854,7 @@ impl SqliteStore {
             }
         }
         let deltas = deltas_by_batch(moves);
+        store_files(&mut tx, ends, &written).await?;
         apply_counts(&mut tx, &deltas).await?;
         let touched: Vec<Uuid> = deltas.iter().map(|(id, _)| *id).collect();
         settle(&mut tx, &touched).await?;
@@ -882,10 +957,12 @@ impl SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
             for id in &ids {
-                sqlx::query("DELETE FROM batch_counts WHERE batch_id = ?1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                for table in ["batch_counts", "batch_files"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE batch_id = ?1"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query("DELETE FROM batches WHERE id = ?1")
                     .bind(id)
                     .execute(&mut *tx)

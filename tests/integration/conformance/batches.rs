@@ -297,7 +297,7 @@ async fn rows_are_claimed_ended_and_the_batch_completes_once(store: Store) {
     let ends = vec![
         (
             first[0].claim.clone(),
-            RowEnd::Success(Some(json!({"n": 0}))),
+            RowEnd::success(Some(json!({"n": 0}))),
         ),
         (first[1].claim.clone(), RowEnd::Failed("boom".into())),
         (
@@ -328,7 +328,7 @@ async fn rows_are_claimed_ended_and_the_batch_completes_once(store: Store) {
         .unwrap()
         .is_empty());
     // Rows without output succeed too.
-    assert_eq!(finish_all(&store, &rest, RowEnd::Success(None)).await, 3);
+    assert_eq!(finish_all(&store, &rest, RowEnd::success(None)).await, 3);
     let b = store.batch_get(new.id).await.unwrap();
     assert_eq!(b.status(), BatchStatus::Partial);
     assert!(b.finished_at.is_some());
@@ -398,7 +398,7 @@ async fn claims_are_fair_and_bounded_by_max_parallel(store: Store) {
         .take(1)
         .cloned()
         .collect();
-    finish_all(&store, &one, RowEnd::Success(None)).await;
+    finish_all(&store, &one, RowEnd::success(None)).await;
     let more = store
         .batch_rows_claim(&claim_slots("w2", 10))
         .await
@@ -460,7 +460,7 @@ async fn abort_ends_queued_rows_and_stops_running_ones(store: Store) {
             held[0].clone(),
             RowEnd::Aborted("cancelled by abort".into()),
         ),
-        (held[1].clone(), RowEnd::Success(Some(json!(1)))),
+        (held[1].clone(), RowEnd::success(Some(json!(1)))),
     ];
     store.batch_rows_finish(&ends).await.unwrap();
     let b = store.batch_get(new.id).await.unwrap();
@@ -512,7 +512,7 @@ async fn a_retry_racing_an_abort_is_aborted(store: Store) {
                 error: "again".into(),
             },
         ),
-        (running[1].claim.clone(), RowEnd::Success(None)),
+        (running[1].claim.clone(), RowEnd::success(None)),
     ];
     store.batch_rows_finish(&ends).await.unwrap();
     let b = store.batch_get(new.id).await.unwrap();
@@ -547,13 +547,13 @@ async fn expired_leases_are_rescued(store: Store) {
     assert_eq!(store.batch_rows_rescue_expired(10).await.unwrap(), 2);
     assert_eq!(assert_exact(&store, new.id).await, c(2, 2, 0, 0, 0, 0));
     // The dead instance's late end is stale.
-    assert_eq!(finish_all(&store, &held, RowEnd::Success(None)).await, 0);
+    assert_eq!(finish_all(&store, &held, RowEnd::success(None)).await, 0);
     let again = store
         .batch_rows_claim(&claim_slots("alive", 2))
         .await
         .unwrap();
     assert!(again.iter().all(|r| r.claim.attempt == 2));
-    finish_all(&store, &again, RowEnd::Success(None)).await;
+    finish_all(&store, &again, RowEnd::success(None)).await;
     assert_eq!(
         store.batch_get(new.id).await.unwrap().status(),
         BatchStatus::Success
@@ -691,7 +691,7 @@ async fn abort_racing_row_ends_keeps_the_counts_exact(store: Store) {
         let held = store.batch_rows_claim(&claim_slots("w", 3)).await.unwrap();
         assert_eq!(held.len(), 3, "trial {trial}");
         let ends = vec![
-            (held[0].claim.clone(), RowEnd::Success(None)),
+            (held[0].claim.clone(), RowEnd::success(None)),
             (
                 held[1].claim.clone(),
                 RowEnd::Retry {
@@ -700,7 +700,7 @@ async fn abort_racing_row_ends_keeps_the_counts_exact(store: Store) {
                 },
             ),
         ];
-        let last = vec![(held[2].claim.clone(), RowEnd::Success(Some(json!(trial))))];
+        let last = vec![(held[2].claim.clone(), RowEnd::success(Some(json!(trial))))];
         let cancel = trial % 2 == 0;
         let (a, b, c) = tokio::join!(
             store.batch_rows_finish(&ends),
