@@ -139,6 +139,10 @@ pub struct BatchView {
     pub waitoff_at: Option<DateTime<Utc>>,
     pub aborted_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The names of its output files (rows' `$files`), sorted; each is
+    /// `GET /api/v1/batches/{id}/files/{name}`.
+    #[schema(example = json!(["scores.csv"]))]
+    pub output_files: Vec<String>,
 }
 
 impl From<BatchRow> for BatchView {
@@ -163,6 +167,7 @@ impl From<BatchRow> for BatchView {
             waitoff_at: b.waitoff_at,
             aborted_at: b.aborted_at,
             finished_at: b.finished_at,
+            output_files: b.output_files,
             handler: b.handler,
             context: b.context,
         }

@@ -2,6 +2,7 @@
 //! the shared layers (body limit, tracing) and Swagger UI.
 
 mod audit;
+mod batch_files;
 mod batches;
 mod callbacks;
 mod error;
@@ -163,6 +164,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(tokens::router())
         .merge(webhooks::router())
         .merge(batches::router())
+        .merge(batch_files::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

@@ -94,6 +94,7 @@ pub fn document(registry: &HandlerRegistry) -> Value {
     api.merge(super::tokens::TokensApi::openapi());
     api.merge(super::webhooks::WebhooksApi::openapi());
     api.merge(super::batches::BatchesApi::openapi());
+    api.merge(super::batch_files::BatchFilesApi::openapi());
     api.merge(super::audit::AuditApi::openapi());
     let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
     let parameters: Vec<Value> = CreateQuery::into_params(|| Some(ParameterIn::Query))

@@ -230,6 +230,7 @@ mod tests {
             "/api/v1/locks",
             "/api/v1/service/state",
             "/api/v1/batches/{id}/output",
+            "/api/v1/batches/{id}/files/{name}",
         ] {
             assert_eq!(
                 needs(Method::GET, route),
