@@ -2,9 +2,12 @@
 //! refusals after wait-off and abort, fair claims within `max_parallel`,
 //! fenced row ends in groups, abort racing running rows, lease rescue,
 //! completion exactly once with its `batch.completed` summary, output
-//! pages without empty outputs, deletion and retention; and counters that
-//! always equal a `count(*)` of the rows.
+//! pages without empty outputs, output files (stored with a row's written
+//! successful end only, paged in row order, removed with the batch),
+//! deletion and retention; and counters that always equal a `count(*)` of
+//! the rows.
 
+use jobsd::batches::files::RowFiles;
 use jobsd::batches::{BatchStatus, Counts, RowState};
 use jobsd::domain::event_types::TypeFilter;
 use jobsd::store::{
@@ -728,6 +731,243 @@ async fn abort_racing_row_ends_keeps_the_counts_exact(store: Store) {
     }
 }
 
+/// A row's lines for output files, as the worker gives them.
+fn files(value: Value) -> RowFiles {
+    jobsd::batches::files::parse(&value).expect("valid $files")
+}
+
+fn success_with(result: Option<Value>, value: Value) -> RowEnd {
+    RowEnd::Success {
+        result,
+        files: files(value),
+    }
+}
+
+fn lines(v: &[&str]) -> Vec<String> {
+    v.iter().map(|l| l.to_string()).collect()
+}
+
+/// Whether `batch_files` still holds names of `id` (by deleting them: the
+/// rows a delete finds are the rows there were).
+async fn file_names_left(store: &Store, id: Uuid) -> u64 {
+    execute_sql(
+        store,
+        &format!("DELETE FROM batch_files WHERE batch_id = '{id}'"),
+        &format!("DELETE FROM batch_files WHERE batch_id = '{id}'"),
+    )
+    .await
+}
+
+async fn row_ends_with_files_store_them_and_pages_follow_row_order(store: Store) {
+    let new = batch(true);
+    store
+        .batch_create(&new, NewRows::Inline(&rows(5)))
+        .await
+        .unwrap();
+    assert!(store.batch_get(new.id).await.unwrap().output_files.is_empty());
+    let mut held = store.batch_rows_claim(&claim_slots("w1", 5)).await.unwrap();
+    held.sort_by_key(|r| r.claim.idx);
+    // One group, out of row order: row 3 before row 0.
+    let ends = vec![
+        (
+            held[3].claim.clone(),
+            success_with(None, json!({"out.csv": "r3,x", "b-log.txt": ["three"]})),
+        ),
+        (
+            held[0].claim.clone(),
+            success_with(Some(json!({"n": 0})), json!({"out.csv": ["r0,a", "r0,b"]})),
+        ),
+        (held[1].claim.clone(), RowEnd::success(Some(json!({"n": 1})))),
+        (
+            held[2].claim.clone(),
+            RowEnd::Retry {
+                delay_ms: 0,
+                error: "again".into(),
+            },
+        ),
+        (
+            held[4].claim.clone(),
+            success_with(None, json!({"out.csv": "r4,z\n"})),
+        ),
+    ];
+    assert_eq!(store.batch_rows_finish(&ends).await.unwrap().len(), 5);
+    let b = store.batch_get(new.id).await.unwrap();
+    assert_eq!(b.output_files, vec!["b-log.txt", "out.csv"], "sorted");
+    assert!(b.finished_at.is_none(), "row 2 is queued again");
+    let page = store
+        .batch_file_page(new.id, "out.csv", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page,
+        vec![
+            (0, lines(&["r0,a", "r0,b"])),
+            (3, lines(&["r3,x"])),
+            (4, lines(&["r4,z"])),
+        ]
+    );
+    // Paged by rows, after a cursor.
+    let first = store
+        .batch_file_page(new.id, "out.csv", None, 2)
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 3]);
+    let rest = store
+        .batch_file_page(new.id, "out.csv", Some(3), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest, vec![(4, lines(&["r4,z"]))]);
+    assert_eq!(
+        store
+            .batch_file_page(new.id, "b-log.txt", None, 10)
+            .await
+            .unwrap(),
+        vec![(3, lines(&["three"]))]
+    );
+    assert!(store
+        .batch_file_page(new.id, "nope.txt", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The results are what the ends gave, files aside; a row with files
+    // only has no output.
+    let out = store.batch_output_page(new.id, None, 10).await.unwrap();
+    assert_eq!(out, vec![(0, json!({"n": 0})), (1, json!({"n": 1}))]);
+    // The retried row's second attempt fails: it contributes nothing.
+    let again = store.batch_rows_claim(&claim_slots("w1", 5)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].claim.idx, 2);
+    finish_all(&store, &again, RowEnd::Failed("boom".into())).await;
+    let b = store.batch_get(new.id).await.unwrap();
+    assert_eq!(b.status(), BatchStatus::Partial);
+    assert_eq!(
+        store
+            .batch_file_page(new.id, "out.csv", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // The completion's summary names the files.
+    let events = batch_events(&store, 2).await;
+    let completed = events
+        .iter()
+        .find(|e| e.event_type == "batch.completed")
+        .expect("completed");
+    assert_eq!(
+        completed.data.as_ref().unwrap()["output_files"],
+        json!(["b-log.txt", "out.csv"])
+    );
+    assert_eq!(b.summary()["output_files"], json!(["b-log.txt", "out.csv"]));
+    assert_exact(&store, new.id).await;
+}
+
+async fn only_a_rows_written_successful_attempt_contributes_lines(store: Store) {
+    let mut new = batch(true);
+    new.max_retries = 3;
+    store
+        .batch_create(&new, NewRows::Inline(&rows(2)))
+        .await
+        .unwrap();
+    let mut first = store.batch_rows_claim(&claim_slots("w1", 2)).await.unwrap();
+    first.sort_by_key(|r| r.claim.idx);
+    // Row 0's lease runs out; the same instance claims it again (attempt 2).
+    execute_sql(
+        &store,
+        "UPDATE batch_rows SET lease_expires_at = now() - interval '1 minute' WHERE idx = 0",
+        "UPDATE batch_rows SET lease_expires_at = 0 WHERE idx = 0",
+    )
+    .await;
+    assert_eq!(store.batch_rows_rescue_expired(10).await.unwrap(), 1);
+    let second = store.batch_rows_claim(&claim_slots("w1", 2)).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].claim.attempt, 2);
+    // Both attempts' ends in one group: only the held attempt's is written,
+    // and only its lines are kept. Row 1 ends with files but fails.
+    let ends = vec![
+        (
+            first[0].claim.clone(),
+            success_with(None, json!({"stale.txt": "from attempt 1", "a.txt": "stale"})),
+        ),
+        (
+            second[0].claim.clone(),
+            success_with(None, json!({"a.txt": "from attempt 2"})),
+        ),
+        (first[1].claim.clone(), RowEnd::Failed("boom".into())),
+    ];
+    let mut written = store.batch_rows_finish(&ends).await.unwrap();
+    written.sort();
+    assert_eq!(written, vec![(new.id, 0), (new.id, 1)]);
+    let b = store.batch_get(new.id).await.unwrap();
+    assert_eq!(b.output_files, vec!["a.txt"]);
+    assert_eq!(
+        store
+            .batch_file_page(new.id, "a.txt", None, 10)
+            .await
+            .unwrap(),
+        vec![(0, lines(&["from attempt 2"]))]
+    );
+    assert!(store
+        .batch_file_page(new.id, "stale.txt", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A late repeat of the ends writes nothing, and changes no file.
+    let late = vec![(
+        first[0].claim.clone(),
+        success_with(None, json!({"late.txt": "no"})),
+    )];
+    assert!(store.batch_rows_finish(&late).await.unwrap().is_empty());
+    assert_eq!(
+        store.batch_get(new.id).await.unwrap().output_files,
+        vec!["a.txt"]
+    );
+    assert_exact(&store, new.id).await;
+}
+
+async fn deleting_or_pruning_a_batch_removes_its_files(store: Store) {
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let new = batch(true);
+        store
+            .batch_create(&new, NewRows::Inline(&rows(2)))
+            .await
+            .unwrap();
+        let held = store.batch_rows_claim(&claim_slots("w1", 2)).await.unwrap();
+        finish_all(&store, &held, success_with(None, json!({"f.txt": "x"}))).await;
+        let b = store.batch_get(new.id).await.unwrap();
+        assert!(b.finished_at.is_some());
+        assert_eq!(b.output_files, vec!["f.txt"], "one name for both rows");
+        made.push(new.id);
+    }
+    let (deleted, pruned) = (made[0], made[1]);
+    store.batch_delete(deleted).await.unwrap();
+    assert_eq!(file_names_left(&store, deleted).await, 0);
+    assert!(store
+        .batch_file_page(deleted, "f.txt", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let cutoff = now() + seconds(60);
+    let mut n = 0;
+    loop {
+        let went = store
+            .batches_prune_finished_before(cutoff, 10)
+            .await
+            .unwrap();
+        n += went;
+        if went < 10 {
+            break;
+        }
+    }
+    assert_eq!(n, 3, "two rows and the batch (names are not counted)");
+    assert!(matches!(
+        store.batch_get(pruned).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(file_names_left(&store, pruned).await, 0);
+}
+
 conformance![
     submit_get_list_and_append,
     appends_are_refused_after_waitoff_and_abort,
@@ -741,4 +981,7 @@ conformance![
     final_batches_are_deleted_and_pruned,
     retention_prunes_final_batches_only,
     abort_racing_row_ends_keeps_the_counts_exact,
+    row_ends_with_files_store_them_and_pages_follow_row_order,
+    only_a_rows_written_successful_attempt_contributes_lines,
+    deleting_or_pruning_a_batch_removes_its_files,
 ];
