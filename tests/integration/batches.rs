@@ -1,6 +1,6 @@
 //! Batches over HTTP (issue #15): submit (JSON and streamed NDJSON),
-//! append, wait-off, abort, status and counts, rows, outputs; bad input
-//! refused naming the row, storing nothing.
+//! append, wait-off, abort, status and counts, rows, outputs, output files;
+//! bad input refused naming the row, storing nothing.
 
 use std::time::Duration;
 
@@ -384,4 +384,258 @@ async fn a_big_batch_of_long_rows_leaves_slots_to_scheduled_runs() {
         )
         .await;
     assert_eq!(status, 200);
+}
+
+/// A library user's handler that returns what its row asks for: the row's
+/// `result`, after failing (retryably) its first `fail_times` attempts.
+/// The built-in handlers wrap what they return (`http`'s `body`,
+/// `command`'s `stdout`), so none can give a top-level `$files`.
+struct Echo;
+
+#[async_trait::async_trait]
+impl jobsd::handlers::Handler for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn kwargs_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"fail_times": {"type": "integer"}}})
+    }
+    fn example(&self) -> Value {
+        json!({"result": {"$files": {"out.txt": "a line"}}})
+    }
+    async fn execute(
+        &self,
+        ctx: jobsd::handlers::RunContext,
+        kwargs: Value,
+    ) -> jobsd::handlers::HandlerResult {
+        if i64::from(ctx.attempt) <= kwargs["fail_times"].as_i64().unwrap_or(0) {
+            // Retryable (`From<anyhow::Error>`).
+            return Err(anyhow::anyhow!("failing attempt {}", ctx.attempt).into());
+        }
+        Ok(kwargs["result"].clone())
+    }
+}
+
+async fn echo_app() -> TestApp {
+    TestApp::start_custom(crate::support::TestDb::new(), &[], |registry| {
+        registry.register(Echo).expect("registered");
+    })
+    .await
+}
+
+/// GET `path`: status, content type and body text.
+async fn file(app: &TestApp, path: &str) -> (u16, String, String) {
+    let resp = app.client.get(app.url(path)).send().await.expect("sent");
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (
+        resp.status().as_u16(),
+        content_type,
+        resp.text().await.expect("body"),
+    )
+}
+
+#[tokio::test]
+async fn rows_files_are_served_in_row_order_without_empty_lines() {
+    let app = echo_app().await;
+    let rows = json!([
+        {"result": {"score": 1, "$files": {"out.csv": "id,score\n0,1\n", "notes.txt": ["zero"]}}},
+        {"result": {"$files": {"out.csv": ["", "1,2\r\n\r\n"]}}},
+        {"result": {"score": 3}},
+        {"result": {"score": 4, "$files": {"../x": "a"}}},
+        {"result": {"$files": {"out.csv": "4,5"}}, "fail_times": 1},
+        {"result": {"$files": "out.csv"}},
+        {"result": {"$files": {"out.csv": {"not": "lines"}}}},
+    ]);
+    let (status, body) = app
+        .post(
+            "/api/v1/batches",
+            json!({"handler": "echo", "rows": rows, "waitoff": true,
+                   "max_retries": 1, "retry_backoff": "0s"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // (The rows may be done by the time the answer is read.)
+    assert!(body["batch"]["output_files"].is_array(), "{body}");
+    let id = id_of(&body);
+    let batch = final_batch(&app, &id, Duration::from_secs(30)).await;
+    assert_eq!(batch["status"], "partial");
+    assert_eq!(batch["counts"]["success"], 4);
+    assert_eq!(batch["counts"]["failed"], 3, "bad $files fail the row");
+    assert_eq!(batch["output_files"], json!(["notes.txt", "out.csv"]));
+
+    // The file: succeeded rows' lines in row order, once each (row 4 after
+    // its retry), no empty line, no \r.
+    let (status, content_type, body) =
+        file(&app, &format!("/api/v1/batches/{id}/files/out.csv")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/csv; charset=utf-8");
+    assert_eq!(body, "id,score\n0,1\n1,2\n4,5\n");
+    let (status, content_type, body) =
+        file(&app, &format!("/api/v1/batches/{id}/files/notes.txt")).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; charset=utf-8");
+    assert_eq!(body, "zero\n");
+
+    // Results are stored without $files; a row with files only has none,
+    // and is left out of the output.
+    let (_, listed) = app.get(&format!("/api/v1/batches/{id}/rows")).await;
+    let rows = listed["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["result"], json!({"score": 1}));
+    assert_eq!(rows[1]["status"], "success");
+    assert_eq!(rows[1]["result"], Value::Null);
+    assert_eq!(rows[4]["attempts"], 2);
+    assert!(
+        rows.iter().all(|r| r["result"].get("$files").is_none()),
+        "{listed}"
+    );
+    let (_, out) = text(&app, &format!("/api/v1/batches/{id}/output")).await;
+    let rows_out: Vec<i64> = out
+        .split_terminator('\n')
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["row"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rows_out, vec![0, 2]);
+
+    // Bad $files: the row failed at once (not retried), naming the problem.
+    let (_, failed) = app
+        .get(&format!("/api/v1/batches/{id}/rows?status=failed"))
+        .await;
+    let errors: Vec<(i64, i64, String)> = failed["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["row"].as_i64().unwrap(),
+                r["attempts"].as_i64().unwrap(),
+                r["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (
+                3,
+                1,
+                r#"$files: "../x" is not a valid file name (1 to 200 letters, digits, . _ -; not starting with .)"#
+                    .to_string()
+            ),
+            (
+                5,
+                1,
+                "$files: must be an object mapping file names to lines, not a string".to_string()
+            ),
+            (
+                6,
+                1,
+                r#"$files: the lines of "out.csv" must be a string or an array of strings, not an object"#
+                    .to_string()
+            ),
+        ]
+    );
+
+    // The completion's summary names the files.
+    let completed = wait_for("batch.completed", Duration::from_secs(10), || async {
+        let (_, page) = app.get("/api/v1/events?type=batch.completed").await;
+        page["events"]
+            .as_array()
+            .and_then(|e| e.first().cloned())
+    })
+    .await;
+    assert_eq!(
+        completed["data"]["output_files"],
+        json!(["notes.txt", "out.csv"])
+    );
+
+    // Unknown batch or name: 404; a bad name: 400.
+    assert_error(
+        &app.get(&format!("/api/v1/batches/{id}/files/other.csv")).await,
+        404,
+        "no output file",
+    );
+    let nobody = uuid::Uuid::now_v7();
+    assert_error(
+        &app.get(&format!("/api/v1/batches/{nobody}/files/out.csv")).await,
+        404,
+        "no batch",
+    );
+    assert_eq!(app.get("/api/v1/batches/not-a-uuid/files/out.csv").await.0, 404);
+    for bad in [".hidden", "a%20b", "..%2Fx", &"n".repeat(201)] {
+        assert_error(
+            &app.get(&format!("/api/v1/batches/{id}/files/{bad}")).await,
+            400,
+            "not a valid file name",
+        );
+    }
+
+    // Deleting the batch removes its files.
+    assert_eq!(app.delete(&format!("/api/v1/batches/{id}")).await.0, 204);
+    assert_eq!(
+        app.get(&format!("/api/v1/batches/{id}/files/out.csv")).await.0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_running_batchs_file_holds_what_its_rows_wrote_so_far() {
+    let app = echo_app().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/batches",
+            json!({"handler": "echo", "rows": [{"result": {"$files": {"log.txt": "first"}}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = id_of(&body);
+    let path = format!("/api/v1/batches/{id}/files/log.txt");
+    let batch = wait_for("the first row's file", Duration::from_secs(30), || async {
+        let (_, b) = app.get(&format!("/api/v1/batches/{id}")).await;
+        (b["batch"]["output_files"] == json!(["log.txt"])).then(|| b["batch"].clone())
+    })
+    .await;
+    assert!(batch["finished_at"].is_null(), "no wait-off: still open");
+    assert_eq!(file(&app, &path).await.2, "first\n");
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/batches/{id}/rows"),
+            json!({"rows": [{"result": {"$files": {"log.txt": ["second", "third"]}}}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let text = wait_for("the appended row's lines", Duration::from_secs(30), || async {
+        let (_, _, text) = file(&app, &path).await;
+        (text != "first\n").then_some(text)
+    })
+    .await;
+    assert_eq!(text, "first\nsecond\nthird\n");
+    app.post(&format!("/api/v1/batches/{id}/waitoff"), json!({}))
+        .await;
+    let batch = final_batch(&app, &id, Duration::from_secs(30)).await;
+    assert_eq!(batch["status"], "success");
+}
+
+#[tokio::test]
+async fn a_files_pages_join_up_across_many_rows() {
+    let app = echo_app().await;
+    // More rows than one page of the file's stream (256), each two lines.
+    let rows: Vec<Value> = (0..600)
+        .map(|i| json!({"result": {"$files": {"big.txt": format!("{i}a\n{i}b")}}}))
+        .collect();
+    let (status, body) = app
+        .post(
+            "/api/v1/batches",
+            json!({"handler": "echo", "rows": rows, "waitoff": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = id_of(&body);
+    final_batch(&app, &id, Duration::from_secs(60)).await;
+    let (status, _, text) = file(&app, &format!("/api/v1/batches/{id}/files/big.txt")).await;
+    assert_eq!(status, 200);
+    let expected: String = (0..600).map(|i| format!("{i}a\n{i}b\n")).collect();
+    assert_eq!(text, expected);
 }
