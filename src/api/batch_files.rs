@@ -25,11 +25,11 @@ use crate::store::Store;
 const FILE_PAGE: i64 = 256;
 
 #[derive(OpenApi)]
-#[openapi(paths(file))]
+#[openapi(paths(get_batch_file))]
 pub struct BatchFilesApi;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/batches/{id}/files/{name}", get(file))
+    Router::new().route("/batches/{id}/files/{name}", get(get_batch_file))
 }
 
 /// A batch's output file, streamed
@@ -48,12 +48,15 @@ pub fn router() -> Router<AppState> {
         ("name" = String, Path, description = "A name of the batch's `output_files`: 1 to 200 of letters, digits, `.`, `_`, `-`, not starting with `.`")
     ),
     responses(
-        (status = 200, description = "The file's lines", content_type = "text/plain", body = String),
+        (status = 200, description = "The file's lines, each ending with a newline", content(
+            (String = "text/plain"),
+            (String = "text/csv")
+        )),
         (status = 400, description = "Not a valid file name", body = ErrorBody),
         (status = 404, description = "No such batch, or no such file in it", body = ErrorBody)
     )
 )]
-async fn file(
+async fn get_batch_file(
     State(app): State<AppState>,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
