@@ -211,7 +211,10 @@ mod tests {
     use serde_json::json;
 
     fn lines(files: &RowFiles, name: &str) -> Vec<String> {
-        files.lines(name).map(<[String]>::to_vec).unwrap_or_default()
+        files
+            .lines(name)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -286,9 +289,11 @@ mod tests {
 
     #[test]
     fn a_name_without_lines_is_left_out() {
-        let (rest, files) =
-            split_result(json!({"$files": {"a": "", "b": [], "c": "\n\r\n"}, "k": 1}), 100)
-                .unwrap();
+        let (rest, files) = split_result(
+            json!({"$files": {"a": "", "b": [], "c": "\n\r\n"}, "k": 1}),
+            100,
+        )
+        .unwrap();
         assert!(files.is_empty(), "{files:?}");
         assert_eq!(rest, json!({"k": 1}));
         let (rest, files) = split_result(json!({"$files": {}}), 100).unwrap();

@@ -495,7 +495,11 @@ async fn rows_files_are_served_in_row_order_without_empty_lines() {
     let (_, out) = text(&app, &format!("/api/v1/batches/{id}/output")).await;
     let rows_out: Vec<i64> = out
         .split_terminator('\n')
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["row"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["row"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(rows_out, vec![0, 2]);
 
@@ -541,9 +545,7 @@ async fn rows_files_are_served_in_row_order_without_empty_lines() {
     // The completion's summary names the files.
     let completed = wait_for("batch.completed", Duration::from_secs(10), || async {
         let (_, page) = app.get("/api/v1/events?type=batch.completed").await;
-        page["events"]
-            .as_array()
-            .and_then(|e| e.first().cloned())
+        page["events"].as_array().and_then(|e| e.first().cloned())
     })
     .await;
     assert_eq!(
@@ -553,17 +555,22 @@ async fn rows_files_are_served_in_row_order_without_empty_lines() {
 
     // Unknown batch or name: 404; a bad name: 400.
     assert_error(
-        &app.get(&format!("/api/v1/batches/{id}/files/other.csv")).await,
+        &app.get(&format!("/api/v1/batches/{id}/files/other.csv"))
+            .await,
         404,
         "no output file",
     );
     let nobody = uuid::Uuid::now_v7();
     assert_error(
-        &app.get(&format!("/api/v1/batches/{nobody}/files/out.csv")).await,
+        &app.get(&format!("/api/v1/batches/{nobody}/files/out.csv"))
+            .await,
         404,
         "no batch",
     );
-    assert_eq!(app.get("/api/v1/batches/not-a-uuid/files/out.csv").await.0, 404);
+    assert_eq!(
+        app.get("/api/v1/batches/not-a-uuid/files/out.csv").await.0,
+        404
+    );
     for bad in [".hidden", "a%20b", "..%2Fx", &"n".repeat(201)] {
         assert_error(
             &app.get(&format!("/api/v1/batches/{id}/files/{bad}")).await,
@@ -575,7 +582,9 @@ async fn rows_files_are_served_in_row_order_without_empty_lines() {
     // Deleting the batch removes its files.
     assert_eq!(app.delete(&format!("/api/v1/batches/{id}")).await.0, 204);
     assert_eq!(
-        app.get(&format!("/api/v1/batches/{id}/files/out.csv")).await.0,
+        app.get(&format!("/api/v1/batches/{id}/files/out.csv"))
+            .await
+            .0,
         404
     );
 }
@@ -606,10 +615,14 @@ async fn a_running_batchs_file_holds_what_its_rows_wrote_so_far() {
         )
         .await;
     assert_eq!(status, 200);
-    let text = wait_for("the appended row's lines", Duration::from_secs(30), || async {
-        let (_, _, text) = file(&app, &path).await;
-        (text != "first\n").then_some(text)
-    })
+    let text = wait_for(
+        "the appended row's lines",
+        Duration::from_secs(30),
+        || async {
+            let (_, _, text) = file(&app, &path).await;
+            (text != "first\n").then_some(text)
+        },
+    )
     .await;
     assert_eq!(text, "first\nsecond\nthird\n");
     app.post(&format!("/api/v1/batches/{id}/waitoff"), json!({}))

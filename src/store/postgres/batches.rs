@@ -25,8 +25,8 @@ use uuid::Uuid;
 use super::{PgStore, StoreError, StoreResult};
 use crate::batches::rules::{self, BatchStatus, Claimable, Counts, RowState};
 use crate::store::batches::{
-    deltas_by_batch, written_files, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows,
-    RowAck, RowClaim, RowClaimSlots, RowEnd, RowFilter, RowRecord,
+    deltas_by_batch, written_files, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch,
+    NewRows, RowAck, RowClaim, RowClaimSlots, RowEnd, RowFilter, RowRecord,
 };
 use crate::store::notify::Notice;
 

@@ -15,8 +15,8 @@ use super::rows::{self, micros, opt_time, statement_chunks};
 use super::{now, SqliteStore, StoreError, StoreResult};
 use crate::batches::rules::{self, BatchStatus, Claimable, Counts, RowState};
 use crate::store::batches::{
-    deltas_by_batch, written_files, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch, NewRows,
-    RowAck, RowClaim, RowClaimSlots, RowEnd, RowFilter, RowRecord,
+    deltas_by_batch, written_files, BatchCountsCheck, BatchFilter, BatchRow, ClaimedRow, NewBatch,
+    NewRows, RowAck, RowClaim, RowClaimSlots, RowEnd, RowFilter, RowRecord,
 };
 use crate::store::notify::Notice;
 

@@ -764,7 +764,12 @@ async fn row_ends_with_files_store_them_and_pages_follow_row_order(store: Store)
         .batch_create(&new, NewRows::Inline(&rows(5)))
         .await
         .unwrap();
-    assert!(store.batch_get(new.id).await.unwrap().output_files.is_empty());
+    assert!(store
+        .batch_get(new.id)
+        .await
+        .unwrap()
+        .output_files
+        .is_empty());
     let mut held = store.batch_rows_claim(&claim_slots("w1", 5)).await.unwrap();
     held.sort_by_key(|r| r.claim.idx);
     // One group, out of row order: row 3 before row 0.
@@ -777,7 +782,10 @@ async fn row_ends_with_files_store_them_and_pages_follow_row_order(store: Store)
             held[0].claim.clone(),
             success_with(Some(json!({"n": 0})), json!({"out.csv": ["r0,a", "r0,b"]})),
         ),
-        (held[1].claim.clone(), RowEnd::success(Some(json!({"n": 1})))),
+        (
+            held[1].claim.clone(),
+            RowEnd::success(Some(json!({"n": 1}))),
+        ),
         (
             held[2].claim.clone(),
             RowEnd::Retry {
@@ -887,7 +895,10 @@ async fn only_a_rows_written_successful_attempt_contributes_lines(store: Store) 
     let ends = vec![
         (
             first[0].claim.clone(),
-            success_with(None, json!({"stale.txt": "from attempt 1", "a.txt": "stale"})),
+            success_with(
+                None,
+                json!({"stale.txt": "from attempt 1", "a.txt": "stale"}),
+            ),
         ),
         (
             second[0].claim.clone(),
