@@ -907,7 +907,7 @@ impl PgStore {
                instance = CASE WHEN e.st = 'queued' THEN NULL ELSE r.instance END, \
                lease_expires_at = NULL, cancel_requested = false \
              FROM locked, e WHERE r.batch_id = locked.batch_id AND r.idx = locked.idx \
-               AND e.b = r.batch_id AND e.i = r.idx \
+               AND e.b = r.batch_id AND e.i = r.idx AND e.a = r.attempt AND e.inst = r.instance \
              RETURNING r.batch_id, r.idx, r.state",
         )
         .bind(&ids)

@@ -936,6 +936,58 @@ async fn only_a_rows_written_successful_attempt_contributes_lines(store: Store) 
     assert_exact(&store, new.id).await;
 }
 
+/// A stale attempt's end in the same group as the held attempt's: the row
+/// ends as the held attempt says, whichever comes first in the group.
+async fn a_stale_end_in_the_group_does_not_decide_the_row(store: Store) {
+    for stale_first in [true, false] {
+        let mut new = batch(true);
+        new.max_retries = 3;
+        store
+            .batch_create(&new, NewRows::Inline(&rows(1)))
+            .await
+            .unwrap();
+        let first = store.batch_rows_claim(&claim_slots("w1", 1)).await.unwrap();
+        execute_sql(
+            &store,
+            "UPDATE batch_rows SET lease_expires_at = now() - interval '1 minute'",
+            "UPDATE batch_rows SET lease_expires_at = 0",
+        )
+        .await;
+        assert_eq!(store.batch_rows_rescue_expired(10).await.unwrap(), 1);
+        let second = store.batch_rows_claim(&claim_slots("w1", 1)).await.unwrap();
+        assert_eq!(second[0].claim.attempt, 2);
+        let stale = (first[0].claim.clone(), RowEnd::Failed("stale".into()));
+        let held = (
+            second[0].claim.clone(),
+            RowEnd::success(Some(json!({"attempt": 2}))),
+        );
+        let ends = if stale_first {
+            vec![stale, held]
+        } else {
+            vec![held, stale]
+        };
+        assert_eq!(
+            store.batch_rows_finish(&ends).await.unwrap(),
+            vec![(new.id, 0)]
+        );
+        let row = store
+            .batch_rows_list(
+                new.id,
+                &RowFilter {
+                    limit: 10,
+                    ..RowFilter::default()
+                },
+            )
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(row.state, RowState::Success, "stale first: {stale_first}");
+        assert_eq!(row.result, Some(json!({"attempt": 2})));
+        assert_eq!(row.error, None);
+        assert_exact(&store, new.id).await;
+    }
+}
+
 async fn deleting_or_pruning_a_batch_removes_its_files(store: Store) {
     let mut made = Vec::new();
     for _ in 0..2 {
@@ -995,4 +1047,5 @@ conformance![
     row_ends_with_files_store_them_and_pages_follow_row_order,
     only_a_rows_written_successful_attempt_contributes_lines,
     deleting_or_pruning_a_batch_removes_its_files,
+    a_stale_end_in_the_group_does_not_decide_the_row,
 ];
