@@ -652,3 +652,42 @@ async fn a_files_pages_join_up_across_many_rows() {
     let expected: String = (0..600).map(|i| format!("{i}a\n{i}b\n")).collect();
     assert_eq!(text, expected);
 }
+
+/// An `http` row whose endpoint answers with `$files`: the files are the
+/// batch's, the row's result keeps the rest of the body.
+#[tokio::test]
+async fn an_http_rows_endpoint_can_answer_with_output_files() {
+    let server = axum::Router::new().route(
+        "/row",
+        axum::routing::post(|axum::Json(input): axum::Json<Value>| async move {
+            let n = input["n"].as_i64().unwrap_or(-1);
+            axum::Json(json!({"n": n, "$files": {"report.csv": format!("{n},ok")}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/row", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, server).await });
+    let app = TestApp::start().await;
+    let rows: Vec<Value> = (0..3)
+        .map(|n| json!({"url": url, "method": "POST", "body": {"n": n}}))
+        .collect();
+    let (status, body) = app
+        .post(
+            "/api/v1/batches",
+            json!({"handler": "http", "rows": rows, "waitoff": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = id_of(&body);
+    let batch = final_batch(&app, &id, Duration::from_secs(30)).await;
+    assert_eq!(batch["status"], "success", "{batch}");
+    assert_eq!(batch["output_files"], json!(["report.csv"]));
+    let (status, _, text) = file(&app, &format!("/api/v1/batches/{id}/files/report.csv")).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, "0,ok\n1,ok\n2,ok\n");
+    let (status, rows) = app.get(&format!("/api/v1/batches/{id}/rows")).await;
+    assert_eq!(status, 200, "{rows}");
+    let first = &rows["rows"][0];
+    assert_eq!(first["result"]["body"], json!({"n": 0}), "{first}");
+    assert!(first["result"].get("$files").is_none(), "{first}");
+}

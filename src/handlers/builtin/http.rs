@@ -331,12 +331,24 @@ impl HttpHandler {
                 }
             }
         };
-        Ok(json!({
+        // A batch row's endpoint may answer with output files: they go to
+        // the top of the result, where the row's worker takes them
+        // (README "Batches"); a run's result keeps its body as it came.
+        let mut body = body;
+        let files = match (&mut body, ctx.batch()) {
+            (Value::Object(fields), Some(_)) => fields.remove(crate::batches::files::KEY),
+            _ => None,
+        };
+        let mut result = json!({
             "status": status.as_u16(),
             "headers": result_headers,
             "body": body,
             "body_truncated": body_truncated,
-        }))
+        });
+        if let (Some(files), Value::Object(fields)) = (files, &mut result) {
+            fields.insert(crate::batches::files::KEY.to_string(), files);
+        }
+        Ok(result)
     }
 }
 
