@@ -87,6 +87,22 @@ async fn finish_all(store: &Store, claimed: &[ClaimedRow], end: RowEnd) -> usize
     store.batch_rows_finish(&ends).await.unwrap().len()
 }
 
+/// Prunes batches final before `cutoff`, `page` at a time, until a page
+/// comes back short; how many went in all.
+async fn prune_all(store: &Store, cutoff: DateTime<Utc>, page: i64) -> u64 {
+    let mut total = 0;
+    loop {
+        let went = store
+            .batches_prune_finished_before(cutoff, page)
+            .await
+            .unwrap();
+        total += went;
+        if (went as i64) < page {
+            return total;
+        }
+    }
+}
+
 async fn submit_get_list_and_append(store: Store) {
     let new = batch(false);
     let b = store
@@ -608,17 +624,7 @@ async fn final_batches_are_deleted_and_pruned(store: Store) {
         .unwrap();
     store.batch_abort(old.id, false).await.unwrap();
     let cutoff = now() + seconds(60);
-    let mut pruned = 0;
-    loop {
-        let n = store
-            .batches_prune_finished_before(cutoff, 2)
-            .await
-            .unwrap();
-        pruned += n;
-        if n < 2 {
-            break;
-        }
-    }
+    let pruned = prune_all(&store, cutoff, 2).await;
     assert_eq!(pruned, 4, "three rows and the batch");
     assert!(matches!(
         store.batch_get(old.id).await,
@@ -1012,17 +1018,7 @@ async fn deleting_or_pruning_a_batch_removes_its_files(store: Store) {
         .unwrap()
         .is_empty());
     let cutoff = now() + seconds(60);
-    let mut n = 0;
-    loop {
-        let went = store
-            .batches_prune_finished_before(cutoff, 10)
-            .await
-            .unwrap();
-        n += went;
-        if went < 10 {
-            break;
-        }
-    }
+    let n = prune_all(&store, cutoff, 10).await;
     assert_eq!(n, 3, "two rows and the batch (names are not counted)");
     assert!(matches!(
         store.batch_get(pruned).await,
