@@ -203,10 +203,21 @@ pub async fn start_with_listeners(
         config.alerts.alert_check_interval,
     );
     background.push(tokio::spawn(alerts.run(shutdown.clone())));
+    // The listeners start from the newest event before the server serves
+    // its first request (`axum::serve` below), so they miss none of them.
+    let listeners_after = if listeners.is_empty() {
+        None
+    } else {
+        events
+            .newest()
+            .await
+            .context("reading the newest event for the in-process event listeners")?
+    };
     for listener in listeners {
         background.push(tokio::spawn(crate::events::listener::run(
             events.clone(),
             listener,
+            listeners_after,
             shutdown.clone(),
         )));
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::EventHub;
-use crate::store::{EventQuery, EventRow};
+use crate::store::{EventPosition, EventQuery, EventRow};
 
 /// Implement this and pass it to [`crate::app::start_with_listeners`].
 /// `on_event` runs on the listener's own task, one event at a time: hand
@@ -25,21 +25,15 @@ pub trait EventListener: Send + Sync + 'static {
     fn on_event(&self, event: &EventRow);
 }
 
-/// Delivers events to `listener` until `shutdown`.
-pub async fn run(hub: EventHub, listener: Arc<dyn EventListener>, shutdown: CancellationToken) {
-    // Starts from the newest event visible now (retrying until readable).
-    let after = loop {
-        match hub.newest().await {
-            Ok(newest) => break newest,
-            Err(e) => {
-                tracing::warn!(error = %e, "event listener: cannot read the events yet");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    };
+/// Delivers the events after `after` to `listener` until `shutdown`.
+/// The caller takes `after` ([`EventHub::newest`]) before the service
+/// answers requests, so no event of its first requests is missed.
+pub async fn run(
+    hub: EventHub,
+    listener: Arc<dyn EventListener>,
+    after: Option<EventPosition>,
+    shutdown: CancellationToken,
+) {
     let mut reader = hub
         .reader(EventQuery {
             after,
