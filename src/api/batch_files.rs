@@ -15,6 +15,7 @@ use futures::StreamExt;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
+use super::batches::{batch_id, missing, row_pages};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::AppState;
 use crate::batches::files::{content_type, valid_name, MAX_NAME_CHARS};
@@ -60,9 +61,7 @@ async fn get_batch_file(
     State(app): State<AppState>,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let id: Uuid = id
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no batch {id:?}")))?;
+    let id = batch_id(&id)?;
     if !valid_name(&name) {
         return Err(ApiError::bad_request(format!(
             "{:?} is not a valid file name (1 to {MAX_NAME_CHARS} letters, digits, . _ -; not starting with .)",
@@ -73,7 +72,7 @@ async fn get_batch_file(
         .store
         .batch_get(id)
         .await
-        .map_err(|e| ApiError::from_store(e, || format!("no batch {id}")))?;
+        .map_err(|e| ApiError::from_store(e, missing(id)))?;
     if !batch.output_files.contains(&name) {
         return Err(ApiError::NotFound(format!(
             "batch {id} has no output file {name:?} (yet)"
@@ -84,36 +83,17 @@ async fn get_batch_file(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-/// The file's text, a page of rows at a time, until a page comes back
-/// short. A failed read ends the stream with an error (the client sees the
-/// body cut short, not a partial file passed off as whole).
+/// The file's text, a page of rows at a time.
 fn pages(
     store: Store,
     id: Uuid,
     name: String,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures::stream::unfold(Some(None::<i64>), move |state| {
+    row_pages(id, "file", FILE_PAGE, move |after| {
         let (store, name) = (store.clone(), name.clone());
-        async move {
-            let after = state?;
-            match store.batch_file_page(id, &name, after, FILE_PAGE).await {
-                Ok(page) => {
-                    let next = match page.last() {
-                        Some((idx, _)) if page.len() as i64 == FILE_PAGE => Some(Some(*idx)),
-                        _ => None,
-                    };
-                    if page.is_empty() {
-                        return None;
-                    }
-                    Some((Ok(text(&page)), next))
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, batch_id = %id, file = %name, "reading a batch's file failed");
-                    Some((Err(std::io::Error::other(e.to_string())), None))
-                }
-            }
-        }
+        async move { store.batch_file_page(id, &name, after, FILE_PAGE).await }
     })
+    .map(|page| page.map(|rows| text(&rows)))
     .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(b) if b.is_empty())))
 }
 

@@ -222,12 +222,12 @@ fn row_view(r: RowRecord, registry: &HandlerRegistry, handler: &str) -> RowView 
     }
 }
 
-fn batch_id(raw: &str) -> ApiResult<Uuid> {
+pub(super) fn batch_id(raw: &str) -> ApiResult<Uuid> {
     raw.parse()
         .map_err(|_| ApiError::NotFound(format!("no batch {raw:?}")))
 }
 
-fn missing(id: Uuid) -> impl FnOnce() -> String {
+pub(super) fn missing(id: Uuid) -> impl FnOnce() -> String {
     move || format!("no batch {id}")
 }
 
@@ -990,21 +990,28 @@ async fn output(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-/// The output pages of a batch, one database read each, until one comes
-/// back short. A failed read ends the stream with an error (the client
-/// sees the body cut short, not a partial answer passed off as whole).
-fn pages(
-    store: Store,
+/// A batch's rows read a page at a time by `read` (the rows after the
+/// given index, at most `limit`), until a page comes back short. A failed
+/// read ends the stream with an error (the client sees the body cut short,
+/// not a partial answer passed off as whole); `what` names it in the log.
+pub(super) fn row_pages<T, F, Fut>(
     id: Uuid,
-) -> impl futures::Stream<Item = Result<Vec<(i64, Value)>, std::io::Error>> {
+    what: &'static str,
+    limit: i64,
+    read: F,
+) -> impl futures::Stream<Item = Result<Vec<(i64, T)>, std::io::Error>>
+where
+    F: Fn(Option<i64>) -> Fut + Clone,
+    Fut: std::future::Future<Output = crate::store::StoreResult<Vec<(i64, T)>>>,
+{
     futures::stream::unfold(Some(None::<i64>), move |state| {
-        let store = store.clone();
+        let read = read.clone();
         async move {
             let after = state?;
-            match store.batch_output_page(id, after, OUTPUT_PAGE).await {
+            match read(after).await {
                 Ok(page) => {
                     let next = match page.last() {
-                        Some((idx, _)) if page.len() as i64 == OUTPUT_PAGE => Some(Some(*idx)),
+                        Some((idx, _)) if page.len() as i64 == limit => Some(Some(*idx)),
                         _ => None,
                     };
                     if page.is_empty() {
@@ -1013,10 +1020,21 @@ fn pages(
                     Some((Ok(page), next))
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, batch_id = %id, "reading a batch's output failed");
+                    tracing::error!(error = %e, batch_id = %id, "reading a batch's {what} failed");
                     Some((Err(std::io::Error::other(e.to_string())), None))
                 }
             }
         }
+    })
+}
+
+/// The output pages of a batch.
+fn pages(
+    store: Store,
+    id: Uuid,
+) -> impl futures::Stream<Item = Result<Vec<(i64, Value)>, std::io::Error>> {
+    row_pages(id, "output", OUTPUT_PAGE, move |after| {
+        let store = store.clone();
+        async move { store.batch_output_page(id, after, OUTPUT_PAGE).await }
     })
 }
