@@ -9,7 +9,7 @@
 //! runs once per batch on this replica, before the first row of the batch
 //! here; rows of the batch wait for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,12 +152,14 @@ async fn write_loop(store: Store, mut receiver: mpsc::Receiver<Pending>) {
             .iter()
             .map(|p| (p.claim.clone(), p.end.clone()))
             .collect();
-        let result = store.batch_rows_finish(&ends).await;
+        // A set: a group's hundreds of rows each look themselves up.
+        let result = store
+            .batch_rows_finish(&ends)
+            .await
+            .map(|written| written.into_iter().collect::<HashSet<_>>());
         for pending in group.drain(..) {
             let answer = match &result {
-                Ok(written) => Ok(written
-                    .iter()
-                    .any(|(b, i)| *b == pending.claim.batch_id && *i == pending.claim.idx)),
+                Ok(written) => Ok(written.contains(&(pending.claim.batch_id, pending.claim.idx))),
                 Err(e) => Err(e.to_string()),
             };
             let _ = pending.written.send(answer);
@@ -281,6 +283,7 @@ impl WorkerPool {
             .store
             .batch_rows_heartbeat(&self.config.instance, lease_ms, &held)
             .await?;
+        let held: HashSet<RowClaim> = held.into_iter().collect();
         let acked: HashMap<(Uuid, i64, i32), bool> = acks
             .into_iter()
             .map(|a| ((a.batch_id, a.idx, a.attempt), a.cancel_requested))

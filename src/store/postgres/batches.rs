@@ -701,34 +701,36 @@ impl PgStore {
             });
         }
         let mut tx = self.pool.begin().await?;
-        // The batches whose row a decision needs: bounded ones (their
-        // running count must not move under this claim) and unstarted ones.
-        let mut lock: Vec<Uuid> = list
+        // A lost claim is a row run again (at least once, as rows are):
+        // after a database crash its rows are queued again and its ends,
+        // fenced by state and attempt, write nothing. So claims, like row
+        // ends, do not wait for the WAL flush.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        // Claims of a batch take turns on its row: the rows a claim picks
+        // are then not locked one by one (see the claim statement below),
+        // and a bounded batch's running count cannot move under a claim.
+        let mut lock: Vec<Uuid> = list.iter().map(|c| c.id).collect();
+        lock.sort();
+        let open: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM batches WHERE id = ANY($1) AND outcome IS NULL ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(&lock)
+        .fetch_all(&mut *tx)
+        .await?;
+        list.retain(|c| open.contains(&c.id));
+        let bounded: Vec<Uuid> = list
             .iter()
-            .filter(|c| c.max_parallel.is_some() || !c.started)
+            .filter(|c| c.max_parallel.is_some())
             .map(|c| c.id)
             .collect();
-        lock.sort();
-        if !lock.is_empty() {
-            let open: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM batches WHERE id = ANY($1) AND outcome IS NULL ORDER BY id FOR NO KEY UPDATE",
-            )
-            .bind(&lock)
-            .fetch_all(&mut *tx)
-            .await?;
-            list.retain(|c| (c.max_parallel.is_none() && c.started) || open.contains(&c.id));
-            let bounded: Vec<Uuid> = list
-                .iter()
-                .filter(|c| c.max_parallel.is_some())
-                .map(|c| c.id)
-                .collect();
-            if !bounded.is_empty() {
-                let now = counts_of(&mut tx, &bounded).await?;
-                for c in list.iter_mut() {
-                    if let Some(n) = now.get(&c.id) {
-                        c.inprog = n.inprog;
-                        c.queued = n.queued;
-                    }
+        if !bounded.is_empty() {
+            let now = counts_of(&mut tx, &bounded).await?;
+            for c in list.iter_mut() {
+                if let Some(n) = now.get(&c.id) {
+                    c.inprog = n.inprog;
+                    c.queued = n.queued;
                 }
             }
         }
@@ -760,14 +762,25 @@ impl PgStore {
             if *n == 0 {
                 continue;
             }
+            // The first `n` queued rows, taken as the index range they
+            // span: one statement and one snapshot, so exactly those rows,
+            // each locked only by its update (a row an older replica's
+            // claim, which locks rows without taking the batch's turn,
+            // holds is re-checked after its commit and skipped). The range
+            // bounds are init plans, so the plan is a range scan with or
+            // without statistics (a join to the picked rows is planned as
+            // a scan of the whole batch per picked row while a new batch's
+            // table has none).
             let rows = sqlx::query(
-                "WITH picked AS (SELECT idx FROM batch_rows \
+                "WITH picked AS MATERIALIZED (SELECT idx FROM batch_rows \
                    WHERE batch_id = $1 AND state = 'queued' AND available_at <= now() \
-                   ORDER BY idx LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                   ORDER BY idx LIMIT $2) \
                  UPDATE batch_rows r SET state = 'inprog', attempt = r.attempt + 1, instance = $3, \
                    lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(), \
                    cancel_requested = false \
-                 FROM picked WHERE r.batch_id = $1 AND r.idx = picked.idx \
+                 WHERE r.batch_id = $1 AND r.idx >= (SELECT min(idx) FROM picked) \
+                   AND r.idx <= (SELECT max(idx) FROM picked) \
+                   AND r.state = 'queued' AND r.available_at <= now() \
                  RETURNING r.idx, r.input, r.attempt",
             )
             .bind(c.id)
@@ -865,7 +878,12 @@ impl PgStore {
         let mut errors: Vec<Option<String>> = Vec::with_capacity(ends.len());
         let mut delays = Vec::with_capacity(ends.len());
         let mut backs = Vec::with_capacity(ends.len());
-        for (c, e) in ends {
+        // In row order: the update below locks the rows in the order of
+        // its input (the plan is forced, see below), as every statement
+        // locking several rows of batches does, so that no two deadlock.
+        let mut sorted: Vec<&(RowClaim, RowEnd)> = ends.iter().collect();
+        sorted.sort_by_key(|(c, _)| (c.batch_id, c.idx));
+        for (c, e) in sorted {
             ids.push(c.batch_id);
             idxs.push(c.idx);
             attempts.push(c.attempt);
@@ -889,25 +907,30 @@ impl PgStore {
         // crash may lose the last ends written, whose rows then stay
         // running until their lease expires and are run again, as after a
         // replica's crash (rows are at-least-once either way).
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        // The generic plan, from the first execution: a nested loop over
+        // the ends in their order, each row found by primary key and
+        // locked by its update. A custom plan, while a new batch's table
+        // has no statistics yet, hashes every running row of the table
+        // for each group of ends.
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), \
+               set_config('plan_cache_mode', 'force_generic_plan', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(
-            "WITH e AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], \
-               $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bool[]) \
-               AS e(b, i, a, inst, st, res, err, delay, back)), \
-             locked AS (SELECT r.batch_id, r.idx FROM batch_rows r JOIN e \
-               ON r.batch_id = e.b AND r.idx = e.i AND r.attempt = e.a AND r.instance = e.inst \
-               WHERE r.state = 'inprog' ORDER BY r.batch_id, r.idx FOR UPDATE OF r) \
-             UPDATE batch_rows r SET state = e.st, result = e.res::jsonb, error = e.err, \
+            "UPDATE batch_rows r SET state = e.st, result = e.res::jsonb, error = e.err, \
                finished_at = CASE WHEN e.st = 'queued' THEN NULL ELSE now() END, \
                available_at = CASE WHEN e.st = 'queued' \
                  THEN now() + e.delay * interval '1 millisecond' ELSE r.available_at END, \
                attempt = CASE WHEN e.back THEN r.attempt - 1 ELSE r.attempt END, \
                instance = CASE WHEN e.st = 'queued' THEN NULL ELSE r.instance END, \
                lease_expires_at = NULL, cancel_requested = false \
-             FROM locked, e WHERE r.batch_id = locked.batch_id AND r.idx = locked.idx \
-               AND e.b = r.batch_id AND e.i = r.idx AND e.a = r.attempt AND e.inst = r.instance \
+             FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::bigint[], $9::bool[]) \
+               AS e(b, i, a, inst, st, res, err, delay, back) \
+             WHERE r.batch_id = e.b AND r.idx = e.i AND r.attempt = e.a AND r.instance = e.inst \
+               AND r.state = 'inprog' \
              RETURNING r.batch_id, r.idx, r.state",
         )
         .bind(&ids)

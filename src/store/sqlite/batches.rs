@@ -808,49 +808,76 @@ impl SqliteStore {
         if ends.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write().await?;
         let at = micros(now());
-        let mut written = Vec::new();
-        let mut moves = Vec::new();
+        // A row of `VALUES` per end, computed here: (batch, row, attempt,
+        // instance) fence it; the state, result and error it writes;
+        // `finished_at` (none when queued again), `available_at` (the
+        // backoff's end when queued again, else kept) and whether the
+        // attempt is handed back uncounted.
+        let values: Vec<_> = ends
+            .iter()
+            .map(|(c, e)| {
+                let (result, error, delay_ms, back) = match e {
+                    RowEnd::Success { result: v, .. } => {
+                        (rows::opt_json_text(v.as_ref()), None, 0, false)
+                    }
+                    RowEnd::Failed(err) | RowEnd::Aborted(err) => {
+                        (None, Some(err.clone()), 0, false)
+                    }
+                    RowEnd::Retry { delay_ms, error } => {
+                        (None, Some(error.clone()), *delay_ms, false)
+                    }
+                    RowEnd::HandBack => (None, None, 0, true),
+                };
+                let queued = e.state() == RowState::Queued;
+                let finished = (!queued).then_some(at);
+                let available = queued.then_some(at + delay_ms * 1000);
+                (c, e.state(), result, error, finished, available, back)
+            })
+            .collect();
+        let mut tx = self.write().await?;
+        let mut written = Vec::with_capacity(ends.len());
+        let mut moves = Vec::with_capacity(ends.len());
         let mut requeued = false;
-        for (c, e) in ends {
-            let (result, error, delay_ms, back) = match e {
-                RowEnd::Success { result: v, .. } => {
-                    (rows::opt_json_text(v.as_ref()), None, 0, false)
-                }
-                RowEnd::Failed(err) | RowEnd::Aborted(err) => (None, Some(err.clone()), 0, false),
-                RowEnd::Retry { delay_ms, error } => (None, Some(error.clone()), *delay_ms, false),
-                RowEnd::HandBack => (None, None, 0, true),
-            };
-            let state = e.state();
-            let queued = state == RowState::Queued;
-            let done = sqlx::query(
-                "UPDATE batch_rows SET state = ?5, result = ?6, error = ?7, \
-                   finished_at = CASE WHEN ?8 THEN NULL ELSE ?9 END, \
-                   available_at = CASE WHEN ?8 THEN ?9 + ?10 * 1000 ELSE available_at END, \
-                   attempt = CASE WHEN ?11 THEN attempt - 1 ELSE attempt END, \
-                   instance = CASE WHEN ?8 THEN NULL ELSE instance END, \
+        for chunk in statement_chunks(&values) {
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "WITH e (batch_id, idx, attempt, instance, state, result, error, finished_at, \
+                 available_at, back) AS (",
+            );
+            update.push_values(
+                chunk,
+                |mut row, (c, state, result, error, fin, avail, back)| {
+                    row.push_bind(c.batch_id.to_string())
+                        .push_bind(c.idx)
+                        .push_bind(c.attempt)
+                        .push_bind(&c.instance)
+                        .push_bind(state.as_str())
+                        .push_bind(result)
+                        .push_bind(error)
+                        .push_bind(fin)
+                        .push_bind(avail)
+                        .push_bind(back);
+                },
+            );
+            update.push(
+                ") UPDATE batch_rows SET state = e.state, result = e.result, error = e.error, \
+                   finished_at = e.finished_at, \
+                   available_at = coalesce(e.available_at, batch_rows.available_at), \
+                   attempt = batch_rows.attempt - e.back, \
+                   instance = CASE WHEN e.state = 'queued' THEN NULL ELSE batch_rows.instance END, \
                    lease_expires_at = NULL, cancel_requested = 0 \
-                 WHERE batch_id = ?1 AND idx = ?2 AND attempt = ?3 AND instance = ?4 \
-                   AND state = 'inprog'",
-            )
-            .bind(c.batch_id.to_string())
-            .bind(c.idx)
-            .bind(c.attempt)
-            .bind(&c.instance)
-            .bind(state.as_str())
-            .bind(result)
-            .bind(error)
-            .bind(queued)
-            .bind(at)
-            .bind(delay_ms)
-            .bind(back)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                requeued |= queued;
-                written.push((c.batch_id, c.idx));
-                moves.push((c.batch_id, Counts::moved(Some(RowState::Inprog), state, 1)));
+                 FROM e WHERE batch_rows.batch_id = e.batch_id AND batch_rows.idx = e.idx \
+                   AND batch_rows.attempt = e.attempt AND batch_rows.instance = e.instance \
+                   AND batch_rows.state = 'inprog' \
+                 RETURNING batch_rows.batch_id, batch_rows.idx, batch_rows.state",
+            );
+            for row in update.build().fetch_all(&mut *tx).await? {
+                let id = rows::uuid(&row, "batch_id")?;
+                let text: String = row.try_get("state")?;
+                let state = RowState::parse(&text).ok_or_else(|| decode_err("state", &text))?;
+                requeued |= state == RowState::Queued;
+                written.push((id, row.try_get("idx")?));
+                moves.push((id, Counts::moved(Some(RowState::Inprog), state, 1)));
             }
         }
         let deltas = deltas_by_batch(moves);
