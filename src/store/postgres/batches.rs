@@ -37,6 +37,52 @@ const SLOTS: i32 = 16;
 /// Batches a claim looks at, oldest first.
 const CLAIM_CANDIDATES: i64 = 64;
 
+/// One batch's claim: `$1` the batch, `$2` how many rows, `$3` the
+/// instance, `$4` the lease in ms. The first `$2` queued rows, taken as
+/// the index range they span: one statement and one snapshot, so exactly
+/// those rows, each locked only by its update (claims of a batch take
+/// turns on its row; a row an older replica's claim, which locks rows
+/// without taking that turn, holds is re-checked after its commit and
+/// skipped). The range's bounds are init plans, so the plan is a range
+/// scan with or without statistics: a join to the picked rows is planned,
+/// while a new batch's rows have none, as a scan of the whole batch per
+/// picked row (`tests/integration/plans.rs`).
+pub(crate) const ROW_CLAIM_SQL: &str = "WITH picked AS MATERIALIZED (SELECT idx FROM batch_rows \
+       WHERE batch_id = $1 AND state = 'queued' AND available_at <= now() \
+       ORDER BY idx LIMIT $2) \
+     UPDATE batch_rows r SET state = 'inprog', attempt = r.attempt + 1, instance = $3, \
+       lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(), \
+       cancel_requested = false \
+     WHERE r.batch_id = $1 AND r.idx >= (SELECT min(idx) FROM picked) \
+       AND r.idx <= (SELECT max(idx) FROM picked) \
+       AND r.state = 'queued' AND r.available_at <= now() \
+     RETURNING r.idx, r.input, r.attempt";
+
+/// The row ends' plan: the generic one, from the first execution, a
+/// nested loop over the ends in their order, each row found by primary
+/// key and locked by its update. A custom plan, while a new batch's rows
+/// have no statistics, hashes every running row of the table for each
+/// group of ends.
+pub(crate) const ROW_FINISH_SETTINGS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// A group of row ends, each fenced by its claim: `$1`..`$9` arrays of
+/// batch, row, attempt, instance, new state, result (JSON text), error,
+/// backoff ms and whether the attempt is handed back uncounted.
+pub(crate) const ROW_FINISH_SQL: &str =
+    "UPDATE batch_rows r SET state = e.st, result = e.res::jsonb, error = e.err, \
+       finished_at = CASE WHEN e.st = 'queued' THEN NULL ELSE now() END, \
+       available_at = CASE WHEN e.st = 'queued' \
+         THEN now() + e.delay * interval '1 millisecond' ELSE r.available_at END, \
+       attempt = CASE WHEN e.back THEN r.attempt - 1 ELSE r.attempt END, \
+       instance = CASE WHEN e.st = 'queued' THEN NULL ELSE r.instance END, \
+       lease_expires_at = NULL, cancel_requested = false \
+     FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[], \
+       $6::text[], $7::text[], $8::bigint[], $9::bool[]) \
+       AS e(b, i, a, inst, st, res, err, delay, back) \
+     WHERE r.batch_id = e.b AND r.idx = e.i AND r.attempt = e.a AND r.instance = e.inst \
+       AND r.state = 'inprog' \
+     RETURNING r.batch_id, r.idx, r.state";
+
 const SELECT_BATCH: &str = "SELECT b.id, b.handler, b.context, b.max_retries, b.retry_backoff_ms, \
      b.timeout_ms, b.max_parallel, b.created_at, b.started_at, b.waitoff_at, b.aborted_at, \
      b.finished_at, b.outcome, c.total, c.queued, c.inprog, c.success, c.failed, c.aborted, \
@@ -762,33 +808,13 @@ impl PgStore {
             if *n == 0 {
                 continue;
             }
-            // The first `n` queued rows, taken as the index range they
-            // span: one statement and one snapshot, so exactly those rows,
-            // each locked only by its update (a row an older replica's
-            // claim, which locks rows without taking the batch's turn,
-            // holds is re-checked after its commit and skipped). The range
-            // bounds are init plans, so the plan is a range scan with or
-            // without statistics (a join to the picked rows is planned as
-            // a scan of the whole batch per picked row while a new batch's
-            // table has none).
-            let rows = sqlx::query(
-                "WITH picked AS MATERIALIZED (SELECT idx FROM batch_rows \
-                   WHERE batch_id = $1 AND state = 'queued' AND available_at <= now() \
-                   ORDER BY idx LIMIT $2) \
-                 UPDATE batch_rows r SET state = 'inprog', attempt = r.attempt + 1, instance = $3, \
-                   lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(), \
-                   cancel_requested = false \
-                 WHERE r.batch_id = $1 AND r.idx >= (SELECT min(idx) FROM picked) \
-                   AND r.idx <= (SELECT max(idx) FROM picked) \
-                   AND r.state = 'queued' AND r.available_at <= now() \
-                 RETURNING r.idx, r.input, r.attempt",
-            )
-            .bind(c.id)
-            .bind(*n)
-            .bind(&slots.instance)
-            .bind(slots.lease_ms)
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = sqlx::query(ROW_CLAIM_SQL)
+                .bind(c.id)
+                .bind(*n)
+                .bind(&slots.instance)
+                .bind(slots.lease_ms)
+                .fetch_all(&mut *tx)
+                .await?;
             deltas.push((
                 c.id,
                 Counts::moved(Some(RowState::Queued), RowState::Inprog, rows.len() as i64),
@@ -907,43 +933,22 @@ impl PgStore {
         // crash may lose the last ends written, whose rows then stay
         // running until their lease expires and are run again, as after a
         // replica's crash (rows are at-least-once either way).
-        // The generic plan, from the first execution: a nested loop over
-        // the ends in their order, each row found by primary key and
-        // locked by its update. A custom plan, while a new batch's table
-        // has no statistics yet, hashes every running row of the table
-        // for each group of ends.
-        sqlx::query(
-            "SELECT set_config('synchronous_commit', 'off', true), \
-               set_config('plan_cache_mode', 'force_generic_plan', true)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(
-            "UPDATE batch_rows r SET state = e.st, result = e.res::jsonb, error = e.err, \
-               finished_at = CASE WHEN e.st = 'queued' THEN NULL ELSE now() END, \
-               available_at = CASE WHEN e.st = 'queued' \
-                 THEN now() + e.delay * interval '1 millisecond' ELSE r.available_at END, \
-               attempt = CASE WHEN e.back THEN r.attempt - 1 ELSE r.attempt END, \
-               instance = CASE WHEN e.st = 'queued' THEN NULL ELSE r.instance END, \
-               lease_expires_at = NULL, cancel_requested = false \
-             FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::bigint[], $9::bool[]) \
-               AS e(b, i, a, inst, st, res, err, delay, back) \
-             WHERE r.batch_id = e.b AND r.idx = e.i AND r.attempt = e.a AND r.instance = e.inst \
-               AND r.state = 'inprog' \
-             RETURNING r.batch_id, r.idx, r.state",
-        )
-        .bind(&ids)
-        .bind(&idxs)
-        .bind(&attempts)
-        .bind(&instances)
-        .bind(&states)
-        .bind(&results)
-        .bind(&errors)
-        .bind(&delays)
-        .bind(&backs)
-        .fetch_all(&mut *tx)
-        .await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(ROW_FINISH_SETTINGS).execute(&mut *tx).await?;
+        let rows = sqlx::query(ROW_FINISH_SQL)
+            .bind(&ids)
+            .bind(&idxs)
+            .bind(&attempts)
+            .bind(&instances)
+            .bind(&states)
+            .bind(&results)
+            .bind(&errors)
+            .bind(&delays)
+            .bind(&backs)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut written = Vec::with_capacity(rows.len());
         let mut moves = Vec::with_capacity(rows.len());
         let mut requeued = false;

@@ -9,6 +9,7 @@
 
 use uuid::Uuid;
 
+use super::batches::{ROW_CLAIM_SQL, ROW_FINISH_SETTINGS, ROW_FINISH_SQL};
 use super::ends::{
     complete_jobs_sql, failure_records_sql, one_shot_facts_sql, release_waiting_sql,
     WAITING_RUNS_SQL,
@@ -283,6 +284,52 @@ pub fn hot_statements(f: &PlanFixture) -> Vec<HotStatement> {
             sql: STATS_QUEUE_SQL.to_string(),
             args: vec![],
             settings: None,
+        },
+    ]
+}
+
+/// A batch's rows to aim the batch statements at.
+#[derive(Debug, Clone)]
+pub struct BatchPlanFixture {
+    pub batch_id: Uuid,
+    /// The instance holding the running rows.
+    pub instance: String,
+    /// Running rows (attempt 1), as many as a group of row ends.
+    pub running: Vec<i64>,
+}
+
+/// The statements the workers execute for every chunk of a batch's rows:
+/// a claim and a group of row ends.
+pub fn batch_statements(f: &BatchPlanFixture) -> Vec<HotStatement> {
+    let n = f.running.len();
+    let idxs: Vec<String> = f.running.iter().map(i64::to_string).collect();
+    vec![
+        HotStatement {
+            name: "batch rows: claim",
+            sql: ROW_CLAIM_SQL.to_string(),
+            args: vec![
+                format!("'{}'::uuid", f.batch_id),
+                n.to_string(),
+                text(&f.instance),
+                "30000".into(),
+            ],
+            settings: None,
+        },
+        HotStatement {
+            name: "batch rows: ends",
+            sql: ROW_FINISH_SQL.to_string(),
+            args: vec![
+                repeat(&format!("'{}'", f.batch_id), n, "uuid"),
+                format!("'{{{}}}'::bigint[]", idxs.join(",")),
+                repeat("1", n, "int"),
+                repeat(&text(&f.instance), n, "text"),
+                repeat("'success'", n, "text"),
+                repeat("NULL", n, "text"),
+                repeat("NULL", n, "text"),
+                repeat("0", n, "bigint"),
+                repeat("false", n, "bool"),
+            ],
+            settings: Some(ROW_FINISH_SETTINGS),
         },
     ]
 }
