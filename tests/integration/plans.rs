@@ -127,13 +127,19 @@ async fn load(conn: &mut PgConnection) -> PlanFixture {
     }
 }
 
-#[tokio::test]
-async fn hot_statements_use_indexes_whatever_the_statistics_say() {
+/// A new PostgreSQL database with the service's tables, and a connection.
+async fn migrated_database() -> (TestDb, PgConnection) {
     let db = TestDb::postgres();
     let config = serve_config(&db, &[]);
     let store = jobsd::app::open_store(&config.database).await.unwrap();
     drop(store);
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let conn = PgConnection::connect(&db.url).await.unwrap();
+    (db, conn)
+}
+
+#[tokio::test]
+async fn hot_statements_use_indexes_whatever_the_statistics_say() {
+    let (_db, mut conn) = migrated_database().await;
     let fixture = load(&mut conn).await;
     let mut failures = Vec::new();
     for (i, statement) in hot_statements(&fixture).into_iter().enumerate() {
@@ -256,11 +262,7 @@ async fn load_batch(conn: &mut PgConnection) -> BatchPlanFixture {
 /// each of them.
 #[tokio::test]
 async fn batch_row_claims_and_ends_read_about_the_rows_they_change() {
-    let db = TestDb::postgres();
-    let config = serve_config(&db, &[]);
-    let store = jobsd::app::open_store(&config.database).await.unwrap();
-    drop(store);
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let (_db, mut conn) = migrated_database().await;
     let fixture = load_batch(&mut conn).await;
     let bound = 5.0 * fixture.running.len() as f64;
     let mut failures = Vec::new();
